@@ -42,7 +42,9 @@ def apply_change(conf: ConfState, change: ConfChange) -> ConfState | None:
         if node in conf.learners:
             return None
         if node in conf.voters:
-            raise ConfChangeRejected(f"node {node} is a voter; demotion to learner is not supported")
+            raise ConfChangeRejected(
+                f"node {node} is a voter; demotion to learner is not supported"
+            )
         return ConfState(conf.voters, conf.learners | {node})
     if node not in conf.members():
         return None

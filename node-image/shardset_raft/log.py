@@ -77,7 +77,9 @@ class RaftLog:
     def conf_at(self, index: int) -> ConfState:
         pos = bisect_right(self.conf_indexes, index)
         if pos:
-            return ConfState.decode(self.entries[self.conf_indexes[pos - 1] - self.first_index()].data)
+            return ConfState.decode(
+                self.entries[self.conf_indexes[pos - 1] - self.first_index()].data
+            )
         return self.meta.conf
 
     def last_conf_index(self) -> int:

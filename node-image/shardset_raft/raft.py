@@ -441,11 +441,17 @@ class Raft:
             return
         for v in sorted(self.conf.voters):
             if v != self.id:
-                self._send(Message(
-                    kind, v, self.id, term,
-                    log_term=self.log.last_term(), index=self.log.last_index(),
-                    context=FORCE_CAMPAIGN if force else 0,
-                ))
+                self._send(
+                    Message(
+                        kind,
+                        v,
+                        self.id,
+                        term,
+                        log_term=self.log.last_term(),
+                        index=self.log.last_index(),
+                        context=FORCE_CAMPAIGN if force else 0,
+                    )
+                )
 
     def _tally(self) -> VoteResult:
         result = vote_result(self.conf.voters, self.votes)
@@ -508,7 +514,9 @@ class Raft:
         """Apply Raft's term rules; False if the message must be dropped."""
         if m.term > self.term:
             if m.type in (MessageType.VOTE, MessageType.PRE_VOTE):
-                in_lease = self.cfg.check_quorum and self.ticks_since_leader < self.cfg.election_tick
+                in_lease = (
+                    self.cfg.check_quorum and self.ticks_since_leader < self.cfg.election_tick
+                )
                 if in_lease and m.context != FORCE_CAMPAIGN:
                     return False  # we heard from a live leader recently: don't disrupt it
             if m.type == MessageType.PRE_VOTE:
@@ -522,7 +530,9 @@ class Raft:
                 # A stale leader returning from a partition: tell it the term moved on.
                 self._send(Message(MessageType.APPEND_RESP, m.frm, self.id, self.term))
             elif m.type == MessageType.PRE_VOTE:
-                self._send(Message(MessageType.PRE_VOTE_RESP, m.frm, self.id, self.term, reject=True))
+                self._send(
+                    Message(MessageType.PRE_VOTE_RESP, m.frm, self.id, self.term, reject=True)
+                )
             return False
         return True
 
@@ -548,7 +558,9 @@ class Raft:
             self._become_follower(m.term, m.frm)
             self._step_follower(m)
             return
-        want = MessageType.PRE_VOTE_RESP if self.role == Role.PRE_CANDIDATE else MessageType.VOTE_RESP
+        want = (
+            MessageType.PRE_VOTE_RESP if self.role == Role.PRE_CANDIDATE else MessageType.VOTE_RESP
+        )
         if m.type == want and m.frm in self.conf.voters:
             self.votes.setdefault(m.frm, not m.reject)
             self._tally()
@@ -562,7 +574,9 @@ class Raft:
             self._handle_append(m)
         elif m.type == MessageType.HEARTBEAT:
             self.log.commit_to(min(m.commit, self.log.last_index()))
-            self._send(Message(MessageType.HEARTBEAT_RESP, m.frm, self.id, self.term, context=m.context))
+            self._send(
+                Message(MessageType.HEARTBEAT_RESP, m.frm, self.id, self.term, context=m.context)
+            )
         elif m.type == MessageType.SNAPSHOT:
             self._handle_snapshot(m)
         elif m.type == MessageType.TIMEOUT_NOW and self.promotable():
@@ -578,7 +592,9 @@ class Raft:
         if last_new is not None:
             self._send(_with(reply, index=last_new))
             return
-        hint, hint_term = self.log.find_conflict_by_term(min(m.index, self.log.last_index()), m.log_term)
+        hint, hint_term = self.log.find_conflict_by_term(
+            min(m.index, self.log.last_index()), m.log_term
+        )
         self._send(_with(reply, index=m.index, reject=True, reject_hint=hint, log_term=hint_term))
 
     def _handle_snapshot(self, m: Message) -> None:
@@ -674,10 +690,18 @@ class Raft:
         entries = self.log.slice(pr.next, pr.next + self.cfg.max_entries_per_msg)
         if not entries and not send_empty:
             return False
-        self._send(Message(
-            MessageType.APPEND, to, self.id, self.term,
-            log_term=self.log.term(prev), index=prev, entries=entries, commit=self.log.committed,
-        ))
+        self._send(
+            Message(
+                MessageType.APPEND,
+                to,
+                self.id,
+                self.term,
+                log_term=self.log.term(prev),
+                index=prev,
+                entries=entries,
+                commit=self.log.committed,
+            )
+        )
         if entries:
             pr.sent_entries(entries[-1].index)
         elif pr.state == ProgressState.PROBE:
@@ -702,9 +726,16 @@ class Raft:
         self._acked_round[self.id] = self._round
         for peer in self._peers():
             commit = min(self.progress[peer].match, self.log.committed)
-            self._send(Message(
-                MessageType.HEARTBEAT, peer, self.id, self.term, commit=commit, context=self._round
-            ))
+            self._send(
+                Message(
+                    MessageType.HEARTBEAT,
+                    peer,
+                    self.id,
+                    self.term,
+                    commit=commit,
+                    context=self._round,
+                )
+            )
         self._confirm_rounds()
 
     def _confirm_rounds(self) -> None:

@@ -1,0 +1,1 @@
+"""Deterministic simulation and checking tools for Shardset."""

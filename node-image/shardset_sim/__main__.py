@@ -1,0 +1,5 @@
+import sys
+
+from shardset_sim.cli import main
+
+sys.exit(main())

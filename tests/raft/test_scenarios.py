@@ -1,0 +1,281 @@
+"""Scenario tests: the Raft paper's figures and the core's documented behaviours."""
+
+from __future__ import annotations
+
+import pytest
+
+from shardset_raft import (
+    ConfChange,
+    ConfChangeRejected,
+    ConfChangeType,
+    MessageType,
+    NotLeader,
+    ProposalDropped,
+    Raft,
+    RaftConfig,
+    ReadyNotAdvanced,
+    Role,
+)
+from shardset_sim.harness import Cluster
+from shardset_sim.invariants import Violation
+from shardset_sim.mutants import CommitAnyTerm
+
+PLAIN = RaftConfig(id=1, pre_vote=False, check_quorum=False)
+
+
+def test_three_nodes_elect_replicate_and_apply() -> None:
+    c = Cluster([1, 2, 3])
+    c.elect(1)
+    assert c.leader() == 1
+    c.node(1).propose(b"x")
+    c.deliver()
+    c.tick_all()  # the next heartbeat carries the commit index to the followers
+    for i in (1, 2, 3):
+        assert c.applied[i][-1] == b"x"
+
+
+def test_figure_7_leader_brings_every_follower_to_its_log() -> None:
+    # Raft paper, Figure 7: the leader of term 8 and followers (a)-(f) with missing,
+    # extra and conflicting entries. Node 1 is the leader, 2..7 are (a)..(f).
+    logs = {
+        1: [1, 1, 1, 4, 4, 5, 5, 6, 6, 6],
+        2: [1, 1, 1, 4, 4, 5, 5, 6, 6],
+        3: [1, 1, 1, 4],
+        4: [1, 1, 1, 4, 4, 5, 5, 6, 6, 6, 6],
+        5: [1, 1, 1, 4, 4, 5, 5, 6, 6, 6, 7, 7],
+        6: [1, 1, 1, 4, 4, 4, 4],
+        7: [1, 1, 1, 2, 2, 2, 3, 3, 3, 3, 3],
+    }
+    c = Cluster.with_logs(logs, term=7, config=PLAIN)
+    c.elect(1)
+    assert c.leader() == 1 and c.node(1).term == 8
+    c.tick_all(3)
+    want = [(e.index, e.term, e.data) for e in c.node(1).log.entries]
+    assert [t for _, t, _ in want] == [1, 1, 1, 4, 4, 5, 5, 6, 6, 6, 8]
+    for i in logs:
+        got = [(e.index, e.term, e.data) for e in c.node(i).log.entries]
+        assert got == want, f"node {i} did not converge"
+        assert c.node(i).committed == 11
+
+
+def _figure_8(raft_class: type) -> Cluster:
+    """Raft paper, Figure 8, on three nodes with one entry per append.
+
+    S1 leads term 1 and appends X that reaches nobody. S3 wins term 2 with S2's
+    vote; its no-op reaches nobody. S1 returns and wins term 3, copies X to S2
+    (a majority now holds X, an entry of term 1) but its own no-op never reaches
+    S2. S1 dies; S3 can win again with S2's vote (its last term 2 beats S2's 1)
+    and would overwrite X. Committing X by counting replicas would lose it.
+    """
+    c = Cluster(
+        [1, 2, 3],
+        raft_class=raft_class,
+        config=RaftConfig(id=1, pre_vote=False, check_quorum=False, max_entries_per_msg=1),
+    )
+    c.elect(1)
+    c.isolate(1)
+    c.node(1).propose(b"X")
+    c.deliver()
+    c.crash(1)
+    c.heal()
+    c.elect(3, keep=lambda m: m.type != MessageType.APPEND)
+    assert c.leader() == 3
+    c.crash(3)
+    c.start(1)
+
+    def hold_new_term(m: object) -> bool:
+        s1, s2 = c.node(1), c.node(2)
+        return not (
+            m.type == MessageType.APPEND
+            and m.to == 2  # type: ignore[attr-defined]
+            and any(e.term == s1.term for e in m.entries)  # type: ignore[attr-defined]
+            and s2.log.match_term(m.index, m.log_term)  # type: ignore[attr-defined]
+        )
+
+    while c.leader() != 1:
+        c.elect(1, keep=hold_new_term)
+    for _ in range(5):
+        c.node(1).tick()
+        c.deliver(hold_new_term)
+    c.crash(1)
+    c.start(3)
+    while c.leader() != 3:
+        c.elect(3)
+    return c
+
+
+def test_figure_8_old_term_entries_are_not_committed_by_counting() -> None:
+    c = _figure_8(Raft)
+    # X was never committed, so S3 may overwrite it: no safety property is broken.
+    assert all(b"X" not in c.applied[i] for i in (2, 3))
+    assert c.node(2).log.term(2) == 2
+
+
+def test_figure_8_mutant_that_counts_old_terms_is_caught() -> None:
+    with pytest.raises(Violation, match="leader-completeness"):
+        _figure_8(CommitAnyTerm)
+
+
+def test_prevote_keeps_a_returning_partitioned_node_from_disrupting() -> None:
+    c = Cluster([1, 2, 3], config=RaftConfig(id=1, pre_vote=True, check_quorum=True))
+    c.elect(1)
+    term = c.node(1).term
+    c.isolate(3)
+    c.tick_all(60)  # node 3 times out again and again, alone
+    assert c.node(3).term == term  # pre-votes failed; its term never moved
+    c.heal()
+    c.tick_all(30)
+    assert c.leader() == 1 and c.node(1).term == term
+
+
+def test_without_prevote_a_returning_node_forces_a_new_term() -> None:
+    c = Cluster([1, 2, 3], config=PLAIN)
+    c.elect(1)
+    term = c.node(1).term
+    c.isolate(3)
+    for _ in range(60):
+        c.node(3).tick()
+    c.heal()
+    c.tick_all(3)
+    assert c.node(1).term > term  # the disruption PreVote exists to prevent
+
+
+def test_check_quorum_leader_steps_down_when_it_loses_its_majority() -> None:
+    c = Cluster([1, 2, 3], config=RaftConfig(id=1, pre_vote=True, check_quorum=True))
+    c.elect(1)
+    c.isolate(1)
+    for _ in range(2 * c.node(1).cfg.election_tick):
+        c.node(1).tick()
+        c.deliver()
+    assert c.node(1).role == Role.FOLLOWER
+
+
+def test_leadership_transfer_waits_for_catch_up_and_refuses_proposals() -> None:
+    c = Cluster([1, 2, 3])
+    c.elect(1)
+    c.node(1).propose(b"a")
+    c.deliver()
+    c.node(1).transfer_leadership(3)
+    with pytest.raises(ProposalDropped):
+        c.node(1).propose(b"b")
+    c.deliver()
+    assert c.leader() == 3
+    with pytest.raises(NotLeader) as err:
+        c.node(1).propose(b"c")
+    assert err.value.leader in (0, 3)
+
+
+def test_learner_catches_up_before_promotion_then_votes() -> None:
+    c = Cluster([1, 2, 3])
+    c.elect(1)
+    for n in range(30):
+        c.node(1).propose(f"e{n}".encode())
+    c.deliver()
+    c.start(4)  # an empty node: no log, no membership
+    c.node(1).propose_conf_change(ConfChange(ConfChangeType.ADD_LEARNER, 4))
+    assert 4 in c.node(1).conf.learners
+    # Promotion before the learner has caught up is refused.
+    c.deliver(keep=lambda m: m.to != 4)
+    with pytest.raises(ConfChangeRejected, match=r"caught up|not committed"):
+        c.node(1).propose_conf_change(ConfChange(ConfChangeType.ADD_VOTER, 4))
+    c.tick_all(3)
+    assert c.node(4).log.last_index() == c.node(1).log.last_index()
+    assert c.node(4).role == Role.FOLLOWER and not c.node(4).promotable()
+    c.node(1).propose_conf_change(ConfChange(ConfChangeType.ADD_VOTER, 4))
+    c.tick_all(3)
+    assert c.node(4).promotable() and 4 in c.node(1).conf.voters
+
+
+def test_one_membership_change_at_a_time_and_never_the_leader_itself() -> None:
+    c = Cluster([1, 2, 3], config=RaftConfig(id=1, pre_vote=True, check_quorum=True))
+    c.elect(1)
+    term = c.node(1).term
+    c.node(1).propose_conf_change(ConfChange(ConfChangeType.REMOVE, 3))
+    with pytest.raises(ConfChangeRejected, match="not committed"):
+        c.node(1).propose_conf_change(ConfChange(ConfChangeType.ADD_LEARNER, 4))
+    c.deliver()
+    c.tick_all()
+    assert c.node(1).conf.voters == {1, 2}
+    with pytest.raises(ConfChangeRejected, match="transfer"):
+        c.node(1).propose_conf_change(ConfChange(ConfChangeType.REMOVE, 1))
+    # The removed node never learns of its removal (the leader stopped sending to it
+    # at once), so it times out; PreVote and the others' leader lease keep it from
+    # disrupting the cluster (thesis 4.2.3).
+    c.tick_all(100)
+    assert c.leader() == 1 and c.node(1).term == term
+    assert c.node(3).term == term
+
+
+def test_lagging_follower_is_sent_a_snapshot_after_compaction() -> None:
+    c = Cluster([1, 2, 3])
+    c.elect(1)
+    c.crash(3)
+    for n in range(20):
+        c.node(1).propose(f"e{n}".encode())
+        c.deliver()
+    c.tick_all()
+    leader = c.node(1)
+    snap = leader.compact(leader.applied, b"state-at-%d" % leader.applied)
+    c.start(3)
+    c.tick_all(10)  # the leader's pipeline to 3 stalls, it probes, finds the gap
+    follower = c.node(3)
+    assert c.disks[3].snapshot.data == snap.data
+    assert follower.log.meta.index == snap.meta.index
+    assert follower.committed == leader.committed
+
+
+def test_read_index_needs_a_heartbeat_round_acknowledged_by_a_majority() -> None:
+    c = Cluster([1, 2, 3])
+    c.elect(1)
+    c.tick_all()
+    c.isolate(1)
+    c.node(1).read_index(7)
+    c.deliver()
+    assert 7 not in c.reads[1]  # no majority has confirmed the leadership yet
+    c.heal()
+    c.node(1).tick()  # the next heartbeat round reaches the followers
+    c.deliver()
+    assert c.reads[1] == [7]
+
+
+def test_lease_read_is_served_at_once_and_stops_when_the_lease_lapses() -> None:
+    cfg = RaftConfig(id=1, check_quorum=True, lease_reads=True, max_clock_drift_ticks=2)
+    c = Cluster([1, 2, 3], config=cfg)
+    c.elect(1)
+    c.tick_all(2)
+    c.node(1).read_index(1)
+    c.process()
+    assert c.reads[1] == [1]  # no round trip
+    c.isolate(1)
+    for _ in range(cfg.election_tick):
+        c.node(1).tick()
+        c.deliver()
+    assert not c.node(1).lease_valid()
+    if c.node(1).role == Role.LEADER:
+        c.node(1).read_index(2)
+        c.deliver()
+        assert 2 not in c.reads[1]
+
+
+def test_ready_must_be_advanced_before_more_input() -> None:
+    c = Cluster([1])
+    raft = c.node(1)
+    rd = raft.ready()
+    with pytest.raises(ReadyNotAdvanced):
+        raft.tick()
+    raft.advance(rd)
+    raft.tick()
+
+
+def test_messages_leave_only_through_ready_after_the_state_they_need() -> None:
+    c = Cluster([1, 2, 3], config=PLAIN)
+    raft = c.node(1)
+    for _ in range(3 * raft.cfg.election_tick):
+        raft.tick()
+    rd = raft.ready()
+    votes = [m for m in rd.messages if m.type == MessageType.VOTE]
+    assert votes and rd.hard_state is not None
+    # The vote for itself and the new term are in the same Ready as the requests:
+    # they are persisted before the requests may be sent.
+    assert rd.hard_state.vote == 1 and rd.hard_state.term == votes[0].term
+    raft.advance(rd)
