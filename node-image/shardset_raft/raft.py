@@ -19,7 +19,7 @@ counts its own log toward a quorum only in advance(), after its disk write.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from shardset_raft.confchange import ConfChange, apply_change
 from shardset_raft.errors import (
@@ -583,19 +583,23 @@ class Raft:
             self._campaign(pre=False, force=True)
 
     def _handle_append(self, m: Message) -> None:
-        reply = Message(MessageType.APPEND_RESP, m.frm, self.id, self.term)
+        resp, to, me, term = MessageType.APPEND_RESP, m.frm, self.id, self.term
         if m.index < self.log.committed:
-            self._send(_with(reply, index=self.log.committed))
+            self._send(Message(resp, to, me, term, index=self.log.committed))
             return
         last_new = self.log.maybe_append(m.index, m.log_term, m.commit, m.entries)
         self._refresh_conf()
         if last_new is not None:
-            self._send(_with(reply, index=last_new))
+            self._send(Message(resp, to, me, term, index=last_new))
             return
         hint, hint_term = self.log.find_conflict_by_term(
             min(m.index, self.log.last_index()), m.log_term
         )
-        self._send(_with(reply, index=m.index, reject=True, reject_hint=hint, log_term=hint_term))
+        self._send(
+            Message(
+                resp, to, me, term, index=m.index, reject=True, reject_hint=hint, log_term=hint_term
+            )
+        )
 
     def _handle_snapshot(self, m: Message) -> None:
         snap = m.snapshot
@@ -781,7 +785,3 @@ class Raft:
                 del self.progress[peer]
                 self._acked_round.pop(peer, None)
         self._maybe_commit()
-
-
-def _with(m: Message, **changes: object) -> Message:
-    return replace(m, **changes)  # type: ignore[arg-type]

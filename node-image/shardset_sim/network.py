@@ -33,12 +33,14 @@ class Network:
 
     def send(self, now: int, m: Message) -> None:
         self.sent += 1
-        if (m.frm, m.to) in self.cut or self.rng.random() < self.faults.loss:
+        rand = self.rng.random
+        faults = self.faults
+        if (m.frm, m.to) in self.cut or (faults.loss and rand() < faults.loss):
             self.dropped += 1
             return
-        copies = 2 if self.rng.random() < self.faults.duplicate else 1
+        copies = 2 if faults.duplicate and rand() < faults.duplicate else 1
         for _ in range(copies):
-            delay = self.rng.randint(0, self.faults.max_delay)
+            delay = int(rand() * (faults.max_delay + 1)) if faults.max_delay else 0
             if delay == 0:
                 self.due.append(m)
             else:
@@ -53,7 +55,7 @@ class Network:
         """A random deliverable message (random choice reorders deliveries)."""
         if not self.due:
             return None
-        i = self.rng.randrange(len(self.due))
+        i = int(self.rng.random() * len(self.due))
         m = self.due[i]
         self.due[i] = self.due[-1]
         self.due.pop()

@@ -128,7 +128,7 @@ class SimConfig:
         return SimConfig(
             voters=voters,
             spares=min(MAX_NODES - voters, rng.randint(0, 2)),
-            ticks=rng.randint(120, 260),
+            ticks=rng.randint(100, 220),
             pre_vote=rng.random() < 0.8,
             check_quorum=check_quorum,
             lease_reads=lease,
@@ -177,7 +177,7 @@ class SimConfig:
         return SimConfig(
             voters=rng.choice((3, 5)),
             spares=0,
-            ticks=rng.randint(120, 260),
+            ticks=rng.randint(100, 220),
             pre_vote=rng.random() < 0.5,
             check_quorum=rng.random() < 0.5,
             lease_reads=False,
@@ -330,7 +330,8 @@ class Simulation:
         """Deliver due messages and handle Readies, interleaved at random."""
         for _ in range(400):
             ready = []
-            for nid in sorted(self.dirty):
+            # Sets of small ints iterate in a fixed order: still deterministic.
+            for nid in list(self.dirty):
                 raft = self.nodes[nid].raft
                 if raft is not None and raft.has_ready():
                     ready.append(self.nodes[nid])
@@ -341,8 +342,9 @@ class Simulation:
                 return
             self.clock += 1
             self.result.steps += 1
-            if ready and (not has_msg or self.rng.random() < 0.5):
-                self._handle_ready(self.rng.choice(ready))
+            roll = self.rng.random()
+            if ready and (not has_msg or roll < 0.5):
+                self._handle_ready(ready[int(roll * 2 * len(ready)) % len(ready)])
             else:
                 m = self.net.pop_due()
                 if m is None:
