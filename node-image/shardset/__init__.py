@@ -1,0 +1,1 @@
+"""The Shardset client library and the `shardset` command line."""

@@ -1,0 +1,5 @@
+import sys
+
+from shardset.cli import main
+
+sys.exit(main())

@@ -1,0 +1,323 @@
+"""The Shardset client: routes each key to its shard's leader and retries safely.
+
+It caches the shard map (slots to shards, shards to replicas, node addresses)
+and the leader of each shard. A request that reaches a node without the
+shard's leader comes back as a 307 redirect naming the leader; the client
+follows it and remembers. A stale map (409) is refetched. Writes carry an
+idempotency key that stays the same across retries, so a retried put is
+applied once even if the first attempt's answer was lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import itertools
+import os
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import quote
+
+import aiohttp
+
+from shardset_node.slots import slot_of
+
+RETRYABLE = {307, 409, 421, 503}
+
+
+class ShardsetError(Exception):
+    """A request failed for good; `status` and `body` say why."""
+
+    def __init__(self, message: str, status: int = 0, body: dict[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.body = body or {}
+
+
+@dataclass
+class ReadResult:
+    key: str
+    value: bytes | None
+    shard: int
+    index: int
+    epoch: int
+    consistency: str = "linearizable"
+    replica: int = 0
+
+
+@dataclass
+class WriteResult:
+    shard: int
+    index: int
+    epoch: int
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class _Route:
+    epoch: int = 0
+    slots: list[tuple[int, int, int]] = field(default_factory=list)
+    replicas: dict[int, list[int]] = field(default_factory=dict)
+    api: dict[int, str] = field(default_factory=dict)
+    leaders: dict[int, int] = field(default_factory=dict)
+
+    def shard_of(self, key: str) -> int:
+        slot = slot_of(key.encode())
+        for start, end, shard in self.slots:
+            if start <= slot < end:
+                return shard
+        raise ShardsetError(f"no shard owns slot {slot} in shard map epoch {self.epoch}")
+
+
+class Client:
+    def __init__(
+        self,
+        endpoints: Sequence[str],
+        *,
+        timeout: float = 5.0,
+        attempts: int = 20,
+        session: aiohttp.ClientSession | None = None,
+    ) -> None:
+        if not endpoints:
+            raise ShardsetError("no endpoints: pass --endpoints or set SHARDSET_ENDPOINTS")
+        self.endpoints = [e.rstrip("/") for e in endpoints]
+        self.timeout = timeout
+        self.attempts = attempts
+        self._session = session
+        self._own_session = session is None
+        self._route = _Route()
+        self._client_id = base64.urlsafe_b64encode(os.urandom(9)).decode()
+        self._seq = itertools.count(1)
+
+    async def __aenter__(self) -> Client:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        if self._session is not None and self._own_session:
+            await self._session.close()
+            self._session = None
+
+    def _http(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.timeout))
+        return self._session
+
+    # --- public operations --------------------------------------------------------
+    async def put(self, key: str, value: bytes) -> WriteResult:
+        body = await self._keyed("PUT", key, data=value, idem=True)
+        return _write(body)
+
+    async def delete(self, key: str) -> WriteResult:
+        body = await self._keyed("DELETE", key, idem=True)
+        return _write(body)
+
+    async def cas(self, key: str, expected: bytes | None, value: bytes | None) -> WriteResult:
+        payload = {"expected": _b64(expected), "value": _b64(value)}
+        body = await self._keyed("POST", key, json=payload, idem=True, path="/v1/cas/")
+        return _write(body)
+
+    async def get(
+        self, key: str, *, consistency: str | None = None, max_staleness_ms: int | None = None
+    ) -> ReadResult:
+        params: dict[str, str] = {}
+        if consistency:
+            params["consistency"] = consistency
+        if max_staleness_ms is not None:
+            params["max_staleness_ms"] = str(max_staleness_ms)
+        body = await self._keyed("GET", key, params=params, missing_ok=True)
+        value = body.get("value")
+        return ReadResult(
+            key=key,
+            value=None if value is None else base64.b64decode(value),
+            shard=int(body["shard"]),
+            index=int(body["index"]),
+            epoch=int(body["epoch"]),
+            consistency=str(body.get("consistency", "linearizable")),
+            replica=int(body.get("replica", 0)),
+        )
+
+    async def scan(
+        self, start: str = "", end: str | None = None, limit: int = 1000
+    ) -> list[tuple[str, bytes]]:
+        """Keys in [start, end) in key order, across every shard."""
+        await self._ensure_map()
+        params = {"start": start, "limit": str(limit)}
+        if end is not None:
+            params["end"] = end
+        results: list[tuple[str, bytes]] = []
+        for shard in sorted(self._route.replicas):
+            body = await self._request(
+                "GET", shard, "/v1/scan", params={**params, "shard": str(shard)}
+            )
+            results.extend((k, base64.b64decode(v)) for k, v in body["items"])
+        results.sort()
+        return results[:limit]
+
+    async def status(self) -> dict[str, Any]:
+        """Every node's view of its replicas (role, term, commit, applied, lag)."""
+        await self._ensure_map()
+        out: dict[str, Any] = {"epoch": self._route.epoch, "nodes": {}}
+        for node, url in sorted(self._route.api.items()):
+            try:
+                async with self._http().get(f"{url}/v1/status") as resp:
+                    out["nodes"][str(node)] = await resp.json()
+            except (aiohttp.ClientError, TimeoutError) as e:
+                out["nodes"][str(node)] = {"error": f"unreachable: {e.__class__.__name__}"}
+        return out
+
+    # --- routing --------------------------------------------------------------------
+    async def _keyed(
+        self,
+        method: str,
+        key: str,
+        *,
+        idem: bool = False,
+        missing_ok: bool = False,
+        path: str = "/v1/kv/",
+        **kw: Any,
+    ) -> dict[str, Any]:
+        _check_key(key)
+        await self._ensure_map()
+        headers = {"Idempotency-Key": f"{self._client_id}:{next(self._seq)}"} if idem else {}
+        shard = self._route.shard_of(key)
+        return await self._request(
+            method,
+            shard,
+            path + quote(key, safe=""),
+            headers=headers,
+            missing_ok=missing_ok,
+            key=key,
+            **kw,
+        )
+
+    async def _request(
+        self,
+        method: str,
+        shard: int,
+        path: str,
+        *,
+        missing_ok: bool = False,
+        key: str | None = None,
+        **kw: Any,
+    ) -> dict[str, Any]:
+        last: ShardsetError | None = None
+        target = self._node_for(shard)
+        for attempt in range(self.attempts):
+            url = self._route.api.get(target, self.endpoints[0])
+            try:
+                async with self._http().request(
+                    method,
+                    url + path,
+                    allow_redirects=False,
+                    params={**kw.pop("params", {}), "epoch": str(self._route.epoch)},
+                    **kw,
+                ) as resp:
+                    body = await _json(resp)
+                    if resp.status == 200 or (resp.status == 404 and missing_ok):
+                        self._route.leaders[shard] = int(body.get("replica", target))
+                        return body
+                    if resp.status not in RETRYABLE:
+                        raise ShardsetError(
+                            f"{method} {path}: {body.get('message', resp.reason)}",
+                            resp.status,
+                            body,
+                        )
+                    last = ShardsetError(str(body.get("message", resp.reason)), resp.status, body)
+                    target = await self._reroute(resp.status, body, shard, key, target)
+            except (aiohttp.ClientError, TimeoutError, ConnectionError) as e:
+                last = ShardsetError(f"{method} {path} to node {target}: {e!r}")
+                target = self._other_replica(shard, target)
+            await asyncio.sleep(min(0.5, 0.02 * (2**attempt)) * random.uniform(0.5, 1.0))
+        raise last or ShardsetError(f"{method} {path}: out of attempts")
+
+    async def _reroute(
+        self, status: int, body: dict[str, Any], shard: int, key: str | None, current: int
+    ) -> int:
+        if status == 307 and body.get("leader"):
+            leader = int(body["leader"])
+            self._route.leaders[shard] = leader
+            return leader
+        if status == 409:  # the shard map moved on: refetch, re-route the key
+            await self._refresh_map()
+            if key is not None:
+                shard = self._route.shard_of(key)
+            return self._node_for(shard)
+        return self._other_replica(shard, current)
+
+    def _node_for(self, shard: int) -> int:
+        leader = self._route.leaders.get(shard)
+        if leader is not None:
+            return leader
+        replicas = self._route.replicas.get(shard) or list(self._route.api)
+        return replicas[0]
+
+    def _other_replica(self, shard: int, current: int) -> int:
+        replicas = self._route.replicas.get(shard) or list(self._route.api)
+        others = [r for r in replicas if r != current] or replicas
+        self._route.leaders.pop(shard, None)
+        return random.choice(others)
+
+    async def _ensure_map(self) -> None:
+        if not self._route.slots:
+            await self._refresh_map()
+
+    async def _refresh_map(self) -> None:
+        errors = []
+        urls = list(self._route.api.values()) + self.endpoints
+        for url in urls:
+            try:
+                async with self._http().get(f"{url}/v1/shardmap") as resp:
+                    if resp.status != 200:
+                        errors.append(f"{url}: HTTP {resp.status}")
+                        continue
+                    self._route = _parse_map(await resp.json())
+                    return
+            except (aiohttp.ClientError, TimeoutError) as e:
+                errors.append(f"{url}: {e.__class__.__name__}")
+        raise ShardsetError("cannot fetch the shard map from any endpoint: " + "; ".join(errors))
+
+
+def _parse_map(raw: dict[str, Any]) -> _Route:
+    return _Route(
+        epoch=int(raw["epoch"]),
+        slots=[(int(a), int(b), int(s)) for a, b, s in raw["slots"]],
+        replicas={int(s): [int(n) for n in h] for s, h in raw["replicas"].items()},
+        api={int(n): str(a["api"]) for n, a in raw["nodes"].items()},
+        leaders={int(s): int(n) for s, n in raw.get("leaders", {}).items() if n},
+    )
+
+
+async def _json(resp: aiohttp.ClientResponse) -> dict[str, Any]:
+    try:
+        body = await resp.json(content_type=None)
+    except (ValueError, aiohttp.ContentTypeError):
+        return {"message": f"HTTP {resp.status} with a non-JSON body"}
+    return body if isinstance(body, dict) else {"message": str(body)}
+
+
+def _write(body: dict[str, Any]) -> WriteResult:
+    core = {"shard", "index", "epoch"}
+    return WriteResult(
+        shard=int(body["shard"]),
+        index=int(body["index"]),
+        epoch=int(body["epoch"]),
+        extra={k: v for k, v in body.items() if k not in core},
+    )
+
+
+def _b64(value: bytes | None) -> str | None:
+    return None if value is None else base64.b64encode(value).decode()
+
+
+MAX_KEY_BYTES = 1024
+
+
+def _check_key(key: str) -> None:
+    size = len(key.encode())
+    if not 0 < size <= MAX_KEY_BYTES:
+        raise ShardsetError(f"key must be 1 to {MAX_KEY_BYTES} bytes of UTF-8, got {size}")

@@ -1,0 +1,1 @@
+"""Shardset node runtime: storage, peer transport and the loop that drives the Raft groups."""

@@ -1,0 +1,189 @@
+"""The node's HTTP API (aiohttp): key-value operations under /v1, health, metrics.
+
+Every answer is JSON and names the shard, the Raft index and the shard-map
+epoch it was served at. A request that reaches a node which is not the
+shard's leader is answered with a 307 redirect to the leader (and a JSON body
+naming it), which the Shardset client follows; no leader known yet is a 503
+with Retry-After. Bad input is a 4xx whose JSON names the problem.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from shardset_node.errors import ApiError
+from shardset_node.openapi import OPENAPI
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@web.middleware
+async def errors_as_json(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except ApiError as e:
+        headers = {"Location": e.location} if e.location else {}
+        if e.retry_after is not None:
+            headers["Retry-After"] = str(e.retry_after)
+        return web.json_response(
+            {"error": e.code, "message": str(e), **e.extra}, status=e.status, headers=headers
+        )
+    except web.HTTPException as e:
+        if e.status < 400:
+            raise
+        return web.json_response(
+            {"error": e.reason.lower().replace(" ", "_"), "message": e.text or e.reason},
+            status=e.status,
+        )
+
+
+def build_app(node: Any, *, max_value_bytes: int) -> web.Application:
+    """Routes over `node` (a shardset_node.node.Node)."""
+    app = web.Application(middlewares=[errors_as_json], client_max_size=max_value_bytes + 4096)
+    h = _Handlers(node, max_value_bytes)
+    app.router.add_put("/v1/kv/{key}", h.put)
+    app.router.add_get("/v1/kv/{key}", h.get)
+    app.router.add_delete("/v1/kv/{key}", h.delete)
+    app.router.add_post("/v1/cas/{key}", h.cas)
+    app.router.add_get("/v1/scan", h.scan)
+    app.router.add_get("/v1/shardmap", h.shardmap)
+    app.router.add_get("/v1/status", h.status)
+    app.router.add_get("/v1/openapi.json", h.openapi)
+    app.router.add_post("/v1/admin/{action}", h.admin)
+    app.router.add_get("/healthz", h.healthz)
+    app.router.add_get("/readyz", h.readyz)
+    app.router.add_get("/metrics", h.metrics)
+    return app
+
+
+class _Handlers:
+    def __init__(self, node: Any, max_value_bytes: int) -> None:
+        self.node = node
+        self.max_value_bytes = max_value_bytes
+
+    async def put(self, request: web.Request) -> web.Response:
+        key = _key(request)
+        value = await request.read()
+        if len(value) > self.max_value_bytes:
+            raise ApiError(
+                413, "value_too_large", f"value is {len(value)} bytes; limit {self.max_value_bytes}"
+            )
+        body = await self.node.put(key, value, _idem(request), request.path_qs)
+        return web.json_response(body)
+
+    async def delete(self, request: web.Request) -> web.Response:
+        body = await self.node.delete(_key(request), _idem(request), request.path_qs)
+        return web.json_response(body)
+
+    async def cas(self, request: web.Request) -> web.Response:
+        key = _key(request)
+        raw = await _json_object(request)
+        for field in ("expected", "value"):
+            if field not in raw:
+                raise ApiError(400, "missing_field", f"JSON body needs {field!r} (base64 or null)")
+        expected = _b64field(raw, "expected")
+        value = _b64field(raw, "value")
+        body = await self.node.cas(key, expected, value, _idem(request), request.path_qs)
+        return web.json_response(body)
+
+    async def get(self, request: web.Request) -> web.Response:
+        key = _key(request)
+        mode = request.query.get("consistency")
+        staleness = _int_param(request, "max_staleness_ms")
+        body = await self.node.get(key, mode, staleness, request.path_qs)
+        status = 200 if body.get("value") is not None else 404
+        return web.json_response(body, status=status)
+
+    async def scan(self, request: web.Request) -> web.Response:
+        shard = _int_param(request, "shard")
+        if shard is None:
+            raise ApiError(400, "missing_parameter", "scan needs ?shard=N (the client fans out)")
+        limit = _int_param(request, "limit") or 1000
+        body = await self.node.scan(
+            shard, request.query.get("start", ""), request.query.get("end"), limit, request.path_qs
+        )
+        return web.json_response(body)
+
+    async def shardmap(self, request: web.Request) -> web.Response:
+        return web.json_response(self.node.shardmap_view())
+
+    async def status(self, request: web.Request) -> web.Response:
+        return web.json_response(self.node.status())
+
+    async def openapi(self, request: web.Request) -> web.Response:
+        return web.json_response(OPENAPI)
+
+    async def admin(self, request: web.Request) -> web.Response:
+        body = await _json_object(request)
+        return web.json_response(await self.node.admin(request.match_info["action"], body))
+
+    async def healthz(self, request: web.Request) -> web.Response:
+        return web.json_response({"status": "ok", "node": self.node.id})
+
+    async def readyz(self, request: web.Request) -> web.Response:
+        problems = self.node.readiness_problems()
+        if problems:
+            return web.json_response({"status": "not_ready", "problems": problems}, status=503)
+        return web.json_response({"status": "ready"})
+
+    async def metrics(self, request: web.Request) -> web.Response:
+        data = generate_latest(self.node.metrics.registry)
+        return web.Response(body=data, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+def _key(request: web.Request) -> bytes:
+    key = request.match_info["key"].encode()
+    if not 0 < len(key) <= 1024:
+        raise ApiError(400, "bad_key", f"key must be 1 to 1024 bytes of UTF-8, got {len(key)}")
+    return key
+
+
+def _idem(request: web.Request) -> bytes | None:
+    raw = request.headers.get("Idempotency-Key")
+    if raw is None:
+        return None
+    if not 0 < len(raw) <= 128:
+        raise ApiError(400, "bad_idempotency_key", "Idempotency-Key must be 1 to 128 characters")
+    return raw.encode()
+
+
+def _int_param(request: web.Request, name: str) -> int | None:
+    raw = request.query.get(name)
+    if raw is None:
+        return None
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ApiError(400, "bad_parameter", f"{name} must be an integer, got {raw!r}") from None
+    if value < 0:
+        raise ApiError(400, "bad_parameter", f"{name} must not be negative, got {value}")
+    return value
+
+
+async def _json_object(request: web.Request) -> dict[str, Any]:
+    try:
+        raw = await request.json()
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise ApiError(400, "bad_json", "request body is not valid JSON") from None
+    if not isinstance(raw, dict):
+        raise ApiError(400, "bad_json", "request body must be a JSON object")
+    return raw
+
+
+def _b64field(raw: dict[str, Any], field: str) -> bytes | None:
+    value = raw.get(field)
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise ApiError(400, "bad_field", f"{field!r} must be base64 text or null")
+    try:
+        return base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError):
+        raise ApiError(400, "bad_field", f"{field!r} is not valid base64") from None

@@ -1,0 +1,224 @@
+"""One Raft group on a node: the core, its storage, its state machine, and the
+clients waiting on it.
+
+The core refuses input between ready() and advance() (see shardset_raft.raft),
+while the host awaits the disk. So requests from clients are queued here and
+handed to the core by the host loop at a safe point; their futures resolve when
+the entry is applied (writes) or the read index is applied (reads).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import itertools
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from shardset_raft import (
+    ConfChange,
+    Entry,
+    EntryType,
+    Message,
+    NotLeader,
+    Raft,
+    RaftError,
+    Ready,
+    Role,
+    Snapshot,
+)
+
+Send = Callable[[int, int, Sequence[Message]], None]  # (to_node, group, messages)
+
+
+class StateMachine(Protocol):
+    def apply(self, entries: Sequence[Entry]) -> list[object]:
+        """Apply committed entries in order; one result per entry."""
+        ...
+
+    def restore(self, snapshot: Snapshot) -> None:
+        """Replace the whole state by a snapshot received from the leader."""
+        ...
+
+    def snapshot(self) -> bytes:
+        """The state at the last applied index, for compaction and laggards."""
+        ...
+
+
+class GroupStorage(Protocol):
+    def stage(self, rd: Ready) -> None:
+        """Buffer what `rd` asks to persist; the host's sync() makes it durable."""
+        ...
+
+    def save_snapshot(self, snapshot: Snapshot) -> None: ...
+
+
+class LeadershipLost(RaftError):
+    """The entry a client waited for was overwritten by a new leader; retry."""
+
+
+@dataclass
+class _Waiter:
+    term: int
+    future: asyncio.Future[object]
+
+
+class ReplicaGroup:
+    def __init__(
+        self,
+        group_id: int,
+        raft: Raft,
+        storage: GroupStorage,
+        machine: StateMachine,
+        send: Send,
+        *,
+        compact_every: int = 10_000,
+    ) -> None:
+        self.id = group_id
+        self.raft = raft
+        self.storage = storage
+        self.machine = machine
+        self.send = send
+        self.compact_every = compact_every
+        self._requests: list[tuple[Callable[[], object], asyncio.Future[object]]] = []
+        self._writes: dict[int, _Waiter] = {}  # log index -> waiter
+        self._reads: dict[int, asyncio.Future[object]] = {}  # read request id -> future
+        self._read_waits: list[tuple[int, asyncio.Future[object]]] = []  # (index, future)
+        self._read_ids = itertools.count(1)
+        self.wake: Callable[[], None] = lambda: None
+
+    # --- requests from clients (any time) ---------------------------------------
+    def propose(self, data: bytes) -> asyncio.Future[object]:
+        """Resolves with the state machine's result once the entry is applied here."""
+        return self._queue(lambda: self._propose_now(data))
+
+    def read_index(self) -> asyncio.Future[object]:
+        """Resolves with a linearizable read index once it is applied here."""
+        return self._queue(self._read_now)
+
+    def conf_change(self, change: ConfChange) -> asyncio.Future[object]:
+        return self._queue(lambda: self._conf_now(change))
+
+    def transfer_leadership(self, to: int) -> asyncio.Future[object]:
+        return self._queue(lambda: self.raft.transfer_leadership(to))
+
+    def _queue(self, action: Callable[[], object]) -> asyncio.Future[object]:
+        fut: asyncio.Future[object] = asyncio.get_running_loop().create_future()
+        self._requests.append((action, fut))
+        self.wake()
+        return fut
+
+    # --- the host loop, at a safe point ------------------------------------------
+    def take_requests(self) -> None:
+        requests, self._requests = self._requests, []
+        for action, fut in requests:
+            try:
+                outcome = action()
+            except RaftError as e:
+                if not fut.done():
+                    fut.set_exception(e)
+                continue
+            if isinstance(outcome, _Waiter):
+                outcome.future.add_done_callback(functools.partial(_chain, dst=fut))
+            elif not fut.done():
+                fut.set_result(outcome)
+
+    def _propose_now(self, data: bytes) -> _Waiter:
+        index = self.raft.propose(data)
+        return self._wait_write(index)
+
+    def _conf_now(self, change: ConfChange) -> object:
+        index = self.raft.propose_conf_change(change)
+        return None if index is None else self._wait_write(index)
+
+    def _wait_write(self, index: int) -> _Waiter:
+        waiter = _Waiter(self.raft.term, asyncio.get_running_loop().create_future())
+        self._writes[index] = waiter
+        return waiter
+
+    def _read_now(self) -> _Waiter:
+        rid = next(self._read_ids)
+        waiter = _Waiter(self.raft.term, asyncio.get_running_loop().create_future())
+        self._reads[rid] = waiter.future
+        self.raft.read_index(rid)
+        return waiter
+
+    def finish(self, rd: Ready) -> None:
+        """After the host persisted `rd`: send, apply, answer, advance."""
+        for m in rd.messages:
+            self.send(m.to, self.id, (m,))
+        if rd.snapshot is not None:
+            self.machine.restore(rd.snapshot)
+        if rd.committed_entries:
+            self._apply(rd.committed_entries)
+        for rs in rd.read_states:
+            fut = self._reads.pop(rs.request, None)
+            if fut is not None:
+                self._read_waits.append((rs.index, fut))
+        self.raft.advance(rd)
+        self._release_reads()
+        if rd.soft_state is not None and rd.soft_state.role != Role.LEADER:
+            self._fail_reads(NotLeader(rd.soft_state.leader))
+        self._maybe_compact()
+
+    def _apply(self, entries: Sequence[Entry]) -> None:
+        results = self.machine.apply(entries)
+        for e, result in zip(entries, results, strict=True):
+            waiter = self._writes.pop(e.index, None)
+            if waiter is None or waiter.future.done():
+                continue
+            if e.term != waiter.term:
+                waiter.future.set_exception(LeadershipLost(f"entry {e.index} was replaced"))
+            elif e.type == EntryType.NORMAL or e.type == EntryType.CONF:
+                waiter.future.set_result((e.index, result))
+
+    def _release_reads(self) -> None:
+        applied = self.raft.applied
+        still = []
+        for index, fut in self._read_waits:
+            if index <= applied:
+                if not fut.done():
+                    fut.set_result(index)
+            else:
+                still.append((index, fut))
+        self._read_waits = still
+
+    def _fail_reads(self, error: RaftError) -> None:
+        # Pending ReadIndex requests die with the leadership (the core drops them).
+        for fut in self._reads.values():
+            if not fut.done():
+                fut.set_exception(error)
+        self._reads.clear()
+
+    def _maybe_compact(self) -> None:
+        raft = self.raft
+        if raft.applied - raft.log.meta.index < self.compact_every:
+            return
+        snap = raft.compact(raft.applied, self.machine.snapshot())
+        self.storage.save_snapshot(snap)
+
+    def fail_all(self, error: Exception) -> None:
+        for waiter in self._writes.values():
+            if not waiter.future.done():
+                waiter.future.set_exception(error)
+        for fut in self._reads.values():
+            if not fut.done():
+                fut.set_exception(error)
+        for _, fut in self._read_waits:
+            if not fut.done():
+                fut.set_exception(error)
+        self._writes.clear()
+        self._reads.clear()
+        self._read_waits.clear()
+
+
+def _chain(src: asyncio.Future[object], dst: asyncio.Future[object]) -> None:
+    if dst.done():
+        return
+    if src.cancelled():
+        dst.cancel()
+    elif (exc := src.exception()) is not None:
+        dst.set_exception(exc)
+    else:
+        dst.set_result(src.result())

@@ -1,0 +1,43 @@
+"""Prometheus metrics of a node, read from its live state at scrape time."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+
+class NodeMetrics:
+    def __init__(self, node: Any) -> None:
+        self.registry = CollectorRegistry()
+        self.registry.register(_NodeCollector(node))
+
+
+class _NodeCollector(Collector):
+    def __init__(self, node: Any) -> None:
+        self.node = node
+
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+        host = self.node.host
+        term = GaugeMetricFamily("shardset_raft_term", "Current Raft term", labels=["group"])
+        leader = GaugeMetricFamily(
+            "shardset_raft_is_leader", "1 if this node leads the group", labels=["group"]
+        )
+        commit = GaugeMetricFamily("shardset_raft_commit_index", "Commit index", labels=["group"])
+        applied = GaugeMetricFamily(
+            "shardset_raft_applied_index", "Applied index", labels=["group"]
+        )
+        for gid, g in host.groups.items():
+            label = [str(gid)]
+            term.add_metric(label, g.raft.term)
+            leader.add_metric(label, 1.0 if g.raft.leader == self.node.id else 0.0)
+            commit.add_metric(label, g.raft.committed)
+            applied.add_metric(label, g.raft.applied)
+        yield from (term, leader, commit, applied)
+        yield CounterMetricFamily("shardset_raft_rounds", "Host loop rounds", value=host.rounds)
+        yield CounterMetricFamily(
+            "shardset_disk_syncs", "Rounds that synced the write-ahead log", value=host.syncs
+        )

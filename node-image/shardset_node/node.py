@@ -1,0 +1,302 @@
+"""A Shardset node: the Raft groups it hosts, its storage, transport and API.
+
+The node learns its shards from the shard map. A new store starts from a
+bootstrap map (written by `shardset local up` or handed over by the operator);
+afterwards the map lives in the metadata group (group 0), replicated on up to
+five nodes, so the store describes itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from shardset_node.commands import Cas, Delete, Put, encode_command
+from shardset_node.errors import ApiError
+from shardset_node.group import LeadershipLost, ReplicaGroup
+from shardset_node.host import RaftHost
+from shardset_node.kvengine import KvEngine
+from shardset_node.machines import MetaMachine, ShardMachine
+from shardset_node.metrics import NodeMetrics
+from shardset_node.raftstore import NodeStorage
+from shardset_node.shardmap import ShardMap
+from shardset_node.slots import slot_of
+from shardset_node.transport import Transport
+from shardset_raft import (
+    ConfState,
+    Message,
+    NotLeader,
+    ProposalDropped,
+    Raft,
+    RaftConfig,
+    RaftError,
+    Role,
+)
+
+log = structlog.get_logger(__name__)
+
+META_GROUP = 0
+META_VOTERS = 5
+REQUEST_TIMEOUT = 5.0
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    node_id: int
+    data_dir: Path
+    peer_host: str
+    peer_port: int
+    bootstrap: ShardMap
+    tick_interval: float = 0.05
+    election_tick: int = 10
+    fsync: bool = True
+    consistency: str = "linearizable"
+
+
+class Node:
+    def __init__(self, cfg: NodeConfig) -> None:
+        self.cfg = cfg
+        self.id = cfg.node_id
+        self.storage = NodeStorage(cfg.data_dir / "raft", fsync=cfg.fsync)
+        cfg.data_dir.mkdir(parents=True, exist_ok=True)
+        self.engine = KvEngine(cfg.data_dir / "kv.sqlite3")
+        self.host = RaftHost(self.storage.sync, tick_interval=cfg.tick_interval)
+        self.meta = MetaMachine(cfg.bootstrap)
+        self.transport: Transport | None = None
+        self.metrics = NodeMetrics(self)
+
+    # --- lifecycle ------------------------------------------------------------------
+    async def start(self) -> None:
+        await self.storage.open()
+        boot = self.cfg.bootstrap
+        meta_voters = frozenset(sorted(boot.nodes)[:META_VOTERS])
+        meta_learners = frozenset(boot.nodes) - meta_voters
+        self._add_group(META_GROUP, self.meta, ConfState(meta_voters, meta_learners))
+        for shard in self.meta.map.shards_on(self.id):
+            machine = ShardMachine(self.engine, shard, self.cfg.data_dir / "tmp")
+            self._add_group(shard, machine, ConfState(frozenset(boot.replicas.get(shard, ()))))
+        peers = {n: _hostport(a.peer) for n, a in self.meta.map.nodes.items() if n != self.id}
+        self.transport = Transport(
+            self.id, self.cfg.peer_host, self.cfg.peer_port, peers, self.host.deliver
+        )
+        await self.transport.start()
+        await self.host.start()
+        log.info("node started", node=self.id, groups=sorted(self.host.groups))
+
+    async def stop(self) -> None:
+        await self.host.stop()
+        if self.transport is not None:
+            await self.transport.stop()
+        for g in self.host.groups.values():
+            g.fail_all(RaftError("node stopping"))
+        await self.storage.close()
+        self.engine.close()
+
+    def _add_group(self, gid: int, machine: Any, bootstrap: ConfState) -> None:
+        gs = self.storage.group(gid)
+        hard, snap, entries = gs.initial_state()
+        if snap.meta.index > 0 or snap.data:
+            machine.restore(snap)
+        raft = Raft(
+            RaftConfig(
+                id=self.id,
+                election_tick=self.cfg.election_tick,
+                heartbeat_tick=1,
+                seed=gid * 7919 + self.id,
+            ),
+            hard_state=hard,
+            snapshot=snap,
+            entries=entries,
+            bootstrap=bootstrap if self.id in bootstrap.members() else None,
+        )
+        self.host.add(ReplicaGroup(gid, raft, gs, machine, self._send))
+
+    def _send(self, to: int, gid: int, messages: Sequence[Message]) -> None:
+        if self.transport is not None:
+            self.transport.send(to, gid, messages)
+
+    # --- routing ----------------------------------------------------------------------
+    def _group_for_key(self, key: bytes, path: str) -> ReplicaGroup:
+        shard = self.meta.map.shard_of_slot(slot_of(key))
+        return self._group(shard, path)
+
+    def _group(self, shard: int, path: str) -> ReplicaGroup:
+        m = self.meta.map
+        g = self.host.groups.get(shard)
+        if g is None:
+            holders = m.replicas.get(shard, ())
+            if not holders:
+                raise ApiError(404, "no_such_shard", f"shard {shard} does not exist", shard=shard)
+            raise self._redirect(shard, holders[0], path)
+        return g
+
+    def _redirect(self, shard: int, leader: int, path: str) -> ApiError:
+        if leader == 0 or leader not in self.meta.map.nodes:
+            return ApiError(
+                503,
+                "no_leader",
+                f"shard {shard} has no known leader yet; retry",
+                retry_after=1,
+                shard=shard,
+                leader=None,
+                epoch=self.meta.map.epoch,
+            )
+        url = self.meta.map.nodes[leader].api
+        return ApiError(
+            307,
+            "not_leader",
+            f"node {self.id} does not lead shard {shard}; node {leader} does",
+            location=url + path,
+            shard=shard,
+            leader=leader,
+            leader_url=url,
+            epoch=self.meta.map.epoch,
+        )
+
+    async def _await(self, g: ReplicaGroup, fut: asyncio.Future[object], path: str) -> Any:
+        try:
+            return await asyncio.wait_for(fut, REQUEST_TIMEOUT)
+        except NotLeader as e:
+            raise self._redirect(g.id, e.leader or g.raft.leader, path) from None
+        except (ProposalDropped, LeadershipLost) as e:
+            raise ApiError(503, "retry", str(e), retry_after=1, shard=g.id) from None
+        except TimeoutError:
+            raise ApiError(
+                504,
+                "timeout",
+                f"shard {g.id} did not answer within {REQUEST_TIMEOUT}s; the "
+                "write may or may not have been applied (retry with the same Idempotency-Key)",
+                shard=g.id,
+            ) from None
+
+    # --- key-value operations ---------------------------------------------------------
+    async def _write(self, key: bytes, command: bytes, path: str) -> dict[str, Any]:
+        g = self._group_for_key(key, path)
+        if g.raft.role != Role.LEADER:
+            raise self._redirect(g.id, g.raft.leader, path)
+        index, result = await self._await(g, g.propose(command), path)
+        body = {"shard": g.id, "index": index, "epoch": self.meta.map.epoch, "replica": self.id}
+        if isinstance(result, dict):
+            body.update({k: _jsonable(v) for k, v in result.items()})
+        return body
+
+    async def put(self, key: bytes, value: bytes, idem: bytes | None, path: str) -> dict[str, Any]:
+        return await self._write(key, encode_command(Put(key, value, idem)), path)
+
+    async def delete(self, key: bytes, idem: bytes | None, path: str) -> dict[str, Any]:
+        return await self._write(key, encode_command(Delete(key, idem)), path)
+
+    async def cas(
+        self, key: bytes, expected: bytes | None, value: bytes | None, idem: bytes | None, path: str
+    ) -> dict[str, Any]:
+        return await self._write(key, encode_command(Cas(key, expected, value, idem)), path)
+
+    async def _read_barrier(self, g: ReplicaGroup, path: str) -> int:
+        if g.raft.role != Role.LEADER:
+            raise self._redirect(g.id, g.raft.leader, path)
+        index = await self._await(g, g.read_index(), path)
+        return int(index)
+
+    async def get(
+        self, key: bytes, mode: str | None, staleness_ms: int | None, path: str
+    ) -> dict[str, Any]:
+        g = self._group_for_key(key, path)
+        index = await self._read_barrier(g, path)
+        value = self.engine.get(g.id, key)
+        return {
+            "key": key.decode(),
+            "value": None if value is None else base64.b64encode(value).decode(),
+            "shard": g.id,
+            "index": index,
+            "epoch": self.meta.map.epoch,
+            "consistency": "linearizable",
+            "replica": self.id,
+        }
+
+    async def scan(
+        self, shard: int, start: str, end: str | None, limit: int, path: str
+    ) -> dict[str, Any]:
+        g = self._group(shard, path)
+        index = await self._read_barrier(g, path)
+        items = self.engine.scan(g.id, start.encode(), None if end is None else end.encode(), limit)
+        return {
+            "items": [[k.decode(), base64.b64encode(v).decode()] for k, v in items],
+            "shard": g.id,
+            "index": index,
+            "epoch": self.meta.map.epoch,
+            "replica": self.id,
+        }
+
+    # --- views ------------------------------------------------------------------------
+    def shardmap_view(self) -> dict[str, Any]:
+        m = self.meta.map
+        leaders = {str(gid): g.raft.leader for gid, g in self.host.groups.items() if gid}
+        return {
+            "epoch": m.epoch,
+            "slots": [[r.start, r.end, r.shard] for r in m.slots],
+            "replicas": {str(s): list(h) for s, h in m.replicas.items()},
+            "nodes": {str(n): {"peer": a.peer, "api": a.api} for n, a in m.nodes.items()},
+            "leaders": leaders,
+        }
+
+    def status(self) -> dict[str, Any]:
+        groups = {}
+        for gid, g in sorted(self.host.groups.items()):
+            r = g.raft
+            entry: dict[str, Any] = {
+                "role": r.role.name.lower(),
+                "term": r.term,
+                "leader": r.leader,
+                "commit": r.committed,
+                "applied": r.applied,
+                "last_index": r.log.last_index(),
+                "voters": sorted(r.conf.voters),
+                "learners": sorted(r.conf.learners),
+            }
+            if r.role == Role.LEADER:
+                last = r.log.last_index()
+                entry["followers"] = {
+                    str(p): {
+                        "match": pr.match,
+                        "lag": last - pr.match,
+                        "state": pr.state.name.lower(),
+                    }
+                    for p, pr in r.progress.items()
+                    if p != self.id
+                }
+            groups["meta" if gid == META_GROUP else str(gid)] = entry
+        return {"node": self.id, "epoch": self.meta.map.epoch, "groups": groups}
+
+    def readiness_problems(self) -> list[str]:
+        return [
+            f"group {gid} has no known leader"
+            for gid, g in sorted(self.host.groups.items())
+            if g.raft.leader == 0
+        ]
+
+    async def admin(self, action: str, body: dict[str, Any]) -> dict[str, Any]:
+        if action == "transfer-leader":
+            shard, to = int(body["shard"]), int(body["to"])
+            g = self._group(shard, f"/v1/admin/{action}")
+            if g.raft.leader == to:
+                return {"shard": shard, "leader": to, "changed": False}
+            await self._await(g, g.transfer_leadership(to), "")
+            return {"shard": shard, "leader": to, "changed": True}
+        raise ApiError(404, "unknown_action", f"unknown admin action {action!r}")
+
+
+def _hostport(addr: str) -> tuple[str, int]:
+    host, _, port = addr.rpartition(":")
+    return host, int(port)
+
+
+def _jsonable(value: object) -> object:
+    if isinstance(value, bytes):
+        return base64.b64encode(value).decode()
+    return value

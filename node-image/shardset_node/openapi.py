@@ -1,0 +1,177 @@
+"""The OpenAPI 3.1 description served at /v1/openapi.json."""
+
+from __future__ import annotations
+
+from typing import Any
+
+_META = {
+    "shard": {"type": "integer", "description": "the shard that owns the key"},
+    "index": {"type": "integer", "description": "Raft index of the write, or the read index"},
+    "epoch": {"type": "integer", "description": "shard-map epoch the request was served at"},
+    "replica": {"type": "integer", "description": "node that served the request"},
+}
+_ERROR = {
+    "type": "object",
+    "required": ["error", "message"],
+    "properties": {
+        "error": {"type": "string", "description": "machine-readable code"},
+        "message": {"type": "string", "description": "what is wrong, for a person"},
+        "leader": {"type": ["integer", "null"], "description": "on 307: the shard's leader"},
+    },
+}
+_KEY = {
+    "name": "key",
+    "in": "path",
+    "required": True,
+    "schema": {"type": "string", "maxLength": 1024},
+    "description": "UTF-8 key, 1 to 1024 bytes, percent-encoded",
+}
+_IDEM = {
+    "name": "Idempotency-Key",
+    "in": "header",
+    "required": False,
+    "schema": {"type": "string"},
+    "description": "same key on a retry = applied once, original result returned",
+}
+
+
+def _write_response(extra: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "type": "object",
+        "required": ["shard", "index", "epoch"],
+        "properties": {**_META, **extra},
+    }
+
+
+def _responses(ok: dict[str, Any]) -> dict[str, Any]:
+    err = {"content": {"application/json": {"schema": _ERROR}}}
+    return {
+        "200": {"description": "done", "content": {"application/json": {"schema": ok}}},
+        "307": {"description": "not the leader: follow Location", **err},
+        "400": {"description": "malformed request", **err},
+        "503": {"description": "no leader yet: retry after Retry-After", **err},
+    }
+
+
+OPENAPI: dict[str, Any] = {
+    "openapi": "3.1.0",
+    "info": {"title": "Shardset node API", "version": "v1"},
+    "paths": {
+        "/v1/kv/{key}": {
+            "parameters": [_KEY],
+            "put": {
+                "summary": "write a value (raw bytes body, up to 1 MiB)",
+                "parameters": [_IDEM],
+                "requestBody": {"content": {"application/octet-stream": {}}},
+                "responses": {
+                    **_responses(_write_response({"prev_exists": {"type": "boolean"}})),
+                    "413": {"description": "value too large"},
+                },
+            },
+            "get": {
+                "summary": "read a value (base64 in `value`; 404 if absent)",
+                "parameters": [
+                    {"name": "consistency", "in": "query", "schema": {"type": "string"}},
+                    {"name": "max_staleness_ms", "in": "query", "schema": {"type": "integer"}},
+                ],
+                "responses": {
+                    **_responses(
+                        _write_response(
+                            {
+                                "value": {"type": ["string", "null"], "contentEncoding": "base64"},
+                                "consistency": {"type": "string"},
+                            }
+                        )
+                    ),
+                    "404": {"description": "no such key (same metadata, value null)"},
+                },
+            },
+            "delete": {
+                "summary": "delete a key",
+                "parameters": [_IDEM],
+                "responses": _responses(_write_response({"existed": {"type": "boolean"}})),
+            },
+        },
+        "/v1/cas/{key}": {
+            "parameters": [_KEY],
+            "post": {
+                "summary": "compare-and-set: write `value` if the key holds `expected`",
+                "parameters": [_IDEM],
+                "requestBody": {
+                    "content": {
+                        "application/json": {
+                            "schema": {
+                                "type": "object",
+                                "required": ["expected", "value"],
+                                "properties": {
+                                    "expected": {
+                                        "type": ["string", "null"],
+                                        "description": "base64; null = absent",
+                                    },
+                                    "value": {
+                                        "type": ["string", "null"],
+                                        "description": "base64; null = delete",
+                                    },
+                                },
+                            }
+                        }
+                    }
+                },
+                "responses": _responses(
+                    _write_response(
+                        {"ok": {"type": "boolean"}, "current": {"type": ["string", "null"]}}
+                    )
+                ),
+            },
+        },
+        "/v1/scan": {
+            "get": {
+                "summary": "keys of one shard in [start, end), in key order",
+                "parameters": [
+                    {"name": n, "in": "query", "schema": {"type": t}}
+                    for n, t in (
+                        ("shard", "integer"),
+                        ("start", "string"),
+                        ("end", "string"),
+                        ("limit", "integer"),
+                    )
+                ],
+                "responses": _responses({"type": "object"}),
+            }
+        },
+        "/v1/shardmap": {
+            "get": {
+                "summary": "slots, replicas, node addresses, known leaders",
+                "responses": {"200": {"description": "the shard map"}},
+            }
+        },
+        "/v1/status": {
+            "get": {
+                "summary": "this node's replicas: role, term, commit, applied, lag",
+                "responses": {"200": {"description": "status"}},
+            }
+        },
+        "/v1/admin/{action}": {
+            "post": {
+                "summary": "admin operations (idempotent): transfer-leader, add-learner, promote, "
+                "remove-replica, create-replica, set-consistency",
+                "parameters": [
+                    {"name": "action", "in": "path", "required": True, "schema": {"type": "string"}}
+                ],
+                "responses": _responses({"type": "object"}),
+            }
+        },
+        "/healthz": {
+            "get": {"summary": "process is alive", "responses": {"200": {"description": "ok"}}}
+        },
+        "/readyz": {
+            "get": {
+                "summary": "every local replica knows its leader",
+                "responses": {"200": {"description": "ready"}, "503": {"description": "not ready"}},
+            }
+        },
+        "/metrics": {
+            "get": {"summary": "Prometheus metrics", "responses": {"200": {"description": "text"}}}
+        },
+    },
+}

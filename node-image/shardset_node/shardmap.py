@@ -1,0 +1,81 @@
+"""The shard map: which shard owns a slot, which nodes hold a shard, where nodes are.
+
+Kept in the metadata Raft group, so the store describes itself. Every change
+bumps `epoch`; clients cache the map and a node refuses a request routed with
+an older epoch to a shard that no longer owns the key.
+"""
+
+from __future__ import annotations
+
+import json
+from bisect import bisect_right
+from dataclasses import dataclass, field, replace
+
+from shardset_node.placement import SLOTS, SlotRange, initial_replicas, initial_slots
+
+
+@dataclass(frozen=True, slots=True)
+class NodeAddress:
+    peer: str  # host:port of the Raft transport
+    api: str  # http://host:port of the client API
+
+
+@dataclass(frozen=True)
+class ShardMap:
+    epoch: int
+    slots: tuple[SlotRange, ...]
+    replicas: dict[int, tuple[int, ...]]
+    nodes: dict[int, NodeAddress] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        covered = sorted((r.start, r.end) for r in self.slots)
+        expected = 0
+        for start, end in covered:
+            if start != expected or end <= start:
+                raise ValueError(f"slot ranges must tile [0, {SLOTS}) without gaps: {covered}")
+            expected = end
+        if expected != SLOTS:
+            raise ValueError(f"slot ranges end at {expected}, not {SLOTS}")
+        unknown = {r.shard for r in self.slots} - set(self.replicas)
+        if unknown:
+            raise ValueError(f"slots point at shards without replicas: {sorted(unknown)}")
+
+    def shard_of_slot(self, slot: int) -> int:
+        ranges = sorted(self.slots, key=lambda r: r.start)
+        i = bisect_right([r.start for r in ranges], slot) - 1
+        return ranges[i].shard
+
+    def shards_on(self, node: int) -> list[int]:
+        return sorted(s for s, holders in self.replicas.items() if node in holders)
+
+    def with_changes(self, **changes: object) -> ShardMap:
+        """A new map with `changes` and the next epoch."""
+        return replace(self, epoch=self.epoch + 1, **changes)  # type: ignore[arg-type]
+
+    def encode(self) -> bytes:
+        return json.dumps(
+            {
+                "epoch": self.epoch,
+                "slots": [[r.start, r.end, r.shard] for r in self.slots],
+                "replicas": {str(s): list(h) for s, h in self.replicas.items()},
+                "nodes": {str(n): [a.peer, a.api] for n, a in self.nodes.items()},
+            },
+            sort_keys=True,
+        ).encode()
+
+    @staticmethod
+    def decode(data: bytes) -> ShardMap:
+        raw = json.loads(data)
+        return ShardMap(
+            epoch=int(raw["epoch"]),
+            slots=tuple(SlotRange(int(a), int(b), int(s)) for a, b, s in raw["slots"]),
+            replicas={int(s): tuple(int(n) for n in h) for s, h in raw["replicas"].items()},
+            nodes={int(n): NodeAddress(p, a) for n, (p, a) in raw["nodes"].items()},
+        )
+
+
+def bootstrap_map(nodes: dict[int, NodeAddress], shards: int, replication: int) -> ShardMap:
+    """The first shard map of a new store (epoch 1)."""
+    slots = initial_slots(shards)
+    replicas = initial_replicas([r.shard for r in slots], list(nodes), replication)
+    return ShardMap(epoch=1, slots=slots, replicas=replicas, nodes=dict(nodes))
