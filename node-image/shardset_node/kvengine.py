@@ -1,0 +1,662 @@
+"""The applied key-value state of a node (the Raft state machine), stored in SQLite.
+
+One SQLite file per node holds every shard replica the node hosts; rows carry their shard
+id. Why SQLite in WAL mode with ``synchronous=NORMAL`` and not LMDB: see
+``docs/storage-engine.md`` (measured; LMDB also caps keys at 511 bytes).
+
+Durability contract: a committed :meth:`KvEngine.apply` survives a process crash; after a
+power loss the engine may come back at an *earlier* applied index, but always with data
+that matches that index (SQLite's WAL is atomic). The Raft log therefore must keep
+entries above :meth:`KvEngine.applied_index` until :meth:`KvEngine.sync` or a snapshot
+export has made them durable.
+
+Determinism: :meth:`KvEngine.apply` results depend only on the shard's state and the
+commands, including the idempotency table, which evicts by per-shard insertion sequence
+(not by when a caller chose to batch entries). ``idem_capacity`` must be the same on every
+replica of a shard.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sqlite3
+import struct
+import threading
+import zlib
+from collections.abc import Collection, Iterable, Iterator, Sequence
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass
+from itertools import islice
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import msgpack  # type: ignore[import-untyped]  # ships no type information
+
+from shardset_node.commands import (
+    MAX_KEY_BYTES,
+    MAX_VALUE_BYTES,
+    Cas,
+    Command,
+    CommandError,
+    Delete,
+    Put,
+    Result,
+    check_key,
+    decode_result,
+    encode_result,
+    execute,
+)
+from shardset_node.slots import slot_of
+
+__all__ = [
+    "IDEM_CAPACITY",
+    "MAX_KEY_BYTES",
+    "MAX_VALUE_BYTES",
+    "KvEngine",
+    "SnapshotCorrupt",
+    "SnapshotError",
+    "SnapshotInfo",
+    "SnapshotMismatch",
+    "StaleIndex",
+]
+
+IDEM_CAPACITY = 100_000
+_SCHEMA_VERSION = 1
+_SCHEMA = """
+CREATE TABLE kv (
+    shard INTEGER NOT NULL, key BLOB NOT NULL, value BLOB NOT NULL,
+    PRIMARY KEY (shard, key)
+) WITHOUT ROWID;
+CREATE TABLE shard_meta (
+    shard INTEGER PRIMARY KEY, applied INTEGER NOT NULL, idem_seq INTEGER NOT NULL
+);
+-- slot = slot of the command's key, so a slot move can take the records along.
+CREATE TABLE idem (
+    shard INTEGER NOT NULL, idem BLOB NOT NULL, seq INTEGER NOT NULL,
+    slot INTEGER NOT NULL, result BLOB NOT NULL,
+    PRIMARY KEY (shard, idem)
+) WITHOUT ROWID;
+CREATE UNIQUE INDEX idem_by_seq ON idem (shard, seq);
+"""
+
+# Snapshot file: a fixed-size header, then a msgpack stream body of ``key_count`` records
+# ``[key, value]`` in key order and ``idem_count`` records ``[idem, seq, slot, result]``
+# in seq order. Fixed size so it can be written last, over a placeholder, once the
+# counts and the body's sha256 are known. The header ends with a crc32 of itself.
+_MAGIC = b"SSKVSNAP"
+_VERSION = 1
+_KIND_FULL, _KIND_SLOTS = 0, 1
+_HEADER = struct.Struct(">8sHHQQQQQQ32s")
+_HEADER_CRC = struct.Struct(">I")
+_HEADER_SIZE = _HEADER.size + _HEADER_CRC.size
+_MAX_SHARD = (1 << 63) - 1  # SQLite INTEGER is signed 64-bit
+# One record is at most a 1 MiB value plus a key; bound the unpacker's buffer to that.
+_MAX_RECORD_BYTES = MAX_VALUE_BYTES + MAX_KEY_BYTES + 64 * 1024
+_END = object()
+# A tuple, not the Command union, so the isinstance check is not "always true" to mypy:
+# callers can still pass anything at run time.
+_COMMAND_TYPES: tuple[type, ...] = (Put, Delete, Cas)
+
+
+class StaleIndex(ValueError):
+    """An apply at an index the shard has already applied (replays must skip these)."""
+
+
+class SnapshotError(Exception):
+    """A snapshot file cannot be loaded."""
+
+
+class SnapshotCorrupt(SnapshotError):
+    """The file fails an integrity check; nothing was loaded."""
+
+    def __init__(self, path: Path, reason: str) -> None:
+        super().__init__(f"corrupt snapshot {path}: {reason}")
+        self.path = path
+        self.reason = reason
+
+
+class SnapshotMismatch(SnapshotError):
+    """An intact snapshot of the wrong kind or of another shard."""
+
+
+@dataclass(frozen=True, slots=True)
+class SnapshotInfo:
+    path: Path
+    shard: int
+    applied_index: int
+    key_count: int
+    idem_count: int
+    slots_only: bool  # written by export_slots (a subset of keys) rather than export_snapshot
+    body_sha256: str
+
+
+@dataclass(frozen=True, slots=True)
+class _Header:
+    kind: int
+    shard: int
+    applied_index: int
+    key_count: int
+    idem_count: int
+    idem_seq: int
+    body_len: int
+    body_sha256: bytes
+
+    def pack(self) -> bytes:
+        head = _HEADER.pack(
+            _MAGIC, _VERSION, self.kind, self.shard, self.applied_index, self.key_count,
+            self.idem_count, self.idem_seq, self.body_len, self.body_sha256,
+        )
+        return head + _HEADER_CRC.pack(zlib.crc32(head))
+
+    def info(self, path: Path) -> SnapshotInfo:
+        return SnapshotInfo(
+            path, self.shard, self.applied_index, self.key_count, self.idem_count,
+            self.kind == _KIND_SLOTS, self.body_sha256.hex(),
+        )
+
+
+class KvEngine:
+    """Applied state of every shard replica on one node, in one SQLite file.
+
+    Thread-safe: calls are serialised on one connection; snapshot exports read through
+    their own connection so applies can continue meanwhile.
+    """
+
+    def __init__(
+        self, path: str | os.PathLike[str], *, idem_capacity: int = IDEM_CAPACITY,
+        durable_commits: bool = False,
+    ) -> None:
+        if idem_capacity < 1:
+            raise ValueError("idem_capacity must be at least 1")
+        self.path = Path(path)
+        self.idem_capacity = idem_capacity
+        self._lock = threading.Lock()
+        self._db = _connect(self.path)
+        # NORMAL: no fsync per commit; the Raft log can replay what a power loss undoes.
+        self._db.execute(f"PRAGMA synchronous={'FULL' if durable_commits else 'NORMAL'}")
+        self._db.execute("PRAGMA journal_size_limit=67108864")
+        _ensure_schema(self._db)
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    def __enter__(self) -> KvEngine:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def sync(self) -> None:
+        """Make every committed apply durable against power loss (a full WAL checkpoint)."""
+        with self._lock:
+            busy, _, _ = self._db.execute("PRAGMA wal_checkpoint(FULL)").fetchone()
+        if busy:
+            raise sqlite3.OperationalError("checkpoint could not finish: a reader is active")
+
+    # -- state machine --------------------------------------------------------------------
+
+    def applied_index(self, shard: int) -> int:
+        _check_shard(shard)
+        with self._lock:
+            return self._meta(shard)[0]
+
+    def apply(self, shard: int, index: int, commands: Sequence[Command]) -> list[Result]:
+        """Apply ``commands`` in order and record ``index`` as applied, all in one transaction.
+
+        Raises :class:`StaleIndex` if ``index`` is not above the applied index; then
+        nothing changes. Results of commands carrying an ``idem`` key already applied are
+        the remembered ones, and such commands change nothing.
+        """
+        _check_shard(shard)
+        with self._write() as db:
+            applied, seq = self._meta(shard)
+            _check_index(shard, index, applied)
+            results = []
+            for cmd in commands:
+                result, seq = self._apply_one(db, shard, cmd, seq)
+                results.append(result)
+            _set_meta(db, shard, index, seq)
+        return results
+
+    def _apply_one(
+        self, db: sqlite3.Connection, shard: int, cmd: Command, seq: int
+    ) -> tuple[Result, int]:
+        if not isinstance(cmd, _COMMAND_TYPES):
+            raise TypeError(f"not a command: {type(cmd).__name__}")
+        if cmd.idem is not None:
+            row = db.execute(
+                "SELECT result FROM idem WHERE shard = ? AND idem = ?", (shard, cmd.idem)
+            ).fetchone()
+            if row is not None:
+                return decode_result(row[0]), seq
+        outcome = execute(cmd, _get(db, shard, cmd.key))
+        if outcome.write:
+            _put(db, shard, cmd.key, outcome.value)
+        if cmd.idem is not None:
+            seq = self._remember(db, shard, seq, (cmd.idem, slot_of(cmd.key), outcome.result))
+        return outcome.result, seq
+
+    def _remember(
+        self, db: sqlite3.Connection, shard: int, seq: int, record: tuple[bytes, int, Result]
+    ) -> int:
+        """Store an idempotency record as number ``seq + 1``; evict beyond the capacity."""
+        idem, slot, result = record
+        seq += 1
+        db.execute(
+            "INSERT OR REPLACE INTO idem VALUES (?, ?, ?, ?, ?)",
+            (shard, idem, seq, slot, encode_result(result)),
+        )
+        db.execute(
+            "DELETE FROM idem WHERE shard = ? AND seq <= ?", (shard, seq - self.idem_capacity)
+        )
+        return seq
+
+    # -- reads ----------------------------------------------------------------------------
+
+    def get(self, shard: int, key: bytes) -> bytes | None:
+        _check_shard(shard)
+        check_key(key)
+        with self._lock:
+            return _get(self._db, shard, key)
+
+    def scan(
+        self, shard: int, start: bytes, end: bytes | None, limit: int
+    ) -> list[tuple[bytes, bytes]]:
+        """Up to ``limit`` pairs with ``start <= key < end`` (no upper bound if ``end`` is
+        None), in byte order of the keys."""
+        _check_shard(shard)
+        check_key(start)
+        if end is not None:
+            check_key(end)
+        if limit < 0:
+            raise ValueError("limit must not be negative")
+        sql = "SELECT key, value FROM kv WHERE shard = ? AND key >= ?"
+        args: tuple[Any, ...] = (shard, start)
+        if end is not None:
+            sql += " AND key < ?"
+            args += (end,)
+        with self._lock:
+            rows = self._db.execute(sql + " ORDER BY key LIMIT ?", (*args, limit)).fetchall()
+        return [(bytes(k), bytes(v)) for k, v in rows]
+
+    # -- shard lifecycle and slot moves ---------------------------------------------------
+
+    def drop_shard(self, shard: int) -> None:
+        """Forget a shard replica entirely (data, applied index, idempotency records)."""
+        _check_shard(shard)
+        with self._write() as db:
+            _clear_shard(db, shard)
+
+    def delete_slots(self, shard: int, index: int, slots: Collection[int]) -> int:
+        """Delete the keys (and idempotency records) of ``slots``, recording ``index`` as
+        applied in the same transaction: the source's side of a slot move, once
+        :meth:`import_slots` has run on the destination. Returns the number of keys."""
+        _check_shard(shard)
+        wanted = frozenset(slots)
+        with self._write() as db:
+            applied, seq = self._meta(shard)
+            _check_index(shard, index, applied)
+            keys = [
+                (shard, k)
+                for (k,) in db.execute("SELECT key FROM kv WHERE shard = ?", (shard,))
+                if slot_of(k) in wanted
+            ]
+            db.executemany("DELETE FROM kv WHERE shard = ? AND key = ?", keys)
+            idems = [
+                (shard, i)
+                for i, s in db.execute("SELECT idem, slot FROM idem WHERE shard = ?", (shard,))
+                if s in wanted
+            ]
+            db.executemany("DELETE FROM idem WHERE shard = ? AND idem = ?", idems)
+            _set_meta(db, shard, index, seq)
+        return len(keys)
+
+    # -- snapshots ------------------------------------------------------------------------
+
+    def export_snapshot(self, shard: int, path: str | os.PathLike[str]) -> SnapshotInfo:
+        """Write the shard's whole state at its applied index to ``path`` (atomically)."""
+        _check_shard(shard)
+        return self._export(shard, Path(path), None)
+
+    def export_slots(
+        self, shard: int, slots: Collection[int], path: str | os.PathLike[str]
+    ) -> SnapshotInfo:
+        """Write only the keys and idempotency records of ``slots``, for a slot move."""
+        _check_shard(shard)
+        return self._export(shard, Path(path), frozenset(slots))
+
+    def _export(self, shard: int, path: Path, slots: frozenset[int] | None) -> SnapshotInfo:
+        # A separate connection in one read transaction: a consistent view at one applied
+        # index, without holding the lock (applies go on while a big shard is exported).
+        reader = _connect(self.path)
+        try:
+            reader.execute("BEGIN")
+            applied, idem_seq = _read_meta(reader, shard)
+            kv = reader.execute("SELECT key, value FROM kv WHERE shard = ? ORDER BY key", (shard,))
+            idem = reader.execute(
+                "SELECT idem, seq, slot, result FROM idem WHERE shard = ? ORDER BY seq", (shard,)
+            )
+            if slots is None:
+                header = _write_snapshot(path, (_KIND_FULL, shard, applied, idem_seq), kv, idem)
+            else:
+                header = _write_snapshot(
+                    path,
+                    (_KIND_SLOTS, shard, applied, idem_seq),
+                    (r for r in kv if slot_of(r[0]) in slots),
+                    (r for r in idem if r[2] in slots),
+                )
+        finally:
+            reader.close()
+        return header.info(path)
+
+    def import_snapshot(self, shard: int, path: str | os.PathLike[str]) -> SnapshotInfo:
+        """Replace the shard's whole state with a snapshot from :meth:`export_snapshot`.
+
+        The file is verified first (header crc32, body length and sha256); a failure raises
+        :class:`SnapshotCorrupt` and leaves the shard untouched, as does any malformed
+        record found while loading (the load is one transaction).
+        """
+        _check_shard(shard)
+        path = Path(path)
+        header = _verify(path)
+        _expect(path, header, _KIND_FULL, shard)
+        with self._write() as db:
+            _clear_shard(db, shard)
+            try:
+                _load_full(db, shard, path, header)
+            except sqlite3.IntegrityError as exc:  # e.g. two records with one seq
+                raise SnapshotCorrupt(path, f"inconsistent records: {exc}") from exc
+            _set_meta(db, shard, header.applied_index, header.idem_seq)
+        return header.info(path)
+
+    def import_slots(
+        self, shard: int, index: int, path: str | os.PathLike[str]
+    ) -> SnapshotInfo:
+        """Add the keys and idempotency records of an :meth:`export_slots` file to ``shard``,
+        recording ``index`` as applied in the same transaction (the destination's side of a
+        slot move, applied through its Raft log). Verified first, like import_snapshot."""
+        _check_shard(shard)
+        path = Path(path)
+        header = _verify(path)
+        _expect(path, header, _KIND_SLOTS, None)
+        with self._write() as db:
+            applied, seq = self._meta(shard)
+            _check_index(shard, index, applied)
+            with _records(path) as records:
+                db.executemany(
+                    "INSERT OR REPLACE INTO kv VALUES (?, ?, ?)",
+                    ((shard, k, v) for k, v in _kv_records(path, records, header.key_count)),
+                )
+                # Imported records get this shard's next sequence numbers, in their original
+                # order, so eviction stays a function of this shard's own history.
+                for idem, _, slot, result in _idem_records(path, records, header.idem_count):
+                    seq = self._remember(db, shard, seq, (idem, slot, result))
+                _expect_end(path, records)
+            _set_meta(db, shard, index, seq)
+        return header.info(path)
+
+    # -- helpers --------------------------------------------------------------------------
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        """Hold the lock for one write transaction; roll back on any exception."""
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+                self._db.execute("COMMIT")
+            except BaseException:
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
+                raise
+
+    def _meta(self, shard: int) -> tuple[int, int]:
+        return _read_meta(self._db, shard)
+
+
+# -- SQLite helpers -------------------------------------------------------------------------
+
+
+def _connect(path: Path) -> sqlite3.Connection:
+    # isolation_level=None: transactions are explicit (BEGIN/COMMIT in KvEngine._write).
+    db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("PRAGMA busy_timeout=5000")
+    return db
+
+
+def _ensure_schema(db: sqlite3.Connection) -> None:
+    (version,) = db.execute("PRAGMA user_version").fetchone()
+    if version == 0:
+        db.executescript(f"BEGIN; {_SCHEMA} PRAGMA user_version={_SCHEMA_VERSION}; COMMIT;")
+    elif version != _SCHEMA_VERSION:
+        raise RuntimeError(f"state file has schema version {version}, expected {_SCHEMA_VERSION}")
+
+
+def _check_shard(shard: int) -> None:
+    if not isinstance(shard, int) or isinstance(shard, bool) or not 0 <= shard <= _MAX_SHARD:
+        raise ValueError(f"shard must be an int in [0, 2**63), got {shard!r}")
+
+
+def _check_index(shard: int, index: int, applied: int) -> None:
+    if not isinstance(index, int) or isinstance(index, bool):
+        raise TypeError(f"index must be an int, got {index!r}")
+    if index <= applied:
+        raise StaleIndex(f"shard {shard}: index {index} is not above applied index {applied}")
+    if index > _MAX_SHARD:
+        raise ValueError(f"index {index} does not fit in 63 bits")
+
+
+def _read_meta(db: sqlite3.Connection, shard: int) -> tuple[int, int]:
+    row = db.execute(
+        "SELECT applied, idem_seq FROM shard_meta WHERE shard = ?", (shard,)
+    ).fetchone()
+    return (0, 0) if row is None else (int(row[0]), int(row[1]))
+
+
+def _set_meta(db: sqlite3.Connection, shard: int, applied: int, idem_seq: int) -> None:
+    db.execute("INSERT OR REPLACE INTO shard_meta VALUES (?, ?, ?)", (shard, applied, idem_seq))
+
+
+def _get(db: sqlite3.Connection, shard: int, key: bytes) -> bytes | None:
+    row = db.execute("SELECT value FROM kv WHERE shard = ? AND key = ?", (shard, key)).fetchone()
+    return None if row is None else bytes(row[0])
+
+
+def _put(db: sqlite3.Connection, shard: int, key: bytes, value: bytes | None) -> None:
+    if value is None:
+        db.execute("DELETE FROM kv WHERE shard = ? AND key = ?", (shard, key))
+    else:
+        db.execute("INSERT OR REPLACE INTO kv VALUES (?, ?, ?)", (shard, key, value))
+
+
+def _clear_shard(db: sqlite3.Connection, shard: int) -> None:
+    for table in ("kv", "idem", "shard_meta"):
+        db.execute(f"DELETE FROM {table} WHERE shard = ?", (shard,))
+
+
+# -- snapshot files -------------------------------------------------------------------------
+
+
+class _Body:
+    """Writes msgpack records after the header placeholder, hashing and counting them."""
+
+    def __init__(self, f: BinaryIO) -> None:
+        self.f = f
+        self.digest = hashlib.sha256()
+        self.length = 0
+        self.packer = msgpack.Packer(use_bin_type=True)
+
+    def write_all(self, records: Iterable[Sequence[object]]) -> int:
+        count = 0
+        for record in records:
+            chunk: bytes = self.packer.pack(list(record))
+            self.digest.update(chunk)
+            self.f.write(chunk)
+            self.length += len(chunk)
+            count += 1
+        return count
+
+
+def _write_snapshot(
+    path: Path,
+    meta: tuple[int, int, int, int],
+    kv: Iterable[Sequence[object]],
+    idem: Iterable[Sequence[object]],
+) -> _Header:
+    """Temp file, body, then the real header over the placeholder; fsync; rename."""
+    kind, shard, applied, idem_seq = meta
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(bytes(_HEADER_SIZE))
+            body = _Body(f)
+            key_count = body.write_all(kv)
+            idem_count = body.write_all(idem)
+            header = _Header(
+                kind, shard, applied, key_count, idem_count, idem_seq, body.length,
+                body.digest.digest(),
+            )
+            f.seek(0)
+            f.write(header.pack())
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with suppress(FileNotFoundError):
+            tmp.unlink()
+        raise
+    _fsync_dir(path.parent)
+    return header
+
+
+def _load_full(db: sqlite3.Connection, shard: int, path: Path, header: _Header) -> None:
+    with _records(path) as records:
+        db.executemany(
+            "INSERT INTO kv VALUES (?, ?, ?)",
+            ((shard, k, v) for k, v in _kv_records(path, records, header.key_count)),
+        )
+        db.executemany(
+            "INSERT INTO idem VALUES (?, ?, ?, ?, ?)",
+            (
+                (shard, i, seq, slot, encode_result(r))
+                for i, seq, slot, r in _idem_records(path, records, header.idem_count)
+            ),
+        )
+        _expect_end(path, records)
+
+
+def _fsync_dir(directory: Path) -> None:
+    # The rename is only durable once the directory entry is.
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _verify(path: Path) -> _Header:
+    """Check the header and the body's length and sha256 before anything is loaded."""
+    try:
+        with open(path, "rb") as f:
+            header = _parse_header(path, f.read(_HEADER_SIZE))
+            digest, length = hashlib.sha256(), 0
+            while chunk := f.read(1 << 20):
+                digest.update(chunk)
+                length += len(chunk)
+    except OSError as exc:
+        raise SnapshotCorrupt(path, f"cannot read: {exc}") from exc
+    if length != header.body_len:
+        raise SnapshotCorrupt(path, f"body is {length} bytes, header says {header.body_len}")
+    if digest.digest() != header.body_sha256:
+        raise SnapshotCorrupt(path, "body sha256 does not match the header")
+    return header
+
+
+def _parse_header(path: Path, raw: bytes) -> _Header:
+    if len(raw) < _HEADER_SIZE:
+        raise SnapshotCorrupt(path, f"file is {len(raw)} bytes, shorter than the header")
+    head, (crc,) = raw[: _HEADER.size], _HEADER_CRC.unpack(raw[_HEADER.size :])
+    magic, version, kind, *fields = _HEADER.unpack(head)
+    if magic != _MAGIC:
+        raise SnapshotCorrupt(path, "not a Shardset snapshot (bad magic)")
+    if zlib.crc32(head) != crc:
+        raise SnapshotCorrupt(path, "header crc32 does not match")
+    if version != _VERSION or kind not in (_KIND_FULL, _KIND_SLOTS):
+        raise SnapshotCorrupt(path, f"unsupported version {version} / kind {kind}")
+    return _Header(kind, *fields)
+
+
+def _expect(path: Path, header: _Header, kind: int, shard: int | None) -> None:
+    if header.kind != kind:
+        want = "a full shard snapshot" if kind == _KIND_FULL else "a slot export"
+        raise SnapshotMismatch(f"{path} is not {want}")
+    if shard is not None and header.shard != shard:
+        raise SnapshotMismatch(f"{path} is a snapshot of shard {header.shard}, not {shard}")
+
+
+@contextmanager
+def _records(path: Path) -> Iterator[Iterator[Any]]:
+    """The body's records; a msgpack error while reading becomes SnapshotCorrupt."""
+    with open(path, "rb") as f:
+        f.seek(_HEADER_SIZE)
+        unpacker = msgpack.Unpacker(
+            f, raw=False, use_list=True, strict_map_key=True, max_buffer_size=_MAX_RECORD_BYTES
+        )
+
+        def gen() -> Iterator[Any]:
+            try:
+                yield from unpacker
+            except (ValueError, TypeError, msgpack.UnpackException) as exc:
+                raise SnapshotCorrupt(path, f"bad record: {exc}") from exc
+
+        yield gen()
+
+
+def _take(path: Path, records: Iterator[Any], count: int, what: str) -> Iterator[Any]:
+    got = 0
+    for record in islice(records, count):
+        got += 1
+        yield record
+    if got != count:
+        raise SnapshotCorrupt(path, f"body ends after {got} of {count} {what}")
+
+
+def _kv_records(path: Path, records: Iterator[Any], count: int) -> Iterator[tuple[bytes, bytes]]:
+    prev: bytes | None = None
+    for record in _take(path, records, count, "keys"):
+        try:
+            key, value = record
+            check_key(key)
+        except (ValueError, TypeError) as exc:
+            raise SnapshotCorrupt(path, f"bad key record: {exc}") from exc
+        if not isinstance(value, bytes) or len(value) > MAX_VALUE_BYTES:
+            raise SnapshotCorrupt(path, f"bad value for key {key!r}")
+        # Strictly ascending: the order export writes, and it rules out duplicates.
+        if prev is not None and key <= prev:
+            raise SnapshotCorrupt(path, f"key {key!r} out of order")
+        prev = key
+        yield key, value
+
+
+def _idem_records(
+    path: Path, records: Iterator[Any], count: int
+) -> Iterator[tuple[bytes, int, int, Result]]:
+    for record in _take(path, records, count, "idempotency records"):
+        try:
+            idem, seq, slot, raw = record
+            if not (isinstance(idem, bytes) and type(seq) is int and type(slot) is int):
+                raise TypeError("field types")
+            result = decode_result(raw)
+        except (ValueError, TypeError, CommandError) as exc:
+            raise SnapshotCorrupt(path, f"bad idempotency record: {exc}") from exc
+        yield idem, seq, slot, result
+
+
+def _expect_end(path: Path, records: Iterator[Any]) -> None:
+    if next(records, _END) is not _END:
+        raise SnapshotCorrupt(path, "records after the counted ones")
