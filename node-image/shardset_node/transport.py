@@ -1,0 +1,523 @@
+"""Peer transport: batched, pipelined Raft messages over one TCP connection per peer.
+
+Wire format (every frame, both directions)::
+
+    uint32 big-endian payload length | payload          (payload <= max_frame)
+
+The first frame on a connection is a hello, sent by each side::
+
+    b"SHRD" | uint16 protocol version | uint64 node id  [| later fields, ignored]
+
+The dialer sends its hello first; the acceptor answers with its own (also when it
+rejects the version, so the dialer can log why) and from then on only reads. Every
+later frame, dialer to acceptor, is one :mod:`shardset_node.codec` batch.
+
+Each connection carries traffic one way: A's messages to B ride A's connection to B,
+B's replies ride B's connection to A. So nobody waits for a reply on a connection
+(pipelining), and there is no tie-breaking between two nodes dialing each other.
+
+A writer task per peer drains that peer's queue into one frame per wake-up (batching):
+everything queued during one event-loop iteration leaves as a single frame, unless it
+would exceed the frame limit, in which case it leaves as several. The queue
+is bounded and drops its oldest messages when full; Raft retransmits what it needs, and
+a message that sat in a queue too long is stale anyway. Call every method from the
+event-loop thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import struct
+from collections import deque
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import structlog
+
+from shardset_node.codec import CodecError, decode_batch, encode_batch
+from shardset_raft.types import Message
+
+__all__ = [
+    "MAX_FRAME",
+    "PROTOCOL_VERSION",
+    "Backoff",
+    "BatchHandler",
+    "PeerStats",
+    "Transport",
+    "TransportConfig",
+    "TransportStats",
+]
+
+PROTOCOL_VERSION = 1
+MAX_FRAME = 64 * 1024 * 1024
+_MAGIC = b"SHRD"
+_LENGTH = struct.Struct(">I")
+_HELLO = struct.Struct(">4sHQ")
+_MAX_HELLO = 1024  # room for fields a later version may append
+
+Item = tuple[int, Message]
+BatchHandler = Callable[[int, list[Item]], None]
+Address = tuple[str, int]
+
+_LOGGER = "shardset_node.transport"
+
+
+@dataclass(frozen=True, slots=True)
+class TransportConfig:
+    queue_limit: int = 10_000  # messages per peer before the oldest are dropped
+    max_frame: int = MAX_FRAME
+    backoff_base: float = 0.05
+    backoff_cap: float = 2.0
+    connect_timeout: float = 1.0  # bounds the TCP connect and, separately, the handshake
+    protocol_version: int = PROTOCOL_VERSION  # settable so tests (and upgrades) can differ
+
+
+@dataclass(slots=True)
+class PeerStats:
+    frames_sent: int = 0
+    messages_sent: int = 0  # handed to the socket; delivery is not acknowledged
+    bytes_sent: int = 0
+    frames_received: int = 0
+    messages_received: int = 0
+    bytes_received: int = 0
+    drops: int = 0  # queue overflow, unreachable peer, unknown peer, oversized message
+    connects: int = 0
+    reconnects: int = 0  # connects after the first
+    connect_failures: int = 0
+
+
+@dataclass(slots=True)
+class TransportStats:
+    peers: dict[int, PeerStats] = field(default_factory=dict)
+    bad_frames: int = 0  # oversized, truncated or undecodable inbound frames
+    rejected_handshakes: int = 0
+
+    def peer(self, node_id: int) -> PeerStats:
+        stats = self.peers.get(node_id)
+        if stats is None:
+            stats = self.peers[node_id] = PeerStats()
+        return stats
+
+
+class Backoff:
+    """Capped exponential back-off with equal jitter, so restarted peers don't dial in step."""
+
+    def __init__(self, base: float, cap: float, rng: random.Random | None = None) -> None:
+        self._base = base
+        self._cap = cap
+        self._rng = rng or random.Random()
+        self._attempt = 0
+
+    def next(self) -> float:
+        ceiling = min(self._cap, self._base * 2.0**self._attempt)
+        if ceiling < self._cap:
+            self._attempt += 1
+        return self._rng.uniform(ceiling / 2, ceiling)
+
+    def reset(self) -> None:
+        self._attempt = 0
+
+
+class _HandshakeError(Exception):
+    pass
+
+
+class _Peer:
+    __slots__ = ("addr", "node_id", "queue", "task", "wake")
+
+    def __init__(self, node_id: int, addr: Address, limit: int) -> None:
+        self.node_id = node_id
+        self.addr = addr
+        # maxlen makes the deque drop from the left (oldest) on overflow.
+        self.queue: deque[Item] = deque(maxlen=limit)
+        self.wake = asyncio.Event()
+        self.task: asyncio.Task[None] | None = None
+
+
+def _frame(payload: bytes) -> bytes:
+    return _LENGTH.pack(len(payload)) + payload
+
+
+def _hello(version: int, node_id: int) -> bytes:
+    return _frame(_HELLO.pack(_MAGIC, version, node_id))
+
+
+async def _read_hello(reader: asyncio.StreamReader) -> tuple[int, int]:
+    """Return (protocol version, node id) from the peer's hello frame."""
+    (length,) = _LENGTH.unpack(await reader.readexactly(_LENGTH.size))
+    if not _HELLO.size <= length <= _MAX_HELLO:
+        raise _HandshakeError(f"hello frame of {length} bytes")
+    magic, version, node_id = _HELLO.unpack_from(await reader.readexactly(length))
+    if magic != _MAGIC:
+        raise _HandshakeError("not a shardset peer (bad magic)")
+    return version, node_id
+
+
+def _take_batch(queue: deque[Item], budget: int) -> list[Item]:
+    """Pop the oldest items whose encoding surely fits in `budget` bytes (at least one item).
+
+    Bounding before encoding keeps a deep queue of large appends from being encoded (and
+    held in memory) all at once; the rest stays queued for the next frame.
+    """
+    items: list[Item] = []
+    size = 0
+    while queue:
+        size += _max_encoded_size(queue[0][1])
+        if items and size > budget:
+            break
+        items.append(queue.popleft())
+    return items
+
+
+# Upper bounds of the codec's msgpack output: an int takes at most 9 bytes, a bin or
+# array header at most 5. An item is 12 scalars and 2 headers; an entry 3 ints and 2 headers.
+_ARRAY_HEADER = 5
+_ITEM_BOUND = 12 * 9 + 2 * _ARRAY_HEADER
+_ENTRY_BOUND = 3 * 9 + 2 * _ARRAY_HEADER
+
+
+def _max_encoded_size(m: Message) -> int:
+    size = _ITEM_BOUND
+    for e in m.entries:
+        size += _ENTRY_BOUND + len(e.data)
+    snap = m.snapshot
+    if snap is not None:
+        members = len(snap.meta.conf.voters) + len(snap.meta.conf.learners)
+        size += 2 * 9 + 4 * _ARRAY_HEADER + 9 * members + len(snap.data)
+    return size
+
+
+async def _close(writer: asyncio.StreamWriter) -> None:
+    writer.close()
+    with contextlib.suppress(OSError):  # a reset peer makes wait_closed re-raise its error
+        await writer.wait_closed()
+
+
+class Transport:
+    def __init__(
+        self,
+        node_id: int,
+        host: str,
+        port: int,
+        peers: Mapping[int, Address],
+        on_batch: BatchHandler,
+        *,
+        config: TransportConfig | None = None,
+    ) -> None:
+        self.node_id = node_id
+        self.host = host
+        self.stats = TransportStats()
+        self._port = port
+        self._on_batch = on_batch
+        self._config = config or TransportConfig()
+        # A lazy proxy (not _log.bind()), so a structlog configuration made after this
+        # constructor still applies.
+        self._log = structlog.get_logger(_LOGGER, node=node_id)
+        self._peers: dict[int, _Peer] = {}
+        self._server: asyncio.Server | None = None
+        self._started = False
+        self._closing = False
+        # Tasks to cancel on stop(): inbound connection handlers, and writers of removed peers
+        # that may still be closing their connection.
+        self._background: set[asyncio.Task[None]] = set()
+        self.update_peers(peers)
+
+    @property
+    def port(self) -> int:
+        """The listening port; the real one after start() when constructed with port 0."""
+        return self._port
+
+    def peer_stats(self, node_id: int) -> PeerStats:
+        return self.stats.peer(node_id)
+
+    # -- lifecycle -------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self._closing = False
+        self._server = await asyncio.start_server(self._accept, self.host, self._port)
+        self._port = self._server.sockets[0].getsockname()[1]
+        self._started = True
+        for peer in self._peers.values():
+            self._spawn_writer(peer)
+        self._log.info("transport_started", host=self.host, port=self._port)
+
+    async def stop(self) -> None:
+        self._closing = True
+        if self._server is not None:
+            self._server.close()
+        tasks = [p.task for p in self._peers.values() if p.task is not None]
+        tasks.extend(self._background)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        if self._server is not None:
+            await self._server.wait_closed()
+        self._started = False
+        self._log.info("transport_stopped")
+
+    # -- sending ---------------------------------------------------------------------
+
+    def send(self, to_node: int, group: int, messages: Sequence[Message]) -> None:
+        """Queue messages for a peer and return at once; never blocks, may drop the oldest."""
+        if not messages:
+            return
+        peer = self._peers.get(to_node)
+        if peer is None:
+            # Counted, not logged: Raft may keep addressing a removed node for a while.
+            self.stats.peer(to_node).drops += len(messages)
+            return
+        queue = peer.queue
+        overflow = len(queue) + len(messages) - self._config.queue_limit
+        if overflow > 0:
+            self.stats.peer(to_node).drops += overflow
+        queue.extend((group, m) for m in messages)
+        peer.wake.set()
+
+    def update_peers(self, peers: Mapping[int, Address]) -> None:
+        """Make the peer set exactly `peers` (entries for this node itself are ignored)."""
+        wanted = {n: (a[0], a[1]) for n, a in peers.items() if n != self.node_id}
+        for node_id, peer in list(self._peers.items()):
+            if wanted.get(node_id) != peer.addr:
+                self._remove_peer(node_id)
+        for node_id, addr in wanted.items():
+            if node_id not in self._peers:
+                self._add_peer(node_id, addr)
+
+    def _add_peer(self, node_id: int, addr: Address) -> None:
+        peer = _Peer(node_id, addr, self._config.queue_limit)
+        self._peers[node_id] = peer
+        self.stats.peer(node_id)
+        if self._started:
+            self._spawn_writer(peer)
+        self._log.info("peer_added", peer=node_id, addr=f"{addr[0]}:{addr[1]}")
+
+    def _remove_peer(self, node_id: int) -> None:
+        peer = self._peers.pop(node_id)
+        self.stats.peer(node_id).drops += len(peer.queue)
+        if peer.task is not None:
+            peer.task.cancel()
+            self._track(peer.task)  # so stop() still waits for its connection to close
+        self._log.info("peer_removed", peer=node_id)
+
+    def _spawn_writer(self, peer: _Peer) -> None:
+        peer.task = asyncio.create_task(self._run_peer(peer), name=f"peer-writer-{peer.node_id}")
+
+    def _track(self, task: asyncio.Task[None]) -> None:
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _run_peer(self, peer: _Peer) -> None:
+        """Keep one connection to the peer alive and drain its queue into it, forever."""
+        backoff = Backoff(self._config.backoff_base, self._config.backoff_cap)
+        stats = self.stats.peer(peer.node_id)
+        while True:
+            try:
+                conn = await self._dial(peer)
+                if conn is None:
+                    stats.connect_failures += 1
+                    # What queued up while the peer was unreachable is stale by the time it
+                    # is back, and the bounded queue must not fill with it.
+                    stats.drops += len(peer.queue)
+                    peer.queue.clear()
+                else:
+                    backoff.reset()
+                    await self._pump(peer, stats, *conn)
+            except Exception:  # a bug here must not silently end all traffic to this peer
+                self._log.exception("peer_writer_failed", peer=peer.node_id)
+            # Also after a lost connection: a peer that accepts and at once closes must not
+            # make us spin.
+            await asyncio.sleep(backoff.next())
+
+    async def _dial(self, peer: _Peer) -> tuple[asyncio.StreamReader, asyncio.StreamWriter] | None:
+        timeout = self._config.connect_timeout
+        try:
+            reader, writer = await asyncio.wait_for(asyncio.open_connection(*peer.addr), timeout)
+        except (OSError, TimeoutError) as exc:
+            # debug: a down peer is redialed every few seconds and would flood the log.
+            self._log.debug("dial_failed", peer=peer.node_id, error=repr(exc))
+            return None
+        try:
+            await asyncio.wait_for(self._dialer_handshake(peer, reader, writer), timeout)
+        except (OSError, TimeoutError, EOFError, _HandshakeError) as exc:
+            self._log.debug("handshake_failed", peer=peer.node_id, error=repr(exc))
+            await _close(writer)
+            return None
+        except asyncio.CancelledError:
+            writer.close()  # stop() or peer removal mid-handshake: don't leak the socket
+            raise
+        stats = self.stats.peer(peer.node_id)
+        stats.connects += 1
+        if stats.connects > 1:
+            stats.reconnects += 1
+        self._log.info("peer_connected", peer=peer.node_id, connects=stats.connects)
+        return reader, writer
+
+    async def _dialer_handshake(
+        self, peer: _Peer, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        ours = self._config.protocol_version
+        writer.write(_hello(ours, self.node_id))
+        await writer.drain()
+        version, node_id = await _read_hello(reader)
+        if version != ours:
+            self.stats.rejected_handshakes += 1
+            self._log.error(
+                "handshake_rejected",
+                side="dialer",
+                peer=peer.node_id,
+                peer_version=version,
+                our_version=ours,
+                reason="protocol version mismatch",
+            )
+            raise _HandshakeError("protocol version mismatch")
+        if node_id != peer.node_id:
+            # Stale peer map or a reused address: talking to the wrong node corrupts Raft.
+            self._log.error("peer_identity_mismatch", peer=peer.node_id, answered_as=node_id)
+            raise _HandshakeError("peer identity mismatch")
+
+    async def _pump(
+        self,
+        peer: _Peer,
+        stats: PeerStats,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+    ) -> None:
+        """Write queued messages until the connection fails; then return."""
+        watcher = asyncio.create_task(self._watch_eof(peer, reader))
+        try:
+            while True:
+                if not peer.queue:
+                    peer.wake.clear()
+                    await peer.wake.wait()
+                if watcher.done():
+                    raise ConnectionResetError("peer closed the connection")
+                self._write_pending(peer, stats, writer)
+                # Yields only above the write-buffer high-water mark; meanwhile sends pile
+                # up in the queue and leave as the next (larger) frame.
+                await writer.drain()
+        except OSError as exc:
+            self._log.warning("peer_disconnected", peer=peer.node_id, error=repr(exc))
+        finally:
+            watcher.cancel()
+            await asyncio.wait([watcher])
+            await _close(writer)
+
+    @staticmethod
+    async def _watch_eof(peer: _Peer, reader: asyncio.StreamReader) -> None:
+        # The acceptor never writes after its hello, so any read returning ends the connection.
+        # Without this, a dead idle connection is only noticed at the next write.
+        with contextlib.suppress(OSError):
+            await reader.read(1)
+        peer.wake.set()
+
+    def _write_pending(self, peer: _Peer, stats: PeerStats, writer: asyncio.StreamWriter) -> None:
+        items = _take_batch(peer.queue, self._config.max_frame - _ARRAY_HEADER)
+        for frame, count in self._frames(peer, stats, items):
+            writer.write(frame)
+            stats.frames_sent += 1
+            stats.messages_sent += count
+            stats.bytes_sent += len(frame)
+
+    def _frames(
+        self, peer: _Peer, stats: PeerStats, items: list[Item]
+    ) -> Iterator[tuple[bytes, int]]:
+        """Encode items as frames; halving is a safety net, _take_batch's bound is exact."""
+        try:
+            payload = encode_batch(items)
+        except CodecError as exc:
+            stats.drops += len(items)
+            self._log.error("encode_failed", peer=peer.node_id, dropped=len(items), error=str(exc))
+            return
+        if len(payload) <= self._config.max_frame:
+            yield _frame(payload), len(items)
+        elif len(items) == 1:
+            stats.drops += 1
+            self._log.error("message_too_large", peer=peer.node_id, size=len(payload))
+        else:
+            half = len(items) // 2
+            yield from self._frames(peer, stats, items[:half])
+            yield from self._frames(peer, stats, items[half:])
+
+    # -- receiving -------------------------------------------------------------------
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        if task is not None:
+            self._track(task)
+        # The top of the connection task, cancelled by stop(). On 3.11 a connection task
+        # that ends cancelled makes asyncio.streams log a spurious callback error.
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._serve(reader, writer)
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        remote = writer.get_extra_info("peername")
+        try:
+            if self._closing:
+                return
+            from_node = await asyncio.wait_for(
+                self._acceptor_handshake(reader, writer), self._config.connect_timeout
+            )
+            if from_node is not None:
+                await self._read_frames(from_node, reader)
+        except (OSError, EOFError, TimeoutError, _HandshakeError) as exc:
+            self._log.warning("inbound_closed", remote=str(remote), error=repr(exc))
+        finally:
+            await _close(writer)
+
+    async def _acceptor_handshake(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> int | None:
+        version, node_id = await _read_hello(reader)
+        ours = self._config.protocol_version
+        # Answer even when refusing, so the dialer can log the versions on its side too.
+        writer.write(_hello(ours, self.node_id))
+        await writer.drain()
+        if version == ours:
+            return node_id
+        self.stats.rejected_handshakes += 1
+        self._log.error(
+            "handshake_rejected",
+            side="acceptor",
+            peer=node_id,
+            peer_version=version,
+            our_version=ours,
+            reason="protocol version mismatch",
+        )
+        return None
+
+    async def _read_frames(self, from_node: int, reader: asyncio.StreamReader) -> None:
+        stats = self.stats.peer(from_node)
+        while True:
+            try:
+                header = await reader.readexactly(_LENGTH.size)
+            except asyncio.IncompleteReadError as exc:
+                if exc.partial:
+                    self._reject_frame(from_node, "truncated frame header")
+                return  # a clean close between frames
+            (length,) = _LENGTH.unpack(header)
+            if length > self._config.max_frame:
+                self._reject_frame(from_node, f"frame of {length} bytes exceeds the limit")
+                return
+            payload = await reader.readexactly(length)
+            try:
+                items = decode_batch(payload)
+            except CodecError as exc:
+                self._reject_frame(from_node, str(exc))
+                return
+            stats.frames_received += 1
+            stats.messages_received += len(items)
+            stats.bytes_received += _LENGTH.size + length
+            self._deliver(from_node, items)
+
+    def _reject_frame(self, from_node: int, reason: str) -> None:
+        # Framing is lost after a bad frame, so the connection is closed; the dialer redials.
+        self.stats.bad_frames += 1
+        self._log.warning("frame_rejected", peer=from_node, reason=reason)
+
+    def _deliver(self, from_node: int, items: list[Item]) -> None:
+        try:
+            self._on_batch(from_node, items)
+        except Exception:  # a handler bug must not tear down the connection or the node
+            self._log.exception("on_batch_failed", peer=from_node, messages=len(items))
