@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -34,7 +36,7 @@ def test_replicas_are_distinct_and_evenly_spread(shards: int, n: int, data: st.D
 def test_slot_ranges_tile_the_whole_space(shards: int) -> None:
     ranges = initial_slots(shards)
     assert ranges[0].start == 0 and ranges[-1].end == SLOTS
-    assert all(a.end == b.start for a, b in zip(ranges, ranges[1:], strict=False))
+    assert all(a.end == b.start for a, b in itertools.pairwise(ranges))
     sizes = [r.end - r.start for r in ranges]
     assert max(sizes) - min(sizes) <= 1
 

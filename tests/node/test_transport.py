@@ -31,20 +31,20 @@ Item = tuple[int, Message]
 _live: list[Transport | FaultProxy] = []  # stopped after each test, even a failed one
 
 
-def run(test: Callable[[], Coroutine[Any, Any, None]], timeout: float = 30.0) -> None:
+def run(test: Callable[[], Coroutine[Any, Any, None]], timeout: float = 60.0) -> None:
     async def guarded() -> None:
         try:
             await asyncio.wait_for(test(), timeout)
         finally:
             for thing in reversed(_live):
-                await asyncio.wait_for(thing.stop(), 5.0)  # stop() is idempotent
+                await asyncio.wait_for(thing.stop(), 20.0)  # stop() is idempotent
             _live.clear()
 
     asyncio.run(guarded())
     gc.collect()  # so a leaked transport warns inside this test, not a later one
 
 
-async def eventually(cond: Callable[[], bool], timeout: float = 5.0, what: str = "") -> None:
+async def eventually(cond: Callable[[], bool], timeout: float = 20.0, what: str = "") -> None:
     async def poll() -> None:
         while not cond():
             await asyncio.sleep(0.005)
