@@ -52,8 +52,23 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--bootstrap", type=Path, required=True, help="the store's first shard map")
     p.add_argument("--tick-ms", type=int, default=50)
     p.add_argument("--no-fsync", action="store_true", help="tests only: skip fdatasync")
+    p.add_argument("--compact-every", type=int, default=10_000, help="entries between snapshots")
+    p.add_argument(
+        "--peer-override",
+        action="append",
+        default=[],
+        metavar="ID=HOST:PORT",
+        help="tests only: reach peer ID through another address (a fault proxy)",
+    )
     p.add_argument("--log-format", choices=("json", "console"), default="json")
     return p.parse_args(argv)
+
+
+def _override(text: str) -> tuple[int, str]:
+    node, _, addr = text.partition("=")
+    if not node.isdigit() or not addr:
+        raise SystemExit(f"--peer-override wants ID=HOST:PORT, got {text!r}")
+    return int(node), addr
 
 
 async def serve(ns: argparse.Namespace) -> None:
@@ -68,6 +83,8 @@ async def serve(ns: argparse.Namespace) -> None:
         bootstrap=bootstrap,
         tick_interval=ns.tick_ms / 1000,
         fsync=not ns.no_fsync,
+        compact_every=ns.compact_every,
+        peer_overrides=tuple(_override(o) for o in ns.peer_override),
     )
     node = Node(cfg)
     await node.start()

@@ -57,6 +57,9 @@ class NodeConfig:
     election_tick: int = 10
     fsync: bool = True
     consistency: str = "linearizable"
+    compact_every: int = 10_000  # applied entries between snapshots of a group
+    # Test hook: reach peer N at another address (a fault-injecting proxy).
+    peer_overrides: tuple[tuple[int, str], ...] = ()
 
 
 class Node:
@@ -82,6 +85,7 @@ class Node:
             machine = ShardMachine(self.engine, shard, self.cfg.data_dir / "tmp")
             self._add_group(shard, machine, ConfState(frozenset(boot.replicas.get(shard, ()))))
         peers = {n: _hostport(a.peer) for n, a in self.meta.map.nodes.items() if n != self.id}
+        peers.update({n: _hostport(addr) for n, addr in self.cfg.peer_overrides})
         self.transport = Transport(
             self.id, self.cfg.peer_host, self.cfg.peer_port, peers, self.host.deliver
         )
@@ -115,7 +119,9 @@ class Node:
             entries=entries,
             bootstrap=bootstrap if self.id in bootstrap.members() else None,
         )
-        self.host.add(ReplicaGroup(gid, raft, gs, machine, self._send))
+        self.host.add(
+            ReplicaGroup(gid, raft, gs, machine, self._send, compact_every=self.cfg.compact_every)
+        )
 
     def _send(self, to: int, gid: int, messages: Sequence[Message]) -> None:
         if self.transport is not None:
