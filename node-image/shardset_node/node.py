@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import structlog
 
 from shardset_node.commands import Cas, Delete, Put, encode_command
@@ -29,6 +32,9 @@ from shardset_node.shardmap import ShardMap
 from shardset_node.slots import slot_of
 from shardset_node.transport import Transport
 from shardset_raft import (
+    ConfChange,
+    ConfChangeRejected,
+    ConfChangeType,
     ConfState,
     Message,
     NotLeader,
@@ -43,6 +49,7 @@ log = structlog.get_logger(__name__)
 
 META_GROUP = 0
 META_VOTERS = 5
+TOMBSTONES = "dropped-shards.json"
 REQUEST_TIMEOUT = 5.0
 
 
@@ -73,6 +80,8 @@ class Node:
         self.meta = MetaMachine(cfg.bootstrap)
         self.transport: Transport | None = None
         self.metrics = NodeMetrics(self)
+        # Shards whose replica was dropped here: never recreated from the bootstrap map.
+        self.tombstones = self._load_tombstones()
 
     # --- lifecycle ------------------------------------------------------------------
     async def start(self) -> None:
@@ -81,9 +90,11 @@ class Node:
         meta_voters = frozenset(sorted(boot.nodes)[:META_VOTERS])
         meta_learners = frozenset(boot.nodes) - meta_voters
         self._add_group(META_GROUP, self.meta, ConfState(meta_voters, meta_learners))
-        for shard in self.meta.map.shards_on(self.id):
-            machine = ShardMachine(self.engine, shard, self.cfg.data_dir / "tmp")
-            self._add_group(shard, machine, ConfState(frozenset(boot.replicas.get(shard, ()))))
+        # Shards placed here at bootstrap, plus replicas created later by the operator.
+        shards = set(boot.shards_on(self.id)) | set(self.storage.group_ids())
+        for shard in sorted(shards - {META_GROUP} - self.tombstones):
+            voters = frozenset(boot.replicas.get(shard, ()))
+            self._add_group(shard, self._shard_machine(shard), ConfState(voters))
         peers = {n: _hostport(a.peer) for n, a in self.meta.map.nodes.items() if n != self.id}
         peers.update({n: _hostport(addr) for n, addr in self.cfg.peer_overrides})
         self.transport = Transport(
@@ -101,6 +112,19 @@ class Node:
             g.fail_all(RaftError("node stopping"))
         await self.storage.close()
         self.engine.close()
+
+    def _shard_machine(self, shard: int) -> ShardMachine:
+        return ShardMachine(self.engine, shard, self.cfg.data_dir / "tmp")
+
+    def _load_tombstones(self) -> set[int]:
+        path = self.cfg.data_dir / TOMBSTONES
+        return set(json.loads(path.read_text())) if path.exists() else set()
+
+    def _save_tombstones(self) -> None:
+        path = self.cfg.data_dir / TOMBSTONES
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(sorted(self.tombstones)))
+        os.replace(tmp, path)
 
     def _add_group(self, gid: int, machine: Any, bootstrap: ConfState) -> None:
         gs = self.storage.group(gid)
@@ -287,14 +311,159 @@ class Node:
         ]
 
     async def admin(self, action: str, body: dict[str, Any]) -> dict[str, Any]:
-        if action == "transfer-leader":
-            shard, to = int(body["shard"]), int(body["to"])
-            g = self._group(shard, f"/v1/admin/{action}")
-            if g.raft.leader == to:
-                return {"shard": shard, "leader": to, "changed": False}
-            await self._await(g, g.transfer_leadership(to), "")
-            return {"shard": shard, "leader": to, "changed": True}
-        raise ApiError(404, "unknown_action", f"unknown admin action {action!r}")
+        """Idempotent operations for the operator; each is safe to retry."""
+        handler = {
+            "transfer-leader": self._admin_transfer,
+            "create-replica": self._admin_create,
+            "add-learner": self._admin_add_learner,
+            "promote": self._admin_promote,
+            "remove-replica": self._admin_remove,
+            "drop-replica": self._admin_drop,
+            "record-replicas": self._admin_record,
+        }.get(action)
+        if handler is None:
+            raise ApiError(404, "unknown_action", f"unknown admin action {action!r}")
+        return await handler(body)
+
+    async def _admin_transfer(self, body: dict[str, Any]) -> dict[str, Any]:
+        shard, to = _int_field(body, "shard"), _int_field(body, "to")
+        g = self._leader_group(shard, "transfer-leader")
+        if g.raft.leader == to:
+            return {"shard": shard, "leader": to, "changed": False}
+        await self._await(g, g.transfer_leadership(to), "")
+        return {"shard": shard, "leader": to, "changed": True}
+
+    async def _admin_create(self, body: dict[str, Any]) -> dict[str, Any]:
+        """Host an empty replica of a shard here; it fills up once it is added."""
+        shard = _int_field(body, "shard")
+        if shard in self.host.groups:
+            return {"shard": shard, "node": self.id, "created": False}
+        self.tombstones.discard(shard)
+        self._save_tombstones()
+        self._add_group(shard, self._shard_machine(shard), ConfState())
+        return {"shard": shard, "node": self.id, "created": True}
+
+    async def _admin_add_learner(self, body: dict[str, Any]) -> dict[str, Any]:
+        return await self._conf(body, ConfChangeType.ADD_LEARNER, "add-learner")
+
+    async def _admin_promote(self, body: dict[str, Any]) -> dict[str, Any]:
+        return await self._conf(body, ConfChangeType.ADD_VOTER, "promote")
+
+    async def _admin_remove(self, body: dict[str, Any]) -> dict[str, Any]:
+        shard, node = _int_field(body, "shard"), _int_field(body, "node")
+        if (
+            node == self.id
+            and shard in self.host.groups
+            and self.host.groups[shard].raft.role == Role.LEADER
+        ):
+            raise ApiError(
+                409,
+                "is_leader",
+                f"node {node} leads shard {shard}: transfer leadership first",
+                shard=shard,
+            )
+        return await self._conf(body, ConfChangeType.REMOVE, "remove-replica")
+
+    async def _conf(
+        self, body: dict[str, Any], kind: ConfChangeType, action: str
+    ) -> dict[str, Any]:
+        shard, node = _int_field(body, "shard"), _int_field(body, "node")
+        g = self._leader_group(shard, action)
+        try:
+            outcome = await self._await(g, g.conf_change(ConfChange(kind, node)), "")
+        except ConfChangeRejected as e:
+            raise ApiError(409, "conf_change_rejected", str(e), shard=shard) from None
+        conf = g.raft.conf
+        await self._record_replicas(shard, tuple(sorted(conf.voters)))
+        return {
+            "shard": shard,
+            "node": node,
+            "changed": outcome is not None,
+            "voters": sorted(conf.voters),
+            "learners": sorted(conf.learners),
+        }
+
+    async def _admin_drop(self, body: dict[str, Any]) -> dict[str, Any]:
+        """Delete this node's replica of a shard it no longer belongs to."""
+        shard = _int_field(body, "shard")
+        g = self.host.groups.get(shard)
+        if g is None:
+            return {"shard": shard, "node": self.id, "dropped": False}
+        # The shard map (committed in the metadata group) is the authority: a removed
+        # replica's own log may never hear of its removal.
+        holders = self.meta.map.replicas.get(shard, ())
+        if self.id in holders:
+            raise ApiError(
+                409,
+                "still_member",
+                f"node {self.id} is still a member of shard {shard}; remove it first",
+                shard=shard,
+            )
+        self.host.remove(shard)
+        g.fail_all(RaftError(f"replica of shard {shard} dropped"))
+        self.tombstones.add(shard)
+        self._save_tombstones()
+        self.engine.drop_shard(shard)
+        return {"shard": shard, "node": self.id, "dropped": True}
+
+    async def _record_replicas(self, shard: int, voters: tuple[int, ...]) -> None:
+        """Keep the shard map's replica list equal to the group's voters.
+
+        The map lives in the metadata group, so the change goes to its leader,
+        which applies it as a compare-and-set on the epoch.
+        """
+        meta = self.host.groups[META_GROUP]
+        if meta.raft.role == Role.LEADER:
+            await self._admin_record({"shard": shard, "voters": list(voters)})
+            return
+        leader = meta.raft.leader
+        if leader == 0 or leader not in self.meta.map.nodes:
+            raise ApiError(
+                503, "no_meta_leader", "the metadata group has no leader; retry", retry_after=1
+            )
+        url = f"{self.meta.map.nodes[leader].api}/v1/admin/record-replicas"
+        async with (
+            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=REQUEST_TIMEOUT)) as http,
+            http.post(url, json={"shard": shard, "voters": list(voters)}) as resp,
+        ):
+            if resp.status != 200:
+                raise ApiError(
+                    503,
+                    "meta_update_failed",
+                    f"shard map update at node {leader} answered {resp.status}; retry",
+                    retry_after=1,
+                )
+
+    async def _admin_record(self, body: dict[str, Any]) -> dict[str, Any]:
+        """On the metadata leader: set a shard's replicas in the map (CAS on epoch)."""
+        shard = _int_field(body, "shard")
+        raw = body.get("voters")
+        if not isinstance(raw, list) or not all(isinstance(v, int) for v in raw) or not raw:
+            raise ApiError(400, "bad_field", "'voters' must be a non-empty list of node ids")
+        voters = tuple(raw)
+        meta = self._leader_group(META_GROUP, "record-replicas")
+        for _ in range(10):
+            current = self.meta.map
+            if current.replicas.get(shard) == voters:
+                return {"shard": shard, "epoch": current.epoch, "changed": False}
+            new = current.with_changes(replicas={**current.replicas, shard: voters})
+            _, result = await self._await(meta, meta.propose(MetaMachine.change(current, new)), "")
+            if isinstance(result, dict) and result.get("ok"):
+                return {"shard": shard, "epoch": new.epoch, "changed": True}
+        raise ApiError(503, "meta_conflict", "the shard map kept changing; retry", retry_after=1)
+
+    def _leader_group(self, shard: int, action: str) -> ReplicaGroup:
+        g = self._group(shard, f"/v1/admin/{action}")
+        if g.raft.role != Role.LEADER:
+            raise self._redirect(shard, g.raft.leader, f"/v1/admin/{action}")
+        return g
+
+
+def _int_field(body: dict[str, Any], name: str) -> int:
+    value = body.get(name)
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise ApiError(400, "bad_field", f"{name!r} must be a non-negative integer, got {value!r}")
+    return value
 
 
 def _hostport(addr: str) -> tuple[str, int]:
