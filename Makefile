@@ -7,7 +7,7 @@ SEEDS ?= 0:1000
 JOBS ?= 2
 SOAK_SEEDS ?= 0:100000
 
-.PHONY: dev test lint sim soak clean
+.PHONY: dev test lint sim soak demo clean
 
 # The stamp is rebuilt when pyproject.toml changes, so every target below
 # does the dev install first on a fresh clone. The editable install only maps the
@@ -32,6 +32,11 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/mypy node-image/shardset_raft node-image/shardset_sim node-image/shardset_node node-image/shardset
 	$(BIN)/lint-imports
+
+# The main job until the operator exists: a local 3-node cluster, a workload,
+# a leader killed and restarted, every acknowledged write read back.
+demo: $(STAMP)
+	$(BIN)/python -m shardset.demo
 
 sim: $(STAMP)
 	$(BIN)/python -m shardset_sim run --seeds $(SEEDS) --jobs $(JOBS)

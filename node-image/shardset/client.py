@@ -220,6 +220,8 @@ class Client:
                     body = await _json(resp)
                     if resp.status == 200 or (resp.status == 404 and missing_ok):
                         self._route.leaders[shard] = int(body.get("replica", target))
+                        if int(body.get("epoch", 0)) > self._route.epoch:
+                            await self._refresh_map()  # the layout moved on: learn it
                         return body
                     if resp.status not in RETRYABLE:
                         raise ShardsetError(

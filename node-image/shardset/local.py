@@ -5,23 +5,39 @@ uses), starts one node process per node, and waits until every node reports
 ready. The cluster's layout and process ids live in `<data-dir>/cluster.json`;
 `~/.cache/shardset/last-local` remembers the last one started, so the CLI
 finds it without `--endpoints`.
+
+For tests, `up(..., fault_proxies=True)` puts a `FaultProxy` on every directed
+link between nodes: node i reaches node j through the proxy for (i, j) (with
+`--peer-override j=127.0.0.1:<proxy port>`), so `partition(side_a, side_b)` can
+cut the cluster in two and `heal()` joins it again. The proxies run on an event
+loop in a helper thread of the process that started the cluster and die with it,
+so a proxied cluster is for tests, not for `shardset local up`. `node_args`
+passes extra flags to every node (e.g. `--compact-every 50`).
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
-from dataclasses import asdict, dataclass
+from collections.abc import Coroutine, Iterable, Sequence
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any, TypeVar
 
+from shardset_node.faults import BlockMode, FaultProxy
 from shardset_node.shardmap import NodeAddress, bootstrap_map
+
+T = TypeVar("T")
+Link = tuple[int, int]  # (from node, to node): the proxy node `from` dials to reach `to`
 
 STATE = "cluster.json"
 LAST = Path(os.environ.get("SHARDSET_CACHE", Path.home() / ".cache" / "shardset")) / "last-local"
@@ -43,15 +59,106 @@ class LocalNode:
         return f"http://127.0.0.1:{self.api_port}"
 
 
+class ProxyNet:
+    """One FaultProxy per directed link, served by an event loop in a daemon thread.
+
+    Thread-safe: every method hands its work to that loop and waits for it.
+    """
+
+    def __init__(self) -> None:
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(
+            target=self._loop.run_forever, name="shardset-fault-proxies", daemon=True
+        )
+        self._thread.start()
+        self._proxies: dict[Link, FaultProxy] = {}
+        self._closed = False
+
+    def _run(self, coro: Coroutine[Any, Any, T], timeout: float = 10.0) -> T:
+        if self._closed:
+            coro.close()
+            raise LocalClusterError("the fault proxies are stopped")
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout)
+
+    def add(self, link: Link, listen_port: int, target: tuple[str, int]) -> None:
+        async def start() -> FaultProxy:
+            proxy = FaultProxy(listen_port, target)
+            await proxy.start()
+            return proxy
+
+        self._proxies[link] = self._run(start())
+
+    @property
+    def links(self) -> list[Link]:
+        return sorted(self._proxies)
+
+    def block(self, links: Iterable[Link], mode: BlockMode = "drop") -> None:
+        chosen = [self._proxies[link] for link in links]
+
+        async def block() -> None:
+            for proxy in chosen:
+                proxy.block(mode)
+
+        self._run(block())
+
+    def unblock(self, links: Iterable[Link] | None = None) -> None:
+        chosen = list(self._proxies.values() if links is None else map(self._proxies.get, links))
+
+        async def unblock() -> None:
+            for proxy in chosen:
+                if proxy is not None:
+                    proxy.unblock()
+
+        self._run(unblock())
+
+    def blocked(self) -> dict[Link, BlockMode]:
+        return {k: p.blocked for k, p in self._proxies.items() if p.blocked is not None}
+
+    def connections(self) -> dict[Link, int]:
+        """Connections each proxy accepted so far (a dial that went through it)."""
+        return {k: p.connections for k, p in self._proxies.items()}
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        proxies = list(self._proxies.values())
+
+        async def stop_all() -> None:
+            await asyncio.gather(*(p.stop() for p in proxies), return_exceptions=True)
+
+        try:
+            self._run(stop_all())
+        finally:
+            self._closed = True
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(10.0)
+            if not self._thread.is_alive():
+                self._loop.close()
+
+
 @dataclass
 class LocalCluster:
     data_dir: Path
     nodes: list[LocalNode]
     no_fsync: bool = False
+    node_args: list[str] = field(default_factory=list)
+    # "i>j" -> port of the proxy node i dials to reach node j; empty: no proxies.
+    proxy_ports: dict[str, int] = field(default_factory=dict)
+    net: ProxyNet | None = field(default=None, repr=False, compare=False)
 
     @property
     def endpoints(self) -> list[str]:
         return [n.api for n in self.nodes]
+
+    @property
+    def node_ids(self) -> list[int]:
+        return [n.id for n in self.nodes]
+
+    def node_dir(self, node_id: int) -> Path:
+        return self.data_dir / f"node-{node_id}"
+
+    def log_path(self, node_id: int) -> Path:
+        return self.data_dir / f"node-{node_id}.log"
 
     def node(self, node_id: int) -> LocalNode:
         for n in self.nodes:
@@ -60,7 +167,12 @@ class LocalCluster:
         raise LocalClusterError(f"no node {node_id} in {self.data_dir}")
 
     def save(self) -> None:
-        raw = {"nodes": [asdict(n) for n in self.nodes], "no_fsync": self.no_fsync}
+        raw = {
+            "nodes": [asdict(n) for n in self.nodes],
+            "no_fsync": self.no_fsync,
+            "node_args": self.node_args,
+            "proxy_ports": self.proxy_ports,
+        }
         (self.data_dir / STATE).write_text(json.dumps(raw, indent=2))
 
     @staticmethod
@@ -69,7 +181,54 @@ class LocalCluster:
         if not path.exists():
             raise LocalClusterError(f"no local cluster in {data_dir} (missing {STATE})")
         raw = json.loads(path.read_text())
-        return LocalCluster(data_dir, [LocalNode(**n) for n in raw["nodes"]], raw["no_fsync"])
+        return LocalCluster(
+            data_dir,
+            [LocalNode(**n) for n in raw["nodes"]],
+            raw["no_fsync"],
+            list(raw.get("node_args", [])),
+            {str(k): int(v) for k, v in raw.get("proxy_ports", {}).items()},
+        )
+
+    # --- fault proxies ------------------------------------------------------------
+    def start_proxies(self) -> ProxyNet:
+        """Start the proxies of every directed link (once; idempotent)."""
+        if self.net is not None:
+            return self.net
+        if not self.proxy_ports:
+            raise LocalClusterError("this cluster was started without fault proxies")
+        net = ProxyNet()
+        try:
+            for name, port in sorted(self.proxy_ports.items()):
+                src, dst = _link(name)
+                net.add((src, dst), port, ("127.0.0.1", self.node(dst).peer_port))
+        except BaseException:
+            net.close()
+            raise
+        self.net = net
+        return net
+
+    def _proxies(self) -> ProxyNet:
+        if self.net is None:
+            raise LocalClusterError("no fault proxies: start the cluster with fault_proxies=True")
+        return self.net
+
+    def partition(
+        self, side_a: Iterable[int], side_b: Iterable[int], mode: BlockMode = "drop"
+    ) -> None:
+        """Cut every link between the two sides, both ways (adds to any cut in force)."""
+        a, b = list(side_a), list(side_b)
+        if set(a) & set(b):
+            raise ValueError(f"the sides overlap: {sorted(set(a) & set(b))}")
+        links = [(x, y) for x in a for y in b] + [(y, x) for x in a for y in b]
+        self._proxies().block(links, mode)
+
+    def isolate(self, node_id: int, mode: BlockMode = "drop") -> None:
+        """Cut one node off from all the others."""
+        self.partition([node_id], [n for n in self.node_ids if n != node_id], mode)
+
+    def heal(self) -> None:
+        """Let traffic flow on every link again."""
+        self._proxies().unblock()
 
     # --- processes --------------------------------------------------------------
     def start_node(self, node_id: int) -> None:
@@ -93,6 +252,13 @@ class LocalCluster:
         ]
         if self.no_fsync:
             cmd.append("--no-fsync")
+        cmd.extend(self.node_args)
+        if self.proxy_ports:
+            self.start_proxies()
+            for name, port in sorted(self.proxy_ports.items()):
+                src, dst = _link(name)
+                if src == n.id:
+                    cmd += ["--peer-override", f"{dst}=127.0.0.1:{port}"]
         logf = open(self.data_dir / f"node-{n.id}.log", "ab")  # noqa: SIM115 - owned by the child
         proc = subprocess.Popen(
             cmd, stdout=logf, stderr=logf, stdin=subprocess.DEVNULL, start_new_session=True
@@ -108,6 +274,20 @@ class LocalCluster:
             _wait_gone(n.pid, timeout)
         n.pid = 0
         self.save()
+
+    def running(self, node_id: int) -> bool:
+        n = self.node(node_id)
+        return bool(n.pid) and _alive(n.pid)
+
+    def shutdown(self, *, kill: bool = False, timeout: float = 10.0) -> None:
+        """Stop every node, then the fault proxies, if any (for tests' teardown)."""
+        try:
+            for n in self.nodes:
+                self.stop_node(n.id, kill=kill, timeout=timeout)
+        finally:
+            if self.net is not None:
+                self.net.close()
+                self.net = None
 
     def wait_ready(self, timeout: float = 30.0) -> None:
         deadline = time.monotonic() + timeout
@@ -125,28 +305,54 @@ class LocalCluster:
 
 
 def up(
-    data_dir: Path, nodes: int, shards: int, replication: int, *, no_fsync: bool = False
+    data_dir: Path,
+    nodes: int,
+    shards: int,
+    replication: int,
+    *,
+    no_fsync: bool = False,
+    node_args: Sequence[str] = (),
+    fault_proxies: bool = False,
+    remember: bool = True,
+    ready_timeout: float = 30.0,
+    stop_on_failure: bool = False,
 ) -> LocalCluster:
+    """Start a new cluster in `data_dir`, or restart the one there (its settings win).
+
+    `remember=False` leaves the CLI's "last local cluster" alone (tests);
+    `stop_on_failure=True` stops the nodes again if they do not get ready.
+    """
     data_dir = data_dir.resolve()
     if (data_dir / STATE).exists():
         cluster = LocalCluster.load(data_dir)  # restart an existing cluster with its data
     else:
         data_dir.mkdir(parents=True, exist_ok=True)
-        ports = _free_ports(2 * nodes)
+        links = [(i, j) for i in range(1, nodes + 1) for j in range(1, nodes + 1) if i != j]
+        ports = _free_ports(2 * nodes + (len(links) if fault_proxies else 0))
         cluster = LocalCluster(
             data_dir,
             [LocalNode(i, ports[2 * i - 2], ports[2 * i - 1]) for i in range(1, nodes + 1)],
             no_fsync,
+            list(node_args),
+            {f"{i}>{j}": p for (i, j), p in zip(links, ports[2 * nodes :], strict=False)}
+            if fault_proxies
+            else {},
         )
         addrs = {n.id: NodeAddress(f"127.0.0.1:{n.peer_port}", n.api) for n in cluster.nodes}
         boot = bootstrap_map(addrs, shards=shards, replication=replication)
         (data_dir / "bootstrap.json").write_bytes(boot.encode())
         cluster.save()
-    for n in cluster.nodes:
-        cluster.start_node(n.id)
-    LAST.parent.mkdir(parents=True, exist_ok=True)
-    LAST.write_text(str(data_dir))
-    cluster.wait_ready()
+    try:
+        for n in cluster.nodes:
+            cluster.start_node(n.id)
+        if remember:
+            LAST.parent.mkdir(parents=True, exist_ok=True)
+            LAST.write_text(str(data_dir))
+        cluster.wait_ready(ready_timeout)
+    except BaseException:
+        if stop_on_failure:
+            cluster.shutdown(kill=True)
+        raise
     return cluster
 
 
@@ -164,6 +370,11 @@ def last_endpoints() -> list[str]:
         return LocalCluster.load(Path(LAST.read_text().strip())).endpoints
     except LocalClusterError:
         return []
+
+
+def _link(name: str) -> Link:
+    src, _, dst = name.partition(">")
+    return int(src), int(dst)
 
 
 def _free_ports(count: int) -> list[int]:
