@@ -8,39 +8,118 @@ twice. `MetaMachine` holds the shard map of the metadata group.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from shardset_node.commands import Command, decode_command
 from shardset_node.kvengine import KvEngine
 from shardset_node.shardmap import ShardMap
+from shardset_node.slots import slot_of
 from shardset_raft import Entry, EntryType, Snapshot
+
+SYSTEM = b"\xc1"  # never the first byte of msgpack: marks a slot-move command (JSON)
+
+
+def system_command(op: str, start: int, end: int, **fields: object) -> bytes:
+    return SYSTEM + json.dumps({"op": op, "start": start, "end": end, **fields}).encode()
 
 
 class ShardMachine:
+    """One shard's key-value state, and the slots it is handing over or has handed over.
+
+    A slot move is three replicated commands: `freeze` on the source (writes to
+    the slots are refused from that log position on, so an export taken after
+    it is complete), `ingest` on the destination (the exported keys), and `drop`
+    on the source (the keys are deleted; the slots stay refused there for good,
+    so a node with an older shard map cannot write into slots it gave away).
+    """
+
     def __init__(self, engine: KvEngine, shard: int, scratch: Path) -> None:
         self.engine = engine
         self.shard = shard
         self.scratch = scratch
+        self._moved_path = scratch.parent / f"moved-slots-{shard}.json"
+        self.moved: list[tuple[int, int]] = self._load_moved()
+
+    def refuses(self, slot: int) -> bool:
+        return any(a <= slot < b for a, b in self.moved)
 
     def apply(self, entries: Sequence[Entry]) -> list[object]:
         done = self.engine.applied_index(self.shard)
         results: list[object] = [None] * len(entries)
-        todo: list[tuple[int, Command]] = []
+        batch: list[tuple[int, Command]] = []
         for pos, e in enumerate(entries):
-            if e.index <= done or e.type != EntryType.NORMAL or not e.data:
+            if e.index <= done:
                 continue
-            todo.append((pos, decode_command(e.data)))
+            if e.type == EntryType.NORMAL and e.data[:1] == SYSTEM:
+                self._flush(batch, entries[pos - 1].index if pos else done, results)
+                batch = []
+                results[pos] = self._system(e.index, json.loads(e.data[1:]))
+            elif e.type == EntryType.NORMAL and e.data:
+                cmd = decode_command(e.data)
+                if self.refuses(slot_of(cmd.key)):
+                    results[pos] = {"error": "slot_moved"}
+                else:
+                    batch.append((pos, cmd))
         last = entries[-1].index
-        if last <= done:
-            return results
-        applied = self.engine.apply(self.shard, last, [cmd for _, cmd in todo])
-        for (pos, _), result in zip(todo, applied, strict=True):
-            results[pos] = result
+        if last > self.engine.applied_index(self.shard):
+            self._flush(batch, last, results)
         return results
+
+    def _flush(self, batch: list[tuple[int, Command]], index: int, results: list[object]) -> None:
+        if index <= self.engine.applied_index(self.shard):
+            return
+        applied = self.engine.apply(self.shard, index, [cmd for _, cmd in batch])
+        for (pos, _), result in zip(batch, applied, strict=True):
+            results[pos] = result
+
+    def _system(self, index: int, cmd: dict[str, Any]) -> object:
+        start, end = int(cmd["start"]), int(cmd["end"])
+        slots = range(start, end)
+        if cmd["op"] == "freeze":
+            self._set_moved([*self.moved, (start, end)])
+            self.engine.apply(self.shard, index, [])
+            return {"frozen": [start, end]}
+        if cmd["op"] == "drop":
+            removed = self.engine.delete_slots(self.shard, index, slots)
+            return {"dropped": removed}
+        if cmd["op"] == "ingest":
+            self._set_moved([r for r in self.moved if r[1] <= start or r[0] >= end])
+            path = self._scratch_file()
+            try:
+                path.write_bytes(base64.b64decode(cmd["data"]))
+                info = self.engine.import_slots(self.shard, index, path)
+            finally:
+                path.unlink(missing_ok=True)
+            return {"ingested": info.key_count}
+        raise ValueError(f"unknown system command {cmd['op']!r}")
+
+    def _load_moved(self) -> list[tuple[int, int]]:
+        if not self._moved_path.exists():
+            return []
+        return [(int(a), int(b)) for a, b in json.loads(self._moved_path.read_text())]
+
+    def _set_moved(self, ranges: list[tuple[int, int]]) -> None:
+        # Written before the engine records the command's index, so a crash in
+        # between replays the command (both writes are idempotent).
+        self.scratch.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self._moved_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(sorted(set(ranges))))
+        os.replace(tmp, self._moved_path)
+        self.moved = sorted(set(ranges))
+
+    def export_slots(self, start: int, end: int) -> bytes:
+        path = self._scratch_file()
+        try:
+            self.engine.export_slots(self.shard, range(start, end), path)
+            return path.read_bytes()
+        finally:
+            path.unlink(missing_ok=True)
 
     def snapshot(self) -> bytes:
         path = self._scratch_file()

@@ -25,10 +25,10 @@ from shardset_node.errors import ApiError
 from shardset_node.group import LeadershipLost, ReplicaGroup
 from shardset_node.host import RaftHost
 from shardset_node.kvengine import KvEngine
-from shardset_node.machines import MetaMachine, ShardMachine
+from shardset_node.machines import MetaMachine, ShardMachine, system_command
 from shardset_node.metrics import NodeMetrics
 from shardset_node.raftstore import NodeStorage
-from shardset_node.shardmap import ShardMap
+from shardset_node.shardmap import ShardMap, split_range
 from shardset_node.slots import slot_of
 from shardset_node.transport import Transport
 from shardset_raft import (
@@ -153,8 +153,11 @@ class Node:
 
     # --- routing ----------------------------------------------------------------------
     def _group_for_key(self, key: bytes, path: str) -> ReplicaGroup:
-        shard = self.meta.map.shard_of_slot(slot_of(key))
-        return self._group(shard, path)
+        slot = slot_of(key)
+        g = self._group(self.meta.map.shard_of_slot(slot), path)
+        if isinstance(g.machine, ShardMachine) and g.machine.refuses(slot):
+            raise _moving(g.id, slot, self.meta.map.epoch)
+        return g
 
     def _group(self, shard: int, path: str) -> ReplicaGroup:
         m = self.meta.map
@@ -211,6 +214,8 @@ class Node:
         if g.raft.role != Role.LEADER:
             raise self._redirect(g.id, g.raft.leader, path)
         index, result = await self._await(g, g.propose(command), path)
+        if isinstance(result, dict) and result.get("error") == "slot_moved":
+            raise _moving(g.id, slot_of(key), self.meta.map.epoch)
         body = {"shard": g.id, "index": index, "epoch": self.meta.map.epoch, "replica": self.id}
         if isinstance(result, dict):
             body.update({k: _jsonable(v) for k, v in result.items()})
@@ -320,6 +325,9 @@ class Node:
             "remove-replica": self._admin_remove,
             "drop-replica": self._admin_drop,
             "record-replicas": self._admin_record,
+            "split-shard": self._admin_split,
+            "system": self._admin_system,
+            "map-split": self._admin_map_split,
         }.get(action)
         if handler is None:
             raise ApiError(404, "unknown_action", f"unknown admin action {action!r}")
@@ -334,13 +342,17 @@ class Node:
         return {"shard": shard, "leader": to, "changed": True}
 
     async def _admin_create(self, body: dict[str, Any]) -> dict[str, Any]:
-        """Host an empty replica of a shard here; it fills up once it is added."""
+        """Host a replica of a shard here: empty, to be added as a learner; or, with
+        `voters`, one of the first replicas of a brand-new shard (a split)."""
         shard = _int_field(body, "shard")
+        if shard == META_GROUP:
+            raise ApiError(400, "bad_field", "shard 0 is the metadata group")
         if shard in self.host.groups:
             return {"shard": shard, "node": self.id, "created": False}
+        voters = frozenset(_id_list(body, "voters")) if "voters" in body else frozenset()
         self.tombstones.discard(shard)
         self._save_tombstones()
-        self._add_group(shard, self._shard_machine(shard), ConfState())
+        self._add_group(shard, self._shard_machine(shard), ConfState(voters))
         return {"shard": shard, "node": self.id, "created": True}
 
     async def _admin_add_learner(self, body: dict[str, Any]) -> dict[str, Any]:
@@ -452,11 +464,143 @@ class Node:
                 return {"shard": shard, "epoch": new.epoch, "changed": True}
         raise ApiError(503, "meta_conflict", "the shard map kept changing; retry", retry_after=1)
 
+    async def _admin_split(self, body: dict[str, Any]) -> dict[str, Any]:
+        """Move slots [start, end) of `shard` to a new shard `new_shard`, online.
+
+        Resumable: every step checks whether it is already done. Writes to the
+        moving slots get a retryable 503 between the freeze and the map update.
+        """
+        shard, new = _int_field(body, "shard"), _int_field(body, "new_shard")
+        start, end = _int_field(body, "start"), _int_field(body, "end")
+        g = self._leader_group(shard, "split-shard")
+        owned = [r for r in self.meta.map.slots if r.shard == shard]
+        already = all(self.meta.map.shard_of_slot(x) == new for x in (start, end - 1))
+        if not already and not any(r.start <= start < end <= r.end for r in owned):
+            raise ApiError(409, "not_owned", f"slots [{start}, {end}) are not all in shard {shard}")
+        if not already and new in self.meta.map.replicas:
+            raise ApiError(409, "shard_exists", f"shard {new} already exists")
+        voters = _id_list(body, "replicas") if "replicas" in body else sorted(g.raft.conf.voters)
+        if not already:
+            for node in voters:
+                await self._call(node, "create-replica", {"shard": new, "voters": voters})
+            await self._propose_system(g, system_command("freeze", start, end, to=new))
+            machine = g.machine
+            assert isinstance(machine, ShardMachine)
+            data = base64.b64encode(machine.export_slots(start, end)).decode()
+            ingest = {
+                "shard": new,
+                "command": {"op": "ingest", "start": start, "end": end, "data": data},
+            }
+            await self._call_leader(new, voters, "system", ingest)
+            await self._call_meta(
+                "map-split",
+                {"shard": shard, "new_shard": new, "start": start, "end": end, "voters": voters},
+            )
+        result = await self._propose_system(g, system_command("drop", start, end))
+        return {
+            "shard": shard,
+            "new_shard": new,
+            "slots": [start, end],
+            "epoch": self.meta.map.epoch,
+            **(result if isinstance(result, dict) else {}),
+        }
+
+    async def _admin_system(self, body: dict[str, Any]) -> dict[str, Any]:
+        """Propose a slot-move command on a shard this node leads."""
+        shard = _int_field(body, "shard")
+        cmd = body.get("command")
+        if not isinstance(cmd, dict) or cmd.get("op") not in ("freeze", "ingest", "drop"):
+            raise ApiError(400, "bad_field", "'command' must be a freeze, ingest or drop command")
+        g = self._leader_group(shard, "system")
+        fields = {k: v for k, v in cmd.items() if k not in ("op", "start", "end")}
+        data = system_command(str(cmd["op"]), int(cmd["start"]), int(cmd["end"]), **fields)
+        result = await self._propose_system(g, data)
+        return {"shard": shard, "result": result}
+
+    async def _propose_system(self, g: ReplicaGroup, data: bytes) -> object:
+        _, result = await self._await(g, g.propose(data), "")
+        return result
+
+    async def _admin_map_split(self, body: dict[str, Any]) -> dict[str, Any]:
+        """On the metadata leader: give slots [start, end) of `shard` to `new_shard`."""
+        shard, new = _int_field(body, "shard"), _int_field(body, "new_shard")
+        start, end = _int_field(body, "start"), _int_field(body, "end")
+        voters = tuple(_id_list(body, "voters"))
+        meta = self._leader_group(META_GROUP, "map-split")
+        for _ in range(10):
+            current = self.meta.map
+            if current.shard_of_slot(start) == new:
+                return {"epoch": current.epoch, "changed": False}
+            slots = split_range(current.slots, shard, new, start, end)
+            new_map = current.with_changes(slots=slots, replicas={**current.replicas, new: voters})
+            change = MetaMachine.change(current, new_map)
+            _, result = await self._await(meta, meta.propose(change), "")
+            if isinstance(result, dict) and result.get("ok"):
+                return {"epoch": new_map.epoch, "changed": True}
+        raise ApiError(503, "meta_conflict", "the shard map kept changing; retry", retry_after=1)
+
+    async def _call(self, node: int, action: str, body: dict[str, Any]) -> dict[str, Any]:
+        """An admin call to another node (or to this one, directly)."""
+        if node == self.id:
+            return await self.admin(action, body)
+        url = f"{self.meta.map.nodes[node].api}/v1/admin/{action}"
+        timeout = aiohttp.ClientTimeout(total=REQUEST_TIMEOUT * 2)
+        async with aiohttp.ClientSession(timeout=timeout) as http, http.post(url, json=body) as r:
+            answer = await r.json(content_type=None)
+            if r.status != 200:
+                raise ApiError(
+                    r.status if r.status >= 400 else 503,
+                    answer.get("error", "failed"),
+                    f"node {node} {action}: {answer.get('message')}",
+                    retry_after=1,
+                    leader=answer.get("leader"),
+                )
+            return dict(answer)
+
+    async def _call_leader(
+        self, shard: int, nodes: list[int], action: str, body: dict[str, Any]
+    ) -> dict[str, Any]:
+        """Call `action` on the leader of `shard`, waiting for one to be elected."""
+        for _ in range(50):
+            for node in nodes:
+                try:
+                    return await self._call(node, action, body)
+                except ApiError as e:
+                    if e.status not in (307, 503):
+                        raise
+            await asyncio.sleep(0.2)
+        raise ApiError(503, "no_leader", f"shard {shard} elected no leader; retry", retry_after=1)
+
+    async def _call_meta(self, action: str, body: dict[str, Any]) -> dict[str, Any]:
+        return await self._call_leader(META_GROUP, sorted(self.meta.map.nodes), action, body)
+
     def _leader_group(self, shard: int, action: str) -> ReplicaGroup:
         g = self._group(shard, f"/v1/admin/{action}")
         if g.raft.role != Role.LEADER:
             raise self._redirect(shard, g.raft.leader, f"/v1/admin/{action}")
         return g
+
+
+def _moving(shard: int, slot: int, epoch: int) -> ApiError:
+    return ApiError(
+        409,
+        "slot_moved",
+        f"slot {slot} is moving or has moved off shard {shard}; refresh the shard map and retry",
+        shard=shard,
+        epoch=epoch,
+        retry_after=1,
+    )
+
+
+def _id_list(body: dict[str, Any], name: str) -> list[int]:
+    raw = body.get(name)
+    if (
+        not isinstance(raw, list)
+        or not raw
+        or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in raw)
+    ):
+        raise ApiError(400, "bad_field", f"{name!r} must be a non-empty list of node ids")
+    return sorted(set(raw))
 
 
 def _int_field(body: dict[str, Any], name: str) -> int:

@@ -74,6 +74,22 @@ class ShardMap:
         )
 
 
+def split_range(
+    slots: tuple[SlotRange, ...], shard: int, new: int, start: int, end: int
+) -> tuple[SlotRange, ...]:
+    """The slot ranges after [start, end) of `shard` moves to shard `new`."""
+    out: list[SlotRange] = []
+    for r in slots:
+        if r.shard != shard or end <= r.start or start >= r.end:
+            out.append(r)
+            continue
+        if not (r.start <= start and end <= r.end):
+            raise ValueError(f"[{start}, {end}) crosses the edge of {r}")
+        pieces = [(r.start, start, shard), (start, end, new), (end, r.end, shard)]
+        out.extend(SlotRange(a, b, s) for a, b, s in pieces if a < b)
+    return tuple(sorted(out, key=lambda r: r.start))
+
+
 def bootstrap_map(nodes: dict[int, NodeAddress], shards: int, replication: int) -> ShardMap:
     """The first shard map of a new store (epoch 1)."""
     slots = initial_slots(shards)
