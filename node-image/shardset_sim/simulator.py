@@ -610,7 +610,11 @@ class Simulation:
 
     # ============================================================ the end
     def _heal_all(self) -> None:
+        # Loss and duplication are faults too: the progress check runs on a sound
+        # network (delays stay). Without PreVote, a lossy network can keep
+        # elections failing for hundreds of ticks, which is no safety question.
         self.net.heal()
+        self.net.faults = Faults(loss=0.0, duplicate=0.0, max_delay=self.cfg.faults.max_delay)
         for nid in list(self.restart_at):
             del self.restart_at[nid]
             self._start(self.nodes[nid])
