@@ -1,0 +1,76 @@
+"""Fixtures for integration tests on real node processes: a local cluster in tmp_path,
+always torn down (nodes killed, fault proxies stopped), with the tail of every node's log
+printed when a test fails."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from shardset import local
+
+# The test modules import their helpers (clusterkit.py) from this folder.
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+NODES, SHARDS, REPLICATION = 3, 4, 3
+LOG_TAIL_LINES = 25
+
+ClusterFactory = Callable[..., local.LocalCluster]
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[Any]) -> Any:
+    report = yield
+    setattr(item, f"rep_{report.when}", report)
+    return report
+
+
+@pytest.fixture
+def cluster_factory(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[ClusterFactory]:
+    """`make(node_args=(), fault_proxies=False)`: start a 3-node, 4-shard, 3-replica
+    cluster (fsync on) in tmp_path and wait until it is ready."""
+    made: list[local.LocalCluster] = []
+
+    def make(*, node_args: Sequence[str] = (), fault_proxies: bool = False) -> local.LocalCluster:
+        cluster = local.up(
+            tmp_path / f"cluster-{len(made) + 1}",
+            NODES,
+            SHARDS,
+            REPLICATION,
+            node_args=node_args,
+            fault_proxies=fault_proxies,
+            remember=False,  # leave the CLI's "last local cluster" alone
+            ready_timeout=60.0,
+            stop_on_failure=True,
+        )
+        made.append(cluster)
+        return cluster
+
+    try:
+        yield make
+    finally:
+        failed = any(
+            getattr(getattr(request.node, f"rep_{when}", None), "failed", False)
+            for when in ("setup", "call")
+        )
+        for cluster in made:
+            try:
+                cluster.shutdown(kill=True)
+            finally:
+                if failed:
+                    _print_logs(cluster)
+
+
+def _print_logs(cluster: local.LocalCluster) -> None:
+    for node in cluster.node_ids:
+        path = cluster.log_path(node)
+        try:
+            lines = path.read_text(errors="replace").splitlines()
+        except FileNotFoundError:
+            continue
+        print(f"----- last {LOG_TAIL_LINES} lines of {path} -----")
+        print("\n".join(lines[-LOG_TAIL_LINES:]))
