@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import itertools
+import json
 import random
 import shutil
 import sqlite3
@@ -29,12 +30,13 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import msgpack
 
 from shardset.client import Client, ShardsetError
 from shardset.local import LocalCluster
 from shardset_node.raftstore import RecordKind
 from shardset_node.slots import slot_of
-from shardset_node.wal import WalRecord, WriteAheadLog
+from shardset_node.wal import MAGIC, WalRecord, WriteAheadLog
 from shardset_sim.linearizability import Op, check_kv
 
 WRITES = ("put", "cas", "delete")
@@ -574,3 +576,44 @@ def snap_index(name: str) -> tuple[int, int, int]:
     """(group, term, index) from `snap-<group>-<term>-<index>.snap`."""
     group, term, index = name.removeprefix("snap-").removesuffix(".snap").split("-")
     return int(group), int(term), int(index)
+
+
+@dataclass(frozen=True)
+class RecordSpan:
+    offset: int
+    end: int
+    group: int
+    kind: int
+    index: int
+
+
+def segment_records(path: Path) -> list[RecordSpan]:
+    """Where each intact record of a WAL segment lies, read by its documented format
+    (magic u32 LE | length u32 LE | msgpack [group, kind, index, body] | crc32 u32 LE)."""
+    data = path.read_bytes()
+    spans, offset = [], 0
+    while offset + 8 <= len(data):
+        magic = int.from_bytes(data[offset : offset + 4], "little")
+        length = int.from_bytes(data[offset + 4 : offset + 8], "little")
+        end = offset + 12 + length
+        if magic != MAGIC or end > len(data):
+            break
+        group, kind, index, _ = msgpack.unpackb(data[offset + 8 : end - 4], raw=False)
+        spans.append(RecordSpan(offset, end, group, kind, index))
+        offset = end
+    return spans
+
+
+def torn_tail_events(logfile: Path, offset: int) -> list[dict[str, Any]]:
+    """The node's `wal_torn_tail_truncated` log events written after `offset`."""
+    events = []
+    with logfile.open("rb") as f:
+        f.seek(offset)
+        for line in f.read().decode(errors="replace").splitlines():
+            try:
+                event = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(event, dict) and event.get("event") == "wal_torn_tail_truncated":
+                events.append(event)
+    return events
