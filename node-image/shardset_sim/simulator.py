@@ -618,6 +618,16 @@ class Simulation:
         for nid in list(self.restart_at):
             del self.restart_at[nid]
             self._start(self.nodes[nid])
+        # As the operator does, stop replicas whose removal is committed: a removed
+        # node that never heard of its removal would, without PreVote, keep raising
+        # terms and disrupt elections (thesis 4.2.3). It ran through the fault phase.
+        live = [n.raft for n in self.nodes.values() if n.raft is not None]
+        if live:
+            newest = max(live, key=lambda r: r.committed)
+            members = newest.log.conf_at(newest.committed).members()
+            for node in self.nodes.values():
+                if node.raft is not None and node.id not in members:
+                    self._crash(node)
 
     def _check_progress(self) -> None:
         """After healing, a majority of voters is up: a write must commit again."""
