@@ -38,6 +38,15 @@ KUBERNETES_SVC_IP="10.96.0.1"
 DNS_SVC_IP="10.96.0.10"
 CLUSTER_DOMAIN="cluster.local"
 API_PORT="${API_PORT:-6443}"
+# The node's address sits on a dummy interface of our own (not the real NIC).
+NODE_IFACE="${NODE_IFACE:-shardset0}"
+NODE_IP="${NODE_IP:-10.250.0.1}"
+NODE_NAME="${NODE_NAME:-shardset-node}"
+CNI_BRIDGE="${CNI_BRIDGE:-shardset-cni0}"
+CNI_BIN_DIR="${CNI_BIN_DIR:-/usr/lib/cni}"
+# Non-default etcd ports, so an etcd someone else runs on 2379 is left alone.
+ETCD_PORT="${ETCD_PORT:-12379}"
+ETCD_PEER_PORT="${ETCD_PEER_PORT:-12380}"
 
 export PATH="${K8S_BIN}:${ETCD_BIN}:${HELM_BIN}:${KIND_BIN}:${PATH}"
 
