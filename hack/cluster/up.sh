@@ -83,6 +83,7 @@ localAPIEndpoint:
   bindPort: ${API_PORT}
 nodeRegistration:
   name: ${NODE_NAME}
+  criSocket: unix://${CTRD_SOCK}
 ---
 apiVersion: kubeadm.k8s.io/v1beta4
 kind: ClusterConfiguration
