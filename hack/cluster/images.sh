@@ -28,6 +28,10 @@ ensure_docker() {
 image_exists() { "${DOCKER}" image inspect "$1" >/dev/null 2>&1; }
 
 build_base() {
+  if [[ "${BASE_IMAGE}" != "${OUR_BASE_IMAGE}" ]]; then
+    log "BASE_IMAGE=${BASE_IMAGE}: not building our own base"
+    return
+  fi
   local tarball
   if [[ -z "${REFRESH_BASE:-}" ]]; then
     tarball=$(find "${IMAGE_CACHE}" -maxdepth 1 -name "debian-${DEBIAN_SUITE}-rootfs-*.tar" -mtime -30 | sort | tail -1)
@@ -61,6 +65,16 @@ docker_build() {
   cp -a "${src}/." "${ctx}/"
   local f
   for f in "$@"; do cp -a "$f" "${ctx}/"; done
+  # Python dependencies: a wheelhouse built on the host (same CPython 3.11 as
+  # the Debian base), copied in as wheels/, so pip in the image needs no network:
+  #   RUN pip install --no-index --find-links /wheels -r /requirements.txt
+  if [[ -f "${ctx}/requirements.txt" ]]; then
+    mkdir -p "${SHARDSET_CACHE}/wheelhouse"
+    "${NICE[@]}" python3 -m pip wheel -q -r "${ctx}/requirements.txt" -w "${SHARDSET_CACHE}/wheelhouse"
+    mkdir -p "${ctx}/wheels"
+    python3 -m pip download -q --no-index --find-links "${SHARDSET_CACHE}/wheelhouse" \
+      -r "${ctx}/requirements.txt" -d "${ctx}/wheels"
+  fi
   "${NICE[@]}" "${DOCKER}" build -q --network none --build-arg "BASE_IMAGE=${BUILD_BASE:-${BASE_IMAGE}}" \
     -t "${image}" "${ctx}" >/dev/null
   rm -rf "${ctx}"

@@ -24,7 +24,9 @@ RUN_DIR="${STATE_DIR}/run"
 
 # Image names loaded into the cluster's containerd (namespace k8s.io).
 IMAGE_PREFIX="${IMAGE_PREFIX:-shardset.local}"
-BASE_IMAGE="${BASE_IMAGE:-${IMAGE_PREFIX}/debian-base:${DEBIAN_SUITE}}"
+# Our debootstrapped base; set BASE_IMAGE to build FROM another (e.g. python:3.11-slim).
+OUR_BASE_IMAGE="${IMAGE_PREFIX}/debian-base:${DEBIAN_SUITE}"
+BASE_IMAGE="${BASE_IMAGE:-${OUR_BASE_IMAGE}}"
 PAUSE_IMAGE="${IMAGE_PREFIX}/pause:${PAUSE_VERSION}"
 COREDNS_IMAGE="${IMAGE_PREFIX}/coredns:${COREDNS_VERSION}"
 TESTSERVER_IMAGE="${IMAGE_PREFIX}/testserver:dev"
