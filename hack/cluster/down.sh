@@ -58,7 +58,7 @@ fi
 stop_pid containerd
 # Shims outlive containerd; ours are the ones started with our socket address.
 for p in /proc/[0-9]*; do
-  cmd=$(tr '\0' ' ' <"$p/cmdline" 2>/dev/null) || continue
+  cmd=$(tr '\0' ' ' 2>/dev/null <"$p/cmdline") || continue
   if [[ "${cmd}" == *containerd-shim* && "${cmd}" == *"${CTRD_SOCK}"* ]]; then
     say "killing shim ${p#/proc/}"
     kill -9 "${p#/proc/}" 2>/dev/null || true
@@ -74,7 +74,7 @@ stop_pid etcd
 # 4. Mounts under our state (pod volumes, rootfs overlays, netns bind mounts).
 umount_under() { # PREFIX: unmounts, deepest first
   local m
-  awk '{print $2}' /proc/self/mounts | sed 's/\\040/ /g' | grep -E "^$1(/|$)" | sort -r | while read -r m; do
+  awk '{print $2}' /proc/self/mounts | sed 's/\\040/ /g' | { grep -E "^$1(/|$)" || true; } | sort -r | while read -r m; do
     umount "${m}" 2>/dev/null || umount -l "${m}" 2>/dev/null || true
   done
 }
@@ -89,6 +89,11 @@ for ns in $(printf '%s\n' "${NETNS[@]}" | sort -u); do
   rm -f "${ns}"
 done
 
+# The kubelet links container logs into /var/log/containers whatever its podLogsDir.
+for l in /var/log/containers/*.log; do
+  [[ -L "${l}" && "$(readlink "${l}")" == "${STATE_DIR}/"* ]] && rm -f "${l}"
+done
+
 # 5. Interfaces: the pod bridge (veths go with their namespaces), the dummy.
 for l in $(ip -o link show master "${CNI_BRIDGE}" 2>/dev/null | awk -F': ' '{print $2}' | cut -d@ -f1); do
   ip link delete "${l}" 2>/dev/null || true
@@ -101,7 +106,7 @@ ours='^(KUBE-|CNI-|SHARDSET-)'
 for table in filter nat mangle raw; do
   rules=$(iptables -t "${table}" -S 2>/dev/null) || continue
   # jumps into our chains from any chain that is not ours
-  echo "${rules}" | grep -E -- "^-A [^ ]+ .*-j (KUBE-|CNI-|SHARDSET-)" | grep -vE -- "^-A (KUBE-|CNI-|SHARDSET-)" |
+  { echo "${rules}" | grep -E -- "^-A [^ ]+ .*-j (KUBE-|CNI-|SHARDSET-)" | grep -vE -- "^-A (KUBE-|CNI-|SHARDSET-)" || true; } |
     while read -r rule; do
       # shellcheck disable=SC2086
       eval iptables -t "${table}" ${rule/-A/-D} 2>/dev/null || true
@@ -113,7 +118,7 @@ done
 # kube-proxy also writes ip6tables chains on dual-stack hosts.
 for table in filter nat mangle; do
   rules=$(ip6tables -t "${table}" -S 2>/dev/null) || continue
-  echo "${rules}" | grep -E -- "^-A [^ ]+ .*-j (KUBE-|CNI-)" | grep -vE -- "^-A (KUBE-|CNI-)" |
+  { echo "${rules}" | grep -E -- "^-A [^ ]+ .*-j (KUBE-|CNI-)" | grep -vE -- "^-A (KUBE-|CNI-)" || true; } |
     while read -r rule; do
       # shellcheck disable=SC2086
       eval ip6tables -t "${table}" ${rule/-A/-D} 2>/dev/null || true

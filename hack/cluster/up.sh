@@ -42,10 +42,10 @@ start() {
   echo $! >"${RUN_DIR}/${name}.pid"
 }
 alive() { kill -0 "$(cat "${RUN_DIR}/$1.pid")" 2>/dev/null; }
-wait_for() { # DESC TIMEOUT PROC CMD... : waits until CMD succeeds while PROC lives
+wait_for() { # DESC TIMEOUT_S PROC CMD... : waits until CMD succeeds while PROC lives
   local desc=$1 timeout=$2 proc=$3; shift 3
-  local i
-  for ((i = 0; i < timeout; i++)); do
+  local deadline=$(($(date +%s) + timeout))
+  while (($(date +%s) < deadline)); do
     "$@" >/dev/null 2>&1 && return 0
     if [[ -n "${proc}" ]] && ! alive "${proc}"; then
       tail -20 "${LOG_DIR}/${proc}.log" >&2
@@ -60,7 +60,9 @@ wait_for() { # DESC TIMEOUT PROC CMD... : waits until CMD succeeds while PROC li
 step "host network: ${NODE_IFACE} ${NODE_IP}, forwarding"
 # The node's address lives on a dummy interface of our own, so the cluster does
 # not depend on (nor listen on) the machine's real network.
-ip link add "${NODE_IFACE}" type dummy 2>/dev/null || true
+# (a port-less bridge: this kernel has no dummy driver, and a bridge works the same)
+ip link show "${NODE_IFACE}" >/dev/null 2>&1 || ip link add "${NODE_IFACE}" type dummy 2>/dev/null ||
+  ip link add "${NODE_IFACE}" type bridge
 ip addr replace "${NODE_IP}/32" dev "${NODE_IFACE}"
 ip link set "${NODE_IFACE}" up
 sysctl -qn net.ipv4.ip_forward >"${RUN_DIR}/ip_forward.orig"
@@ -166,6 +168,10 @@ state = "${CTRD_STATE}"
   address = "${CTRD_SOCK}"
 [plugins."io.containerd.grpc.v1.cri"]
   sandbox_image = "${PAUSE_IMAGE}"
+  # This machine's root lacks CAP_SYS_RESOURCE, so no process may lower its
+  # oom_score_adj (runc fails with "can't get final child's PID from pipe" on
+  # the sandbox's -998); clamp containers to containerd's own score instead.
+  restrict_oom_score_adj = true
   [plugins."io.containerd.grpc.v1.cri".containerd]
     snapshotter = "overlayfs"
     default_runtime_name = "runc"
@@ -225,6 +231,7 @@ containerRuntimeEndpoint: unix://${CTRD_SOCK}
 clusterDNS: [${DNS_SVC_IP}]
 clusterDomain: ${CLUSTER_DOMAIN}
 resolvConf: ${STATE_DIR}/resolv.conf
+podLogsDir: ${STATE_DIR}/pod-logs
 failSwapOn: false
 failCgroupV1: false
 rotateCertificates: false
@@ -239,7 +246,7 @@ echo "nameserver 127.0.0.1" >"${STATE_DIR}/resolv.conf"
 start kubelet kubelet --config "${STATE_DIR}/kubelet/config.yaml" \
   --kubeconfig "${KCFG}/kubelet.conf" --root-dir "${STATE_DIR}/kubelet" \
   --cert-dir "${STATE_DIR}/kubelet/pki" --hostname-override "${NODE_NAME}" --node-ip "${NODE_IP}" \
-  --v 1
+  --oom-score-adj 0 --v 1
 
 step "kube-proxy (iptables)"
 cat >"${STATE_DIR}/kube-proxy.yaml" <<EOF
@@ -253,6 +260,7 @@ clusterCIDR: ${POD_CIDR}
 healthzBindAddress: 127.0.0.1:10256
 metricsBindAddress: 127.0.0.1:10249
 conntrack: {maxPerCore: 0, tcpEstablishedTimeout: 0s, tcpCloseWaitTimeout: 0s}
+oomScoreAdj: 0
 EOF
 start kube-proxy kube-proxy --config "${STATE_DIR}/kube-proxy.yaml"
 
