@@ -15,23 +15,30 @@ say() { [[ -n "${QUIET}" ]] || log "$@"; }
 CTRD_SOCK="${RUN_DIR}/containerd.sock"
 CTRD_STATE="/run/shardset-containerd"
 
-stop_pid() { # NAME: TERM, then KILL after 10s, the process up.sh recorded
-  local f="${RUN_DIR}/$1.pid" pid i
-  [[ -f "$f" ]] || return 0
-  pid=$(cat "$f")
-  if kill -0 "${pid}" 2>/dev/null; then
-    say "stopping $1 (pid ${pid})"
-    kill "${pid}" 2>/dev/null || true
-    for ((i = 0; i < 100; i++)); do kill -0 "${pid}" 2>/dev/null || break; sleep 0.1; done
-    kill -9 "${pid}" 2>/dev/null || true
-  fi
-  rm -f "$f"
+stop_pids() { # NAME...: TERM all, then KILL what is left after 10s
+  local n f pid pids=() i
+  for n in "$@"; do
+    f="${RUN_DIR}/${n}.pid"
+    [[ -f "$f" ]] || continue
+    pid=$(cat "$f")
+    if kill -0 "${pid}" 2>/dev/null; then
+      say "stopping ${n} (pid ${pid})"
+      kill "${pid}" 2>/dev/null || true
+      pids+=("${pid}")
+    fi
+    rm -f "$f"
+  done
+  for ((i = 0; i < 100; i++)); do
+    local left=0
+    for pid in "${pids[@]}"; do kill -0 "${pid}" 2>/dev/null && left=1; done
+    ((left)) || break
+    sleep 0.1
+  done
+  for pid in "${pids[@]}"; do kill -9 "${pid}" 2>/dev/null || true; done
 }
 
 # 1. The node first, so nothing restarts what we stop.
-stop_pid provisioner
-stop_pid kubelet
-stop_pid kube-proxy
+stop_pids provisioner kubelet kube-proxy
 
 # 2. Containers: kill every task of our containerd, then its shims.
 NETNS=()
@@ -55,7 +62,7 @@ for n in (spec.get("linux") or {}).get("namespaces") or []:
     "${CTR[@]}" tasks delete -f "$t" >/dev/null 2>&1 || true
   done
 fi
-stop_pid containerd
+stop_pids containerd
 # Shims outlive containerd; ours are the ones started with our socket address.
 for p in /proc/[0-9]*; do
   cmd=$(tr '\0' ' ' 2>/dev/null <"$p/cmdline") || continue
@@ -66,10 +73,8 @@ for p in /proc/[0-9]*; do
 done
 
 # 3. Control plane.
-stop_pid kube-scheduler
-stop_pid kube-controller-manager
-stop_pid kube-apiserver
-stop_pid etcd
+stop_pids kube-scheduler kube-controller-manager kube-apiserver
+stop_pids etcd
 
 # 4. Mounts under our state (pod volumes, rootfs overlays, netns bind mounts).
 umount_under() { # PREFIX: unmounts, deepest first
@@ -93,6 +98,7 @@ done
 for l in /var/log/containers/*.log; do
   [[ -L "${l}" && "$(readlink "${l}")" == "${STATE_DIR}/"* ]] && rm -f "${l}"
 done
+[[ -f "${RUN_DIR}/created-var-log-containers" ]] && { rmdir /var/log/containers 2>/dev/null || true; }
 
 # 5. Interfaces: the pod bridge (veths go with their namespaces), the dummy.
 for l in $(ip -o link show master "${CNI_BRIDGE}" 2>/dev/null | awk -F': ' '{print $2}' | cut -d@ -f1); do

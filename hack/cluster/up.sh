@@ -243,6 +243,7 @@ evictionHard: {memory.available: "100Mi", nodefs.available: "1%", imagefs.availa
 EOF
 # Pods with dnsPolicy Default get this: no upstream server (nothing leaves the machine).
 echo "nameserver 127.0.0.1" >"${STATE_DIR}/resolv.conf"
+[[ -d /var/log/containers ]] || touch "${RUN_DIR}/created-var-log-containers"
 start kubelet kubelet --config "${STATE_DIR}/kubelet/config.yaml" \
   --kubeconfig "${KCFG}/kubelet.conf" --root-dir "${STATE_DIR}/kubelet" \
   --cert-dir "${STATE_DIR}/kubelet/pki" --hostname-override "${NODE_NAME}" --node-ip "${NODE_IP}" \
@@ -257,6 +258,7 @@ clientConnection: {kubeconfig: ${KCFG}/kube-proxy.conf}
 hostnameOverride: ${NODE_NAME}
 bindAddress: ${NODE_IP}
 clusterCIDR: ${POD_CIDR}
+nodePortAddresses: ["${NODE_IP}/32"]
 healthzBindAddress: 127.0.0.1:10256
 metricsBindAddress: 127.0.0.1:10249
 conntrack: {maxPerCore: 0, tcpEstablishedTimeout: 0s, tcpCloseWaitTimeout: 0s}

@@ -9,6 +9,7 @@ GET  /fetch?url=U -> fetches U and returns its body (pod-to-service traffic)
 
 import http.server
 import os
+import signal
 import socket
 import sys
 import urllib.parse
@@ -72,4 +73,6 @@ class Handler(http.server.BaseHTTPRequestHandler):
 
 
 if __name__ == "__main__":
+    # As PID 1 in its container, Python gets no default SIGTERM action: exit on it.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     http.server.ThreadingHTTPServer(("", PORT), Handler).serve_forever()
