@@ -52,7 +52,10 @@ def reconcile(root: str, node: str) -> None:
         if meta.get("deletionTimestamp"):
             continue
         ann = meta.get("annotations", {})
-        if sc.get("volumeBindingMode") == "WaitForFirstConsumer" and "volume.kubernetes.io/selected-node" not in ann:
+        if (
+            sc.get("volumeBindingMode") == "WaitForFirstConsumer"
+            and "volume.kubernetes.io/selected-node" not in ann
+        ):
             continue
         name = f"pvc-{meta['uid']}"
         path = os.path.join(root, f"{meta['namespace']}_{meta['name']}_{meta['uid'][:8]}")
@@ -83,7 +86,15 @@ def reconcile(root: str, node: str) -> None:
                 "nodeAffinity": {
                     "required": {
                         "nodeSelectorTerms": [
-                            {"matchExpressions": [{"key": "kubernetes.io/hostname", "operator": "In", "values": [node]}]}
+                            {
+                                "matchExpressions": [
+                                    {
+                                        "key": "kubernetes.io/hostname",
+                                        "operator": "In",
+                                        "values": [node],
+                                    }
+                                ]
+                            }
                         ]
                     }
                 },
@@ -95,10 +106,15 @@ def reconcile(root: str, node: str) -> None:
         except RuntimeError as e:
             if "AlreadyExists" not in str(e):
                 log(f"error: {e}")
-    pvs = json.loads(kubectl("get", "pv", "-l", "shardset.local/provisioner=hostpath", "-o", "json"))["items"]
+    pvs = json.loads(
+        kubectl("get", "pv", "-l", "shardset.local/provisioner=hostpath", "-o", "json")
+    )["items"]
     for pv in pvs:
         spec = pv["spec"]
-        if pv.get("status", {}).get("phase") != "Released" or spec.get("persistentVolumeReclaimPolicy") != "Delete":
+        if (
+            pv.get("status", {}).get("phase") != "Released"
+            or spec.get("persistentVolumeReclaimPolicy") != "Delete"
+        ):
             continue
         path = spec["hostPath"]["path"]
         if os.path.dirname(path) == root.rstrip("/"):

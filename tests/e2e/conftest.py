@@ -88,17 +88,28 @@ class Kubectl:
     def __init__(self, binary: str, kubeconfig: str, namespace: str | None = None):
         self.binary, self.kubeconfig, self.namespace = binary, kubeconfig, namespace
 
-    def __call__(self, *args: str, stdin: str | None = None, check: bool = True, timeout: float = 120) -> str:
+    def __call__(
+        self, *args: str, stdin: str | None = None, check: bool = True, timeout: float = 120
+    ) -> str:
         cmd = [self.binary, "--kubeconfig", self.kubeconfig]
         if self.namespace:
             cmd += ["--namespace", self.namespace]
-        r = subprocess.run([*cmd, *args], input=stdin, capture_output=True, text=True, timeout=timeout)
+        r = subprocess.run(
+            [*cmd, *args], input=stdin, capture_output=True, text=True, timeout=timeout
+        )
         if check and r.returncode != 0:
-            raise AssertionError(f"kubectl {' '.join(args)} failed ({r.returncode}): {r.stderr.strip()}")
+            raise AssertionError(
+                f"kubectl {' '.join(args)} failed ({r.returncode}): {r.stderr.strip()}"
+            )
         return r.stdout
 
     def apply(self, *objects: dict) -> None:
-        self("apply", "-f", "-", stdin=json.dumps({"apiVersion": "v1", "kind": "List", "items": list(objects)}))
+        self(
+            "apply",
+            "-f",
+            "-",
+            stdin=json.dumps({"apiVersion": "v1", "kind": "List", "items": list(objects)}),
+        )
 
     def json(self, *args: str) -> dict:
         return json.loads(self(*args, "-o", "json"))

@@ -47,7 +47,15 @@ def resolve(name: str) -> str:
 
 
 def wait_pods_ready(k, selector: str, timeout: int = 180) -> None:
-    k("wait", "--for=condition=Ready", "pod", "-l", selector, f"--timeout={timeout}s", timeout=timeout + 10)
+    k(
+        "wait",
+        "--for=condition=Ready",
+        "pod",
+        "-l",
+        selector,
+        f"--timeout={timeout}s",
+        timeout=timeout + 10,
+    )
 
 
 def test_service_answers_through_cluster_dns(namespace):
@@ -121,13 +129,18 @@ def test_statefulset_keeps_data_across_pod_deletion(namespace):
                     "metadata": {"labels": {"app": "store", **LABELS}},
                     "spec": {
                         "terminationGracePeriodSeconds": 2,
-                        "containers": [server_container(volumeMounts=[{"name": "data", "mountPath": "/data"}])],
+                        "containers": [
+                            server_container(volumeMounts=[{"name": "data", "mountPath": "/data"}])
+                        ],
                     },
                 },
                 "volumeClaimTemplates": [
                     {
                         "metadata": {"name": "data"},
-                        "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "16Mi"}}},
+                        "spec": {
+                            "accessModes": ["ReadWriteOnce"],
+                            "resources": {"requests": {"storage": "16Mi"}},
+                        },
                     }
                 ],
             },
@@ -139,7 +152,9 @@ def test_statefulset_keeps_data_across_pod_deletion(namespace):
     assert pvc["spec"].get("storageClassName"), "the default StorageClass was not applied"
 
     token = f"shardset-{uuid.uuid4().hex}"
-    assert in_pod(k, "store-0", http("http://localhost:8080/file", "PUT", token)).strip() == "written"
+    assert (
+        in_pod(k, "store-0", http("http://localhost:8080/file", "PUT", token)).strip() == "written"
+    )
     assert in_pod(k, "store-0", http("http://localhost:8080/file")) == token
 
     old_uid = k.json("get", "pod", "store-0")["metadata"]["uid"]
@@ -149,7 +164,8 @@ def test_statefulset_keeps_data_across_pod_deletion(namespace):
         pod = k.json("get", "pods", "-l", "app=store")
         items = [p for p in pod["items"] if p["metadata"]["uid"] != old_uid]
         if items and any(
-            c["type"] == "Ready" and c["status"] == "True" for c in items[0].get("status", {}).get("conditions", [])
+            c["type"] == "Ready" and c["status"] == "True"
+            for c in items[0].get("status", {}).get("conditions", [])
         ):
             break
         assert time.monotonic() < deadline, "store-0 did not come back Ready"

@@ -69,7 +69,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
         self._send(200, "written\n")
 
     def log_message(self, fmt, *args):
-        sys.stderr.write("%s %s\n" % (self.address_string(), fmt % args))
+        sys.stderr.write(f"{self.address_string()} {fmt % args}\n")
 
 
 if __name__ == "__main__":
