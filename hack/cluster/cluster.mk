@@ -18,7 +18,10 @@ KIND_VERSION := $(shell sed -n 's/^KIND_VERSION=//p' $(HACK)/versions.env)
 SHARDSET_CACHE ?= $(HOME)/.cache/shardset
 KIND := $(SHARDSET_CACHE)/kind-$(KIND_VERSION)/bin/kind
 # Images our tests run; `make images` builds them with hack/cluster/images.sh.
-IMAGES ?= shardset.local/testserver:dev
+# The node image once the repository has the node program (pyproject.toml).
+NODE_PROGRAM := $(if $(wildcard pyproject.toml),node)
+OUR_IMAGES := testserver $(NODE_PROGRAM)
+IMAGES ?= shardset.local/testserver:dev $(if $(NODE_PROGRAM),shardset.local/node:dev)
 # empty: kind $(KIND_VERSION)'s own default node image (Kubernetes v1.34.0)
 KIND_NODE_IMAGE ?=
 
@@ -38,7 +41,7 @@ cluster-down:
 	$(HACK)/down.sh
 
 images:
-	$(HACK)/images.sh base pause coredns testserver
+	$(HACK)/images.sh base pause coredns $(OUR_IMAGES)
 	$(HACK)/load-images.sh $(IMAGES)
 
 else ifeq ($(CLUSTER),kind)
@@ -46,7 +49,6 @@ kind:
 	$(HACK)/build.sh kind
 
 cluster-up: kind
-	$(HACK)/images.sh base testserver
 	$(KIND) get clusters 2>/dev/null | grep -qx $(KIND_CLUSTER_NAME) || \
 		$(KIND) create cluster --name $(KIND_CLUSTER_NAME) $(if $(KIND_NODE_IMAGE),--image $(KIND_NODE_IMAGE)) --wait 5m
 	$(KIND) get kubeconfig --name $(KIND_CLUSTER_NAME) > $(SHARDSET_CACHE)/kind-$(KIND_CLUSTER_NAME).kubeconfig
@@ -57,7 +59,7 @@ cluster-down: kind
 	rm -f $(SHARDSET_CACHE)/kind-$(KIND_CLUSTER_NAME).kubeconfig
 
 images: kind
-	$(HACK)/images.sh base testserver
+	$(HACK)/images.sh base $(OUR_IMAGES)
 	$(KIND) load docker-image --name $(KIND_CLUSTER_NAME) $(IMAGES)
 
 else

@@ -2,7 +2,10 @@
 # Builds the cluster's images offline and saves each as a tarball under
 # ${SHARDSET_CACHE}/images, ready for `ctr -n k8s.io images import`.
 #
-#   hack/cluster/images.sh [base] [pause] [coredns] [testserver] [EXTRA_DIR:IMAGE ...]
+#   hack/cluster/images.sh [base] [pause] [coredns] [testserver] [node] [DIR:IMAGE ...]
+#
+# node: node-image/Dockerfile with a wheelhouse of the repository (NODE_SRC,
+# default the repository root) built on the host.
 #
 # base: a Debian root made by debootstrap, `docker import`ed as ${BASE_IMAGE};
 # its rootfs tarball is cached per suite and date and reused for 30 days
@@ -109,6 +112,21 @@ build_image() {
     testserver)
       build_base
       docker_build "${TESTSERVER_IMAGE}" "${IMAGES_DIR}/testserver" ;;
+    node) # the node program, from a wheelhouse built on the host
+      build_base
+      local src="${NODE_SRC:-${REPO_ROOT}}" ctx
+      [[ -f "${REPO_ROOT}/node-image/Dockerfile" && -f "${src}/pyproject.toml" ]] ||
+        die "no node program in ${src} (node-image/Dockerfile, pyproject.toml)"
+      ctx=$(mktemp -d)
+      cp "${REPO_ROOT}/node-image/Dockerfile" "${ctx}/"
+      mkdir -p "${ctx}/wheels" "${SHARDSET_CACHE}/wheelhouse"
+      "${NICE[@]}" python3 -m pip wheel -q --find-links "${SHARDSET_CACHE}/wheelhouse" \
+        --wheel-dir "${ctx}/wheels" "${src}"
+      find "${ctx}/wheels" -name '*.whl' ! -name 'shardset-*' -exec cp -n {} "${SHARDSET_CACHE}/wheelhouse/" \;
+      "${NICE[@]}" "${DOCKER}" build -q --network none --build-arg "BASE_IMAGE=${BASE_IMAGE}" \
+        -t "${NODE_IMAGE}" "${ctx}" >/dev/null
+      rm -rf "${ctx}"
+      save_image "${NODE_IMAGE}" ;;
     *:*) # DIR:IMAGE, e.g. node-image:shardset.local/node:dev
       build_base
       docker_build "${1#*:}" "${REPO_ROOT}/${1%%:*}" ;;

@@ -30,7 +30,7 @@ BASE_IMAGE="${BASE_IMAGE:-${OUR_BASE_IMAGE}}"
 PAUSE_IMAGE="${IMAGE_PREFIX}/pause:${PAUSE_VERSION}"
 COREDNS_IMAGE="${IMAGE_PREFIX}/coredns:${COREDNS_VERSION}"
 TESTSERVER_IMAGE="${IMAGE_PREFIX}/testserver:dev"
-PROVISIONER_IMAGE="${IMAGE_PREFIX}/hostpath-provisioner:dev"
+NODE_IMAGE="${IMAGE_PREFIX}/node:dev"
 
 # Networks: all local to this machine.
 POD_CIDR="${POD_CIDR:-10.244.0.0/16}"
