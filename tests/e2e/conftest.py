@@ -43,6 +43,10 @@ def kubectl_binary() -> str:
     return found
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "e2e: end-to-end tests against a real cluster")
+
+
 def candidate_kubeconfigs() -> list[Path]:
     out = []
     if os.environ.get("KUBECONFIG"):
@@ -130,3 +134,15 @@ def namespace(kubectl: Kubectl):
     finally:
         if not os.environ.get("E2E_KEEP_NAMESPACE"):
             kubectl("delete", "namespace", name, "--wait=false", check=False)
+
+
+@pytest.fixture(scope="session")
+def helm() -> str:
+    """Our Helm v3 (built by hack/cluster/build.sh helm), or the one on PATH."""
+    ours = CACHE / f"helm-{_versions()['HELM_VERSION']}" / "bin" / "helm"
+    if ours.exists():
+        return str(ours)
+    found = shutil.which("helm")
+    if not found:
+        pytest.skip("no helm: run hack/cluster/build.sh helm")
+    return found

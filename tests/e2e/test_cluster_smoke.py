@@ -9,8 +9,14 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import time
 import uuid
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.e2e
 
 IMAGE = os.environ.get("SMOKE_IMAGE", "shardset.local/testserver:dev")
 LABELS = {"app.kubernetes.io/part-of": "shardset-e2e"}
@@ -177,3 +183,25 @@ def test_statefulset_keeps_data_across_pod_deletion(namespace):
     # The StatefulSet pod's stable DNS name resolves to its IP.
     pod_ip = k.json("get", "pod", "store-0")["status"]["podIP"]
     assert in_pod(k, "store-0", resolve(f"store-0.store.{ns}.svc.cluster.local")).strip() == pod_ip
+
+
+def test_helm_installs_a_chart(namespace, helm):
+    """Helm v3 (built from its module) installs a chart and waits for it."""
+    k = namespace
+    chart = Path(__file__).parent / "charts" / "smoke"
+    helm = [helm, "--kubeconfig", k.kubeconfig, "--namespace", k.namespace]
+    r = subprocess.run(
+        [*helm, "install", "smoke", str(chart), "--wait", "--timeout", "3m"],
+        capture_output=True,
+        text=True,
+        timeout=200,
+    )
+    assert r.returncode == 0, r.stderr
+    status = subprocess.run([*helm, "status", "smoke"], capture_output=True, text=True, timeout=30)
+    assert "STATUS: deployed" in status.stdout
+    pod = k.json("get", "pods", "-l", "app=smoke")["items"][0]["metadata"]["name"]
+    assert in_pod(k, pod, http("http://smoke/")).strip() == f"ok {pod}"
+    r = subprocess.run(
+        [*helm, "uninstall", "smoke", "--wait"], capture_output=True, text=True, timeout=200
+    )
+    assert r.returncode == 0, r.stderr
