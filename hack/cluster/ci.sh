@@ -8,4 +8,6 @@ cd "${REPO_ROOT}"
 trap '"${CLUSTER_DIR}/down.sh" --quiet || true' EXIT
 "${CLUSTER_DIR}/install-deps.sh"
 "${CLUSTER_DIR}/up.sh"
-python3 -m pytest -v tests/e2e "$@"
+# the project's venv when there is one (main's Makefile makes .venv), else python3
+if [[ -x .venv/bin/pytest ]]; then PYTEST=(.venv/bin/pytest); else PYTEST=("${PYTHON:-python3}" -m pytest); fi
+"${PYTEST[@]}" -v -m e2e tests/e2e "$@"
