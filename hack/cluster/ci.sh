@@ -10,4 +10,4 @@ trap '"${CLUSTER_DIR}/down.sh" --quiet || true' EXIT
 "${CLUSTER_DIR}/up.sh"
 # the project's venv when there is one (main's Makefile makes .venv), else python3
 if [[ -x .venv/bin/pytest ]]; then PYTEST=(.venv/bin/pytest); else PYTEST=("${PYTHON:-python3}" -m pytest); fi
-"${PYTEST[@]}" -v -m e2e tests/e2e "$@"
+E2E_REQUIRE_CLUSTER=1 "${PYTEST[@]}" -v -m e2e tests/e2e "$@"
