@@ -16,7 +16,8 @@ START=$(date +%s)
 step() { log "[$(($(date +%s) - START))s] $*"; }
 
 "${CLUSTER_DIR}/install-deps.sh" >/dev/null
-if [[ -f "${RUN_DIR}/up.done" ]]; then
+if [[ -f "${RUN_DIR}/up.done" ]] &&
+  kubectl --kubeconfig "${STATE_DIR}/kubeconfig" get --raw /readyz --request-timeout=5s >/dev/null 2>&1; then
   log "cluster already up (${STATE_DIR}); run down.sh first"
   exit 0
 fi
@@ -212,7 +213,8 @@ CTR=(ctr --address "${CTRD_SOCK}" --namespace k8s.io)
 wait_for "containerd" 60 containerd "${CTR[@]}" version
 
 step "loading images into containerd (k8s.io)"
-"${CLUSTER_DIR}/load-images.sh" "${PAUSE_IMAGE}" "${COREDNS_IMAGE}" "${TESTSERVER_IMAGE}" ${EXTRA_IMAGES:-}
+# ours, and whatever else images.sh has saved (the node image, ...)
+"${CLUSTER_DIR}/load-images.sh" "${PAUSE_IMAGE}" "${COREDNS_IMAGE}" "${TESTSERVER_IMAGE}" --saved
 
 step "kubelet"
 mkdir -p "${STATE_DIR}/kubelet"
