@@ -45,7 +45,7 @@ build_k8s() {
   local major minor
   major=$(echo "${K8S_VERSION#v}" | cut -d. -f1)
   minor=$(echo "${K8S_VERSION#v}" | cut -d. -f2)
-  local ld="-s -w" pkg key val
+  local ld="-s -w" pkg kv
   for pkg in k8s.io/client-go/pkg/version k8s.io/component-base/version; do
     for kv in "gitVersion=${K8S_VERSION}" "gitMajor=${major}" "gitMinor=${minor}" \
       "gitTreeState=clean" "buildDate=$(date -u +%Y-%m-%dT%H:%M:%SZ)"; do

@@ -41,7 +41,8 @@ build_base() {
   fi
   if [[ -z "${tarball:-}" ]]; then
     tarball="${IMAGE_CACHE}/debian-${DEBIAN_SUITE}-rootfs-$(date -u +%Y%m%d).tar"
-    local root="${IMAGE_CACHE}/rootfs.tmp" start=$(date +%s)
+    local root="${IMAGE_CACHE}/rootfs.tmp" start
+    start=$(date +%s)
     rm -rf "${root}"
     log "debootstrap ${DEBIAN_SUITE} -> ${tarball}"
     "${NICE[@]}" debootstrap --variant=minbase --include=python3,python3-venv,ca-certificates \
