@@ -20,6 +20,6 @@ fi
 [[ $(id -u) -eq 0 ]] || { echo "install-deps: needs root (missing: ${missing[*]})" >&2; exit 1; }
 echo "install-deps: installing ${missing[*]}"
 apt-get update -qq
-apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+apt-get install -y -qq "${missing[@]}" >/dev/null
 # Debian's containerd/docker packages may try to start services; the cluster
 # scripts start their own daemons, so nothing else is needed here.
