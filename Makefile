@@ -50,3 +50,7 @@ clean:
 	rm -rf $(VENV) build dist *.egg-info node-image/*.egg-info operator/*.egg-info \
 		.pytest_cache .mypy_cache .ruff_cache .hypothesis sim-failures
 	find . -name __pycache__ -type d -prune -not -path './.git/*' -exec rm -rf {} +
+
+# The local Kubernetes cluster built from sources (hack/cluster/, docs/cluster.md):
+# cluster-up, cluster-down, images, cluster-smoke; CLUSTER=kind for users elsewhere.
+include hack/cluster/cluster.mk

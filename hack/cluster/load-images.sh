@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Imports images (saved by images.sh under ${SHARDSET_CACHE}/images) into the
+# local cluster's containerd, namespace k8s.io, where the kubelet finds them.
+#
+#   hack/cluster/load-images.sh IMAGE... [--saved]
+#
+# --saved: every image images.sh has saved under ${IMAGE_CACHE}.
+#
+# Does nothing (and says so) when the local cluster is not up.
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
+SOCK="${RUN_DIR}/containerd.sock"
+if [[ ! -S "${SOCK}" ]]; then
+  log "local cluster not up: images built, not loaded"
+  exit 0
+fi
+declare -A seen=()
+tars=()
+for img in "$@"; do
+  if [[ "${img}" == --saved ]]; then # every image images.sh has saved
+    for t in "${IMAGE_CACHE}/${IMAGE_PREFIX}"_*.tar; do [[ -f "$t" ]] && tars+=("$t"); done
+    continue
+  fi
+  tar="${IMAGE_CACHE}/$(echo "${img}" | tr '/:' '__').tar"
+  [[ -f "${tar}" ]] || die "no image tarball ${tar}: build it with hack/cluster/images.sh"
+  tars+=("${tar}")
+done
+for tar in "${tars[@]}"; do
+  [[ -n "${seen[${tar}]:-}" ]] && continue
+  seen[${tar}]=1
+  img=$(basename "${tar}" .tar)
+  ctr --address "${SOCK}" --namespace k8s.io images import "${tar}" >/dev/null
+  log "loaded ${img}"
+done
