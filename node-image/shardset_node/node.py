@@ -12,7 +12,7 @@ import asyncio
 import base64
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -454,15 +454,13 @@ class Node:
             raise ApiError(400, "bad_field", "'voters' must be a non-empty list of node ids")
         voters = tuple(raw)
         meta = self._leader_group(META_GROUP, "record-replicas")
-        for _ in range(10):
-            current = self.meta.map
-            if current.replicas.get(shard) == voters:
-                return {"shard": shard, "epoch": current.epoch, "changed": False}
-            new = current.with_changes(replicas={**current.replicas, shard: voters})
-            _, result = await self._await(meta, meta.propose(MetaMachine.change(current, new)), "")
-            if isinstance(result, dict) and result.get("ok"):
-                return {"shard": shard, "epoch": new.epoch, "changed": True}
-        raise ApiError(503, "meta_conflict", "the shard map kept changing; retry", retry_after=1)
+
+        def change(m: ShardMap) -> ShardMap | None:
+            if m.replicas.get(shard) == voters:
+                return None
+            return m.with_changes(replicas={**m.replicas, shard: voters})
+
+        return {"shard": shard, **await self._change_map(meta, change)}
 
     async def _admin_split(self, body: dict[str, Any]) -> dict[str, Any]:
         """Move slots [start, end) of `shard` to a new shard `new_shard`, online.
@@ -527,16 +525,28 @@ class Node:
         start, end = _int_field(body, "start"), _int_field(body, "end")
         voters = tuple(_id_list(body, "voters"))
         meta = self._leader_group(META_GROUP, "map-split")
+
+        def change(m: ShardMap) -> ShardMap | None:
+            if m.shard_of_slot(start) == new:
+                return None
+            slots = split_range(m.slots, shard, new, start, end)
+            return m.with_changes(slots=slots, replicas={**m.replicas, new: voters})
+
+        return await self._change_map(meta, change)
+
+    async def _change_map(
+        self, meta: ReplicaGroup, change: Callable[[ShardMap], ShardMap | None]
+    ) -> dict[str, Any]:
+        """Apply `change` to the shard map as a compare-and-set on its epoch, retrying
+        when another change won the race; `change` returns None once it is in force."""
         for _ in range(10):
             current = self.meta.map
-            if current.shard_of_slot(start) == new:
+            new = change(current)
+            if new is None:
                 return {"epoch": current.epoch, "changed": False}
-            slots = split_range(current.slots, shard, new, start, end)
-            new_map = current.with_changes(slots=slots, replicas={**current.replicas, new: voters})
-            change = MetaMachine.change(current, new_map)
-            _, result = await self._await(meta, meta.propose(change), "")
+            _, result = await self._await(meta, meta.propose(MetaMachine.change(current, new)), "")
             if isinstance(result, dict) and result.get("ok"):
-                return {"epoch": new_map.epoch, "changed": True}
+                return {"epoch": new.epoch, "changed": True}
         raise ApiError(503, "meta_conflict", "the shard map kept changing; retry", retry_after=1)
 
     async def _call(self, node: int, action: str, body: dict[str, Any]) -> dict[str, Any]:
