@@ -514,11 +514,13 @@ class Raft:
         """Apply Raft's term rules; False if the message must be dropped."""
         if m.term > self.term:
             if m.type in (MessageType.VOTE, MessageType.PRE_VOTE):
-                in_lease = (
-                    self.cfg.check_quorum and self.ticks_since_leader < self.cfg.election_tick
-                )
+                # Thesis 4.2.3, applied with or without CheckQuorum: a server that heard
+                # from a live leader within the minimum election timeout ignores vote
+                # requests, so a removed or partitioned server cannot keep raising terms
+                # and deposing leaders (it starved commits in simulator seed 22091).
+                in_lease = self.leader != 0 and self.ticks_since_leader < self.cfg.election_tick
                 if in_lease and m.context != FORCE_CAMPAIGN:
-                    return False  # we heard from a live leader recently: don't disrupt it
+                    return False
             if m.type == MessageType.PRE_VOTE:
                 return True  # a pre-vote never changes our term
             if m.type == MessageType.PRE_VOTE_RESP and not m.reject:
