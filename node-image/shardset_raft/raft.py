@@ -144,7 +144,7 @@ class Raft:
         self.term_start_index = 0
         self._msgs: list[Message] = []
         self._read_states: list[ReadState] = []
-        self._reads_awaiting_commit: list[int] = []
+        self._reads_awaiting_commit: list[tuple[int, bool]] = []
         self._pending_reads: list[tuple[int, int, int]] = []  # (request, index, round)
         self._round = 0  # heartbeat round; confirms reads and extends the lease
         self._round_sent_at: dict[int, int] = {}
@@ -228,21 +228,24 @@ class Raft:
         else:
             self._send_append(to)
 
-    def read_index(self, request: int) -> None:
+    def read_index(self, request: int, use_lease: bool | None = None) -> None:
         """Ask for a linearizable read; a ReadState with `request` arrives in a Ready.
 
         The index is the commit index when the read arrived; it is released once a
         heartbeat round sent after that is acknowledged by a majority (thesis 6.4),
         or at once under a valid lease. Reads wait until the leader has committed
         an entry of its own term, since only then is its commit index current.
+        `use_lease` chooses per read (None: `cfg.lease_reads`); a lease is only
+        ever held when `cfg.lease_reads` is on, so True falls back to a round.
         """
         self._check_input()
         if self.role != Role.LEADER:
             raise NotLeader(self.leader)
+        lease = self.cfg.lease_reads if use_lease is None else use_lease
         if self.log.committed < self.term_start_index:
-            self._reads_awaiting_commit.append(request)
+            self._reads_awaiting_commit.append((request, lease))
             return
-        self._queue_read(request)
+        self._queue_read(request, lease)
 
     def lease_valid(self) -> bool:
         return (
@@ -674,8 +677,8 @@ class Raft:
         self._commit_bcast_wanted = True
         if self._reads_awaiting_commit and index >= self.term_start_index:
             waiting, self._reads_awaiting_commit = self._reads_awaiting_commit, []
-            for request in waiting:
-                self._queue_read(request)
+            for request, lease in waiting:
+                self._queue_read(request, lease)
         return True
 
     def _append_new(self, kind: EntryType, data: bytes) -> int:
@@ -763,8 +766,8 @@ class Raft:
                     still.append((request, index, round_))
             self._pending_reads = still
 
-    def _queue_read(self, request: int) -> None:
-        if self.lease_valid() or self.conf.voters == {self.id}:
+    def _queue_read(self, request: int, lease: bool) -> None:
+        if (lease and self.lease_valid()) or self.conf.voters == {self.id}:
             self._read_states.append(ReadState(self.log.committed, request))
             return
         # Every read queued before the next Ready shares one heartbeat round.

@@ -39,7 +39,7 @@ class VoteIgnoresLog(Raft):
 class ReadWithoutQuorum(Raft):
     """Answers ReadIndex from its own commit index, without confirming leadership."""
 
-    def _queue_read(self, request: int) -> None:
+    def _queue_read(self, request: int, lease: bool) -> None:
         self._read_states.append(ReadState(self.log.committed, request))
 
 

@@ -436,7 +436,10 @@ class Simulation:
             op = Op(client, kind, key, value, expected, invoke=float(self.clock))
             try:
                 if kind == "get":
-                    node.raft.read_index(op_id)
+                    # Reads choose per request, as the node's read modes do: a lease
+                    # when the config keeps one, else a heartbeat round.
+                    lease = self.cfg.lease_reads and self.rng.random() < 0.7
+                    node.raft.read_index(op_id, use_lease=lease)
                 else:
                     node.raft.propose(Command(op_id, kind, key, value, expected).encode())
             except RaftError:

@@ -206,6 +206,30 @@ def test_one_membership_change_at_a_time_and_never_the_leader_itself() -> None:
     assert c.node(3).term == term
 
 
+def test_a_removed_node_cannot_depose_the_leader_even_without_prevote() -> None:
+    # Without PreVote or CheckQuorum the removed node's terms do climb, but the
+    # others heard from their leader within the election timeout and ignore its
+    # vote requests (thesis 4.2.3), so the leader keeps its term.
+    c = Cluster([1, 2, 3], config=PLAIN)
+    c.elect(1)
+    term = c.node(1).term
+    c.node(1).propose_conf_change(ConfChange(ConfChangeType.REMOVE, 3))
+    c.deliver()
+    c.tick_all()
+    assert c.node(1).conf.voters == {1, 2}
+    c.tick_all(100)
+    assert c.node(3).term > term  # it campaigned, again and again
+    assert c.leader() == 1 and c.node(1).term == term and c.node(2).term == term
+
+
+def test_a_follower_that_lost_its_leader_grants_votes_again() -> None:
+    c = Cluster([1, 2, 3], config=PLAIN)
+    c.elect(1)
+    c.crash(1)
+    c.elect(2)  # ticks_since_leader on 3 passes the election timeout first
+    assert c.leader() == 2
+
+
 def test_lagging_follower_is_sent_a_snapshot_after_compaction() -> None:
     c = Cluster([1, 2, 3])
     c.elect(1)
@@ -255,6 +279,23 @@ def test_lease_read_is_served_at_once_and_stops_when_the_lease_lapses() -> None:
         c.node(1).read_index(2)
         c.deliver()
         assert 2 not in c.reads[1]
+
+
+def test_each_read_chooses_lease_or_heartbeat_round() -> None:
+    cfg = RaftConfig(id=1, check_quorum=True, lease_reads=True, max_clock_drift_ticks=2)
+    c = Cluster([1, 2, 3], config=cfg)
+    c.elect(1)
+    c.tick_all(2)
+    assert c.node(1).lease_valid()
+    c.node(1).read_index(1, use_lease=False)
+    c.process()
+    assert 1 not in c.reads[1]  # asked for a round trip even though a lease is held
+    c.node(1).read_index(2, use_lease=True)
+    c.process()
+    assert 2 in c.reads[1] and 1 not in c.reads[1]
+    c.node(1).tick()  # the heartbeat round that confirms read 1
+    c.deliver()
+    assert 1 in c.reads[1]
 
 
 def test_ready_must_be_advanced_before_more_input() -> None:
