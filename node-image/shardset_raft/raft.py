@@ -580,7 +580,14 @@ class Raft:
         elif m.type == MessageType.HEARTBEAT:
             self.log.commit_to(min(m.commit, self.log.last_index()))
             self._send(
-                Message(MessageType.HEARTBEAT_RESP, m.frm, self.id, self.term, context=m.context)
+                Message(
+                    MessageType.HEARTBEAT_RESP,
+                    m.frm,
+                    self.id,
+                    self.term,
+                    index=self.log.last_index(),  # lets the leader see a lost tail
+                    context=m.context,
+                )
             )
         elif m.type == MessageType.SNAPSHOT:
             self._handle_snapshot(m)
@@ -633,6 +640,14 @@ class Raft:
             if m.context > self._acked_round.get(m.frm, 0):
                 self._acked_round[m.frm] = m.context
                 self._confirm_rounds()
+            if m.index < pr.match and pr.state != ProgressState.SNAPSHOT:
+                # The follower's log ends below what it acknowledged: it lost synced
+                # entries (a corrupt WAL tail cut at restart). A quiet leader would
+                # never resend them, so probe from what it has; lowering match is safe.
+                pr.match = m.index
+                pr.become_probe()
+                self._send_append(m.frm)
+                return
             # Pipelined appends may be in flight: only a probe is re-sent here; a
             # stalled pipeline falls back to probing in _tick_leader.
             if pr.state == ProgressState.PROBE and pr.match < self.log.last_index():

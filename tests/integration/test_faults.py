@@ -20,7 +20,6 @@ from typing import Any
 
 import aiohttp
 import msgpack
-import pytest
 from clusterkit import (
     Layout,
     Workload,
@@ -460,18 +459,7 @@ def test_corrupt_wal_tail(cluster_factory: Any) -> None:
     run(scenario())
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason=(
-        "node bug: when the torn-tail cut at start-up removes log entries the follower had "
-        "synced and acknowledged, the leader keeps its old match index for it (status shows "
-        "lag 0), treats the follower's rejections as stale (Progress.maybe_decrease_to never "
-        "goes below match + 1), so the follower never gets those entries back: stuck until "
-        "some later leader change"
-    ),
-)
-def test_corrupt_wal_tail_loses_acknowledged_entries(cluster_factory: Any) -> None:
+def test_corrupt_tail_of_acknowledged_entries_is_refilled_from_peers(cluster_factory: Any) -> None:
     """Flip bytes at the end of the last record of a follower's WAL, where that record
     holds log entries the follower had acknowledged (the cluster was quiet when it was
     killed, so the leaders saw every acknowledgement). The cut is logged, and the node
