@@ -521,7 +521,9 @@ class Raft:
                 # from a live leader within the minimum election timeout ignores vote
                 # requests, so a removed or partitioned server cannot keep raising terms
                 # and deposing leaders (it starved commits in simulator seed 22091).
-                in_lease = self.leader != 0 and self.ticks_since_leader < self.cfg.election_tick
+                # A restarted node counts as having just heard from a leader (it may
+                # have acknowledged a lease before it crashed), so no `leader != 0` test.
+                in_lease = self.ticks_since_leader < self.cfg.election_tick
                 if in_lease and m.context != FORCE_CAMPAIGN:
                     return False
             if m.type == MessageType.PRE_VOTE:
