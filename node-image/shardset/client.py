@@ -263,6 +263,7 @@ class Client:
         last: ShardsetError | None = None
         if target is None:
             target = self._node_for(shard)
+        params = kw.pop("params", {})  # sent with every attempt, redirects included
         for attempt in range(self.attempts):
             url = self._route.api.get(target, self.endpoints[0])
             try:
@@ -270,7 +271,7 @@ class Client:
                     method,
                     url + path,
                     allow_redirects=False,
-                    params={**kw.pop("params", {}), "epoch": str(self._route.epoch)},
+                    params={**params, "epoch": str(self._route.epoch)},
                     **kw,
                 ) as resp:
                     body = await _json(resp)
