@@ -72,6 +72,19 @@ def _env_int(name: str) -> int | None:
     return int(raw)
 
 
+def _env_seconds(name: str, default: float) -> float:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value <= 3600:
+        raise SystemExit(f"{name} must be a number of seconds in [0, 3600], got {raw!r}")
+    return value
+
+
 def parse(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="shardset-node", description="Run one Shardset node.")
     who = p.add_mutually_exclusive_group(required=True)
@@ -98,7 +111,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--drain-timeout-s",
         type=float,
-        default=float(os.environ.get("SHARDSET_DRAIN_TIMEOUT_S", "10")),
+        default=_env_seconds("SHARDSET_DRAIN_TIMEOUT_S", 10.0),
         help="on SIGTERM, wait at most this long for leadership transfers (default 10)",
     )
     p.add_argument("--data-dir", type=Path, required=True)
