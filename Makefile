@@ -7,7 +7,7 @@ SEEDS ?= 0:1000
 JOBS ?= 2
 SOAK_SEEDS ?= 0:100000
 
-.PHONY: dev test lint sim soak demo clean
+.PHONY: dev test lint sim soak demo clean crds
 
 # The stamp is rebuilt when pyproject.toml changes, so every target below
 # does the dev install first on a fresh clone. The editable install only maps the
@@ -30,8 +30,14 @@ test: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
-	$(BIN)/mypy node-image/shardset_raft node-image/shardset_sim node-image/shardset_node node-image/shardset
+	$(BIN)/mypy node-image/shardset_raft node-image/shardset_sim node-image/shardset_node node-image/shardset \
+		operator/shardset_operator
 	$(BIN)/lint-imports
+
+# The CRD in crds/ is generated from the operator's pydantic models;
+# tests/operator/test_crds.py fails when it is stale.
+crds: $(STAMP)
+	$(BIN)/python -m shardset_operator.crdgen
 
 # The main job until the operator exists: a local 3-node cluster, a workload,
 # a leader killed and restarted, every acknowledged write read back.
