@@ -63,9 +63,7 @@ def _structural(node: Schema) -> Schema:
         extra = out.get("additionalProperties")
         if "properties" in out:
             out.pop("additionalProperties", None)
-            out["properties"] = {
-                k: _structural(v) for k, v in out["properties"].items()
-            }
+            out["properties"] = {k: _structural(v) for k, v in out["properties"].items()}
         elif extra is True or extra is None or extra == {}:
             # dict[str, Any]: a free-form Kubernetes struct, validated where it is used.
             out.pop("additionalProperties", None)

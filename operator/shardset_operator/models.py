@@ -122,8 +122,7 @@ class ShardSetSpec(_Model):
         ge=1,
         le=1024,
         description=(
-            "Number of shards (Raft groups) the key space is split into at creation. "
-            "Immutable."
+            "Number of shards (Raft groups) the key space is split into at creation. Immutable."
         ),
     )
     replication_factor: int = Field(
@@ -186,9 +185,7 @@ class Condition(_Model):
         description="CamelCase reason for the last transition.",
     )
     message: str = Field(default="", description="What a person needs to know, in words.")
-    last_transition_time: datetime = Field(
-        description="When status last changed (RFC 3339)."
-    )
+    last_transition_time: datetime = Field(description="When status last changed (RFC 3339).")
     observed_generation: int | None = Field(
         default=None, ge=0, description="metadata.generation this condition was computed for."
     )
