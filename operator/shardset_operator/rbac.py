@@ -39,7 +39,7 @@ RULES: tuple[Rule, ...] = (
         "",
         ("configmaps", "services"),
         ("get", "create", "patch"),
-        "server-side apply of <name>-config, <name>, <name>-peers",
+        "server-side apply of `<name>-config`, `<name>`, `<name>-peers`",
     ),
     Rule("apps", ("statefulsets",), ("get", "create", "patch"), "server-side apply"),
     Rule("policy", ("poddisruptionbudgets",), ("get", "create", "patch"), "server-side apply"),

@@ -26,7 +26,7 @@ from shardset_operator.naming import Names
 from shardset_operator.nodeclient import NodeCallError, NodeClient
 from shardset_operator.observe import observe, rollout
 from shardset_operator.shape import plan_shape
-from shardset_operator.status import Observation, compute_status
+from shardset_operator.status import Observation, compute_status, with_failure
 
 
 @dataclass
@@ -72,11 +72,11 @@ async def converge(body: dict[str, Any], ctx: Context) -> Outcome:
     try:
         recorded = bootstrap.recorded_map(written)
     except (ValueError, KeyError, TypeError) as e:
-        return Outcome(
-            status=sset.status,
-            failure=f"ConfigMap {names.configmap} holds an unreadable {bootstrap.BOOTSTRAP_KEY}"
-            f" ({e}); it is the store's identity and is never rewritten: restore it",
+        message = (
+            f"ConfigMap {names.configmap} holds an unreadable {bootstrap.BOOTSTRAP_KEY} ({e}); "
+            "it is the store's identity and is never rewritten: restore it"
         )
+        return _failed(sset, message)
     shape = plan_shape(sset.spec, recorded)
     doc = bootstrap.bootstrap_document(names, sset.spec, written)
     if written is None:
@@ -110,7 +110,7 @@ async def converge(body: dict[str, Any], ctx: Context) -> Outcome:
     try:
         seen = await observe(ctx.kube, ctx.nodes, names, shape.replicas)
     except KubeError as e:
-        return Outcome(status=sset.status, notes=notes, failure=failure or str(e))
+        return _failed(sset, failure or str(e), notes)
     reports = {
         i: (ReadSetting.of_report(r) if r is not None else None) for i, r in seen.reports.items()
     }
@@ -145,3 +145,8 @@ async def converge(body: dict[str, Any], ctx: Context) -> Outcome:
     )
     status = compute_status(sset.status, obs, datetime.now(UTC))
     return Outcome(status=status, notes=notes, failure=failure)
+
+
+def _failed(sset: ShardSet, message: str, notes: list[tuple[str, str]] | None = None) -> Outcome:
+    status = with_failure(sset.status, sset.generation, message, datetime.now(UTC))
+    return Outcome(status=status, notes=notes or [], failure=message)

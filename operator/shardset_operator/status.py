@@ -192,3 +192,15 @@ def transitions(previous: ShardSetStatus, new: ShardSetStatus) -> list[Condition
     """Conditions of `new` whose status or reason differ from `previous`."""
     before = {c.type: (c.status, c.reason) for c in previous.conditions}
     return [c for c in new.conditions if before.get(c.type) != (c.status, c.reason)]
+
+
+def with_failure(
+    previous: ShardSetStatus, generation: int, message: str, now: datetime
+) -> ShardSetStatus:
+    """The previous status with Progressing=False/ReconcileFailed, for a reconcile that
+    could not even observe the store (the other conditions keep their last values)."""
+    failed = set_condition(
+        previous.conditions, "Progressing", ("False", "ReconcileFailed", message), generation, now
+    )
+    others = [c for c in previous.conditions if c.type != "Progressing"]
+    return previous.model_copy(update={"conditions": [*others, failed], "operation": None})

@@ -12,7 +12,8 @@ from shardset_operator import crdgen, models
 
 @pytest.fixture(scope="module")
 def crd() -> dict[str, Any]:
-    return yaml.safe_load(crdgen.render())
+    loaded: dict[str, Any] = yaml.safe_load(crdgen.render())
+    return loaded
 
 
 def _schema(crd: dict[str, Any]) -> dict[str, Any]:
