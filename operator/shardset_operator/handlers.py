@@ -53,7 +53,11 @@ def register(registry: kopf.OperatorRegistry, settings: OperatorSettings) -> Run
             prefix=GROUP, key="last-handled-configuration"
         )
         settings.posting.level = 20  # Events for INFO and above
-        await asyncio.to_thread(load_credentials)
+        try:
+            await asyncio.to_thread(load_credentials)
+        except Exception as e:
+            # No credentials will not fix itself: exit, so the pod restarts visibly.
+            raise kopf.PermanentError(f"no Kubernetes credentials: {e}") from e
         rt.session = aiohttp.ClientSession()
         rt.ctx = Context(Kube(), NodeClient(rt.session), rt.settings.node_image)
         start_http_server(rt.settings.metrics_port)
