@@ -75,18 +75,17 @@ def _structural(node: Schema) -> Schema:
     return out
 
 
-def _default_nested_objects(node: Schema) -> None:
-    """Give optional sub-objects `default: {}` so their own defaults apply.
+def _default_objects(node: Schema, default: dict[str, Any]) -> None:
+    """Give optional sub-objects their whole default (from the model) so it applies.
 
-    The API server only defaults fields of objects that are present; with this a
-    ShardSet without a spec (or without spec.storage) still gets every default.
+    The API server only defaults fields of objects that are present, so an object needs
+    a default of its own; and it checks that default against the object's CEL rules
+    before nested defaults apply, so `{}` would not do: it is the model's own default.
     """
-    required = set(node.get("required", []))
     for name, child in node.get("properties", {}).items():
-        if child.get("type") == "object" and "properties" in child:
-            if name not in required and "default" not in child:
-                child["default"] = {}
-            _default_nested_objects(child)
+        if child.get("type") == "object" and "properties" in child and name in default:
+            child.setdefault("default", default[name])
+            _default_objects(child, default[name])
 
 
 def _strip_defaults(node: Any) -> None:
@@ -115,8 +114,8 @@ def _attach_cel(root: Schema) -> None:
 
 def openapi_schema() -> Schema:
     spec = _model_schema(models.ShardSetSpec)
-    spec["default"] = {}
-    _default_nested_objects(spec)
+    spec["default"] = models.ShardSetSpec().model_dump(by_alias=True, exclude_none=True)
+    _default_objects(spec, spec["default"])
     status = _model_schema(models.ShardSetStatus)
     _strip_defaults(status)
     conditions = status["properties"]["conditions"]

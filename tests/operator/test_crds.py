@@ -77,13 +77,16 @@ def test_schema_is_structural(crd: dict[str, Any]) -> None:
 def test_defaults_make_an_empty_spec_complete(crd: dict[str, Any]) -> None:
     spec = _schema(crd)["properties"]["spec"]
     props = spec["properties"]
-    assert spec["default"] == {}
+    # Whole defaults, not {}: the API server checks a default against the CEL rules
+    # before nested defaults apply (a `{}` default is refused by it).
+    assert spec["default"]["replicationFactor"] == 3
+    assert spec["default"]["consistency"] == {"mode": "linearizable"}
     assert props["nodes"]["default"] == 3
     assert props["shards"]["default"] == 4
     assert props["replicationFactor"]["default"] == 3
-    assert props["consistency"]["default"] == {}
+    assert props["consistency"]["default"] == {"mode": "linearizable"}
     assert props["consistency"]["properties"]["mode"]["default"] == "linearizable"
-    assert props["storage"]["default"] == {}
+    assert props["storage"]["default"] == {"size": "1Gi", "retainOnDelete": True}
     assert props["storage"]["properties"]["size"]["default"] == "1Gi"
     assert props["storage"]["properties"]["retainOnDelete"]["default"] is True
     assert props["imagePullPolicy"]["default"] == "IfNotPresent"
