@@ -36,9 +36,13 @@ class Runtime:
         self.settings = settings
         self.ctx: Context | None = None
         self.session: aiohttp.ClientSession | None = None
-        # Reconciles of one ShardSet never overlap (a timer tick and a spec change);
-        # this serializes them only, it holds no state.
+        # Reconciles of one ShardSet never overlap (a timer tick and a spec change).
         self.locks: dict[str, asyncio.Lock] = {}
+        # The status this process last computed per ShardSet. The body a handler gets can
+        # predate the previous run's status patch; conditions are compared with this so
+        # a transition is announced once and keeps its time. A cache only: after a
+        # restart the status in the object is used, and patches compare with the object.
+        self.last: dict[str, ShardSetStatus] = {}
 
 
 def register(registry: kopf.OperatorRegistry, settings: OperatorSettings) -> Runtime:
@@ -68,6 +72,12 @@ def register(registry: kopf.OperatorRegistry, settings: OperatorSettings) -> Run
             peering=rt.settings.peering,
         )
 
+    # A registry of our own does not get Kopf's default login handlers: in a pod the
+    # service account, elsewhere the kubeconfig (the same the kubernetes client uses).
+    @kopf.on.login(registry=registry)
+    def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+        return kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
+
     @kopf.on.cleanup(registry=registry)
     async def cleanup(**_: Any) -> None:
         if rt.session is not None:
@@ -79,7 +89,10 @@ def register(registry: kopf.OperatorRegistry, settings: OperatorSettings) -> Run
         uid = str(body.metadata.uid)
         lock = rt.locks.setdefault(uid, asyncio.Lock())
         started = time.monotonic()
+        in_object = ShardSet.from_body(raw).status
         async with lock:
+            previous = rt.last.get(uid, in_object)
+            raw["status"] = previous.model_dump(by_alias=True, exclude_none=True, mode="json")
             try:
                 outcome = await converge(raw, rt.ctx)
             except Exception:
@@ -87,14 +100,14 @@ def register(registry: kopf.OperatorRegistry, settings: OperatorSettings) -> Run
                 raise
             finally:
                 metrics.RECONCILE_SECONDS.labels(trigger).observe(time.monotonic() - started)
+            rt.last[uid] = outcome.status
         metrics.RECONCILES.labels(trigger, "error" if outcome.failure else "ok").inc()
-        previous = ShardSet.from_body(raw).status
         for reason, message in outcome.notes:
             kopf.info(body, reason=reason, message=message)
         _post_transitions(body, previous, outcome.status)
         if outcome.failure:
             log.error("reconcile failed", shardset=body.metadata.name, error=outcome.failure)
-        if changed(previous, outcome.status):
+        if changed(in_object, outcome.status):
             patch.status.update(status_patch(outcome.status))
         metrics.record_conditions(uid, outcome.status)
 
@@ -128,6 +141,7 @@ def register(registry: kopf.OperatorRegistry, settings: OperatorSettings) -> Run
         names = Names(sset.name, sset.namespace)
         metrics.record_conditions(str(body.metadata.uid), None)
         rt.locks.pop(str(body.metadata.uid), None)
+        rt.last.pop(str(body.metadata.uid), None)
         if sset.spec.storage.retain_on_delete:
             kopf.info(
                 body,
@@ -153,17 +167,14 @@ def register(registry: kopf.OperatorRegistry, settings: OperatorSettings) -> Run
 
 
 def _post_transitions(body: kopf.Body, old: ShardSetStatus, new: ShardSetStatus) -> None:
-    """An Event for every condition that changed status or reason."""
+    """An Event for every condition that changed status or reason; a Warning when it
+    went bad (not while the store is still being created)."""
     for cond in transitions(old, new):
-        bad = (
-            (cond.type == "Ready" and cond.status == "False")
-            or (cond.type == "Degraded" and cond.status == "True")
-            or (
-                cond.type == "Progressing"
-                and cond.status == "False"
-                and cond.reason != "Reconciled"
-            )
+        refused = cond.type == "Progressing" and cond.status == "False"
+        unhealthy = (cond.type == "Ready" and cond.status == "False") or (
+            cond.type == "Degraded" and cond.status == "True"
         )
+        bad = (refused and cond.reason != "Reconciled") or (unhealthy and new.bootstrapped)
         message = f"{cond.type}={cond.status}: {cond.message}"
         if bad:
             kopf.warn(body, reason=cond.reason, message=message)
