@@ -25,7 +25,7 @@ from shardset_operator.models import ShardSet, ShardSetStatus
 from shardset_operator.naming import Names
 from shardset_operator.nodeclient import NodeCallError, NodeClient
 from shardset_operator.observe import observe, rollout
-from shardset_operator.shape import plan_shape
+from shardset_operator.shape import Shape, plan_shape
 from shardset_operator.status import Observation, compute_status, with_failure
 
 
@@ -46,16 +46,19 @@ class Outcome:
 
 
 def desired_objects(
-    sset: ShardSet, names: Names, doc: str, image: str, replicas: int
+    sset: ShardSet, names: Names, doc: str, image: str, shape: Shape
 ) -> list[dict[str, Any]]:
-    """Every owned object, in the order they are applied (config before the pods)."""
+    """Every owned object, in the order they are applied (config before the pods).
+
+    Sizes come from the shape, not the spec: a refused change must not loosen the
+    disruption budget or start pods the store does not know."""
     reads = ReadSetting.of_spec(sset.spec.consistency)
     return [
         configmap(names, doc, reads),
         peers_service(names),
         client_service(names),
-        pdb(names, sset.spec.replication_factor),
-        statefulset(names, sset.spec, image, replicas),
+        pdb(names, shape.replication),
+        statefulset(names, sset.spec, image, shape.replicas),
     ]
 
 
@@ -94,7 +97,7 @@ async def converge(body: dict[str, Any], ctx: Context) -> Outcome:
     # Apply: whole objects, so a rerun after an interruption converges the same way.
     image = sset.spec.image or ctx.node_image
     config_applied = False
-    for obj in desired_objects(sset, names, doc, image, shape.replicas):
+    for obj in desired_objects(sset, names, doc, image, shape):
         kopf.adopt(obj, owner=body)  # type: ignore[arg-type]
         try:
             await ctx.kube.apply(obj)
@@ -133,7 +136,7 @@ async def converge(body: dict[str, Any], ctx: Context) -> Outcome:
         nodes=shape.replicas,
         ready_nodes=seen.ready_nodes,
         answered=len(reachable),
-        shards=shard_health(seen.reports, shard_map.replicas, sset.spec.replication_factor),
+        shards=shard_health(seen.reports, shard_map.replicas, shape.replication),
         consistency=consistency_status(reads, reports, list(range(1, shape.replicas + 1))),
         consistency_target=reads.mode,
         bootstrap_written=config_applied or written is not None,

@@ -24,13 +24,14 @@ class Refusal:
 @dataclass(frozen=True)
 class Shape:
     replicas: int  # StatefulSet replicas to apply
+    replication: int  # replicas per shard the store really has (the PDB and health use it)
     refusals: tuple[Refusal, ...] = ()
 
 
 def plan_shape(spec: ShardSetSpec, recorded: ShardMap | None) -> Shape:
     """`recorded` is the bootstrap map in the ConfigMap, None for a new store."""
     if recorded is None:
-        return Shape(replicas=spec.nodes)
+        return Shape(replicas=spec.nodes, replication=spec.replication_factor)
     nodes = len(recorded.nodes)
     replication = max((len(h) for h in recorded.replicas.values()), default=0)
     refusals = []
@@ -60,4 +61,4 @@ def plan_shape(spec: ShardSetSpec, recorded: ShardMap | None) -> Shape:
                 f"spec.shards is {spec.shards} but the store was created with {shards}",
             )
         )
-    return Shape(replicas=nodes, refusals=tuple(refusals))
+    return Shape(replicas=nodes, replication=replication, refusals=tuple(refusals))

@@ -15,6 +15,7 @@ from shardset_operator.builders.statefulset import default_affinity, node_args, 
 from shardset_operator.consistency import ReadSetting
 from shardset_operator.models import ShardSet
 from shardset_operator.reconcile import desired_objects
+from shardset_operator.shape import Shape
 
 from .conftest import NAMES, spec
 
@@ -173,7 +174,8 @@ def test_every_owned_object_is_adopted_by_the_shardset() -> None:
         "spec": {},
     }
     sset = ShardSet.from_body(body)
-    objs = desired_objects(sset, NAMES, bootstrap_document(NAMES, sset.spec, None), "img", 3)
+    doc = bootstrap_document(NAMES, sset.spec, None)
+    objs = desired_objects(sset, NAMES, doc, "img", Shape(replicas=3, replication=3))
     kinds = [o["kind"] for o in objs]
     assert kinds == ["ConfigMap", "Service", "Service", "PodDisruptionBudget", "StatefulSet"]
     for obj in objs:

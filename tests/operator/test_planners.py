@@ -43,6 +43,7 @@ def test_scale_and_replication_changes_are_refused_and_the_recorded_size_kept() 
     assert "set spec.nodes back to 3" in refusal.message
     shape = plan_shape(spec(nodes=3, replicationFactor=1), recorded)
     assert [r.reason for r in shape.refusals] == ["ReplicationChangeNotSupported"]
+    assert shape.replication == 3  # what the store really has, for the PDB and health
     assert plan_shape(spec(nodes=3), recorded).refusals == ()
 
 

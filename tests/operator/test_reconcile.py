@@ -53,7 +53,7 @@ class FakeKube:
 class FakeNodes:
     def __init__(self, calls: list[str]) -> None:
         self.calls = calls
-        self.modes = {1: "linearizable", 2: "linearizable", 3: "linearizable"}
+        self.modes = {i: "linearizable" for i in range(1, 8)}
         self.down: set[int] = set()
         self.no_admin: set[int] = set()
 
@@ -211,3 +211,14 @@ def test_unreadable_bootstrap_map_is_refused_not_rewritten(
     status, reason, message = _cond(out, "Progressing")
     assert (status, reason) == ("False", "ReconcileFailed") and "restore it" in message
     assert _cond(out, "Ready")[0] == "True"  # what was last observed stays
+
+
+def test_refused_replication_change_does_not_loosen_the_disruption_budget(
+    world: tuple[FakeKube, FakeNodes],
+) -> None:
+    kube, nodes = world
+    _run(kube, nodes, _body(nodes=5, replicationFactor=3))
+    assert kube.objects[("PodDisruptionBudget", "kv")]["spec"]["maxUnavailable"] == 1
+    out = _run(kube, nodes, _body(nodes=5, replicationFactor=5))
+    assert kube.objects[("PodDisruptionBudget", "kv")]["spec"]["maxUnavailable"] == 1
+    assert _cond(out, "Progressing")[1] == "ReplicationChangeNotSupported"
