@@ -7,10 +7,10 @@ from datetime import UTC, datetime
 from prometheus_client import REGISTRY
 
 from shardset_operator import metrics
-from shardset_operator.models import Condition, ShardSetStatus
+from shardset_operator.models import Condition, ConditionStatus, ShardSetStatus
 
 
-def _status(ready: str) -> ShardSetStatus:
+def _status(ready: ConditionStatus) -> ShardSetStatus:
     now = datetime(2026, 1, 1, tzinfo=UTC)
     return ShardSetStatus(
         conditions=[Condition(type="Ready", status=ready, reason="X", last_transition_time=now)]
