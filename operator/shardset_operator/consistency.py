@@ -2,9 +2,10 @@
 
 Nodes start in the mode of the ConfigMap (env vars from configMapKeyRef, so changing
 the mode never changes the pod template and never restarts a pod) and are switched
-live through POST /v1/admin/consistency. The ConfigMap cannot say "no bound" with an
-absent key (the env var must resolve), so maxStalenessMs "0" there means no bound; the
-API and the admin endpoint say it with null.
+live through POST /v1/admin/consistency. "No bound" is an empty maxStalenessMs in the
+ConfigMap (the key must exist for the env var to resolve, and the node reads an empty
+SHARDSET_MAX_STALENESS_MS as unset; it refuses 0); the API and the admin endpoint say
+it with null.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from shardset_operator.models import ConsistencyMode, ConsistencySpec, Consisten
 
 CONSISTENCY_KEY = "consistency"
 STALENESS_KEY = "maxStalenessMs"
-NO_BOUND = "0"
+NO_BOUND = ""
 
 
 @dataclass(frozen=True)

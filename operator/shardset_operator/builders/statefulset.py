@@ -23,7 +23,12 @@ GRACE_SECONDS = 30
 
 
 def node_args() -> list[str]:
-    """The node's command line; $(VAR) is expanded by the kubelet from the env below."""
+    """The node's command line; $(VAR) is expanded by the kubelet from the env below.
+
+    The bound of bounded reads is not a flag: "no bound" is an empty value, which a flag
+    cannot carry, so the node reads it from SHARDSET_MAX_STALENESS_MS itself (its
+    documented default for --max-staleness-ms).
+    """
     return [
         "--id-from-hostname",
         "--data-dir",
@@ -38,8 +43,6 @@ def node_args() -> list[str]:
         "json",
         "--consistency",
         "$(SHARDSET_CONSISTENCY)",
-        "--max-staleness-ms",
-        "$(SHARDSET_MAX_STALENESS_MS)",
     ]
 
 
