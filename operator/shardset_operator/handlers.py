@@ -83,34 +83,6 @@ def register(registry: kopf.OperatorRegistry, settings: OperatorSettings) -> Run
         if rt.session is not None:
             await rt.session.close()
 
-    async def reconcile(trigger: str, body: kopf.Body, patch: kopf.Patch) -> None:
-        assert rt.ctx is not None, "startup handler did not run"
-        raw: dict[str, Any] = dict(body)
-        uid = str(body.metadata.uid)
-        lock = rt.locks.setdefault(uid, asyncio.Lock())
-        started = time.monotonic()
-        in_object = ShardSet.from_body(raw).status
-        async with lock:
-            previous = rt.last.get(uid, in_object)
-            raw["status"] = previous.model_dump(by_alias=True, exclude_none=True, mode="json")
-            try:
-                outcome = await converge(raw, rt.ctx)
-            except Exception:
-                metrics.RECONCILES.labels(trigger, "error").inc()
-                raise
-            finally:
-                metrics.RECONCILE_SECONDS.labels(trigger).observe(time.monotonic() - started)
-            rt.last[uid] = outcome.status
-        metrics.RECONCILES.labels(trigger, "error" if outcome.failure else "ok").inc()
-        for reason, message in outcome.notes:
-            kopf.info(body, reason=reason, message=message)
-        _post_transitions(body, previous, outcome.status)
-        if outcome.failure:
-            log.error("reconcile failed", shardset=body.metadata.name, error=outcome.failure)
-        if changed(in_object, outcome.status):
-            patch.status.update(status_patch(outcome.status))
-        metrics.record_conditions(uid, outcome.status)
-
     @kopf.on.create(*resource, registry=registry)
     async def created(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
         sset = ShardSet.from_body(dict(body))
@@ -120,19 +92,19 @@ def register(registry: kopf.OperatorRegistry, settings: OperatorSettings) -> Run
             message=f"store of {sset.spec.nodes} nodes, {sset.spec.shards} shards, "
             f"replication {sset.spec.replication_factor}",
         )
-        await reconcile("create", body, patch)
+        await reconcile(rt, "create", body, patch)
 
     @kopf.on.update(*resource, field="spec", registry=registry)
     async def updated(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
-        await reconcile("update", body, patch)
+        await reconcile(rt, "update", body, patch)
 
     @kopf.on.resume(*resource, registry=registry)
     async def resumed(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
-        await reconcile("resume", body, patch)
+        await reconcile(rt, "resume", body, patch)
 
     @kopf.timer(*resource, interval=rt.settings.interval_s, registry=registry)
     async def tick(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
-        await reconcile("timer", body, patch)
+        await reconcile(rt, "timer", body, patch)
 
     @kopf.on.delete(*resource, registry=registry)
     async def deleted(body: kopf.Body, **_: Any) -> None:
@@ -166,7 +138,37 @@ def register(registry: kopf.OperatorRegistry, settings: OperatorSettings) -> Run
     return rt
 
 
-def _post_transitions(body: kopf.Body, old: ShardSetStatus, new: ShardSetStatus) -> None:
+async def reconcile(rt: Runtime, trigger: str, body: Any, patch: Any) -> None:
+    """Run one converge for `body` and put the status in Kopf's `patch` if it changed."""
+    assert rt.ctx is not None, "startup handler did not run"
+    raw: dict[str, Any] = dict(body)
+    uid = str(raw["metadata"]["uid"])
+    lock = rt.locks.setdefault(uid, asyncio.Lock())
+    started = time.monotonic()
+    in_object = ShardSet.from_body(raw).status
+    async with lock:
+        previous = rt.last.get(uid, in_object)
+        raw["status"] = previous.model_dump(by_alias=True, exclude_none=True, mode="json")
+        try:
+            outcome = await converge(raw, rt.ctx)
+        except Exception:
+            metrics.RECONCILES.labels(trigger, "error").inc()
+            raise
+        finally:
+            metrics.RECONCILE_SECONDS.labels(trigger).observe(time.monotonic() - started)
+        rt.last[uid] = outcome.status
+    metrics.RECONCILES.labels(trigger, "error" if outcome.failure else "ok").inc()
+    for reason, message in outcome.notes:
+        kopf.info(body, reason=reason, message=message)
+    _post_transitions(body, previous, outcome.status)
+    if outcome.failure:
+        log.error("reconcile failed", shardset=raw["metadata"]["name"], error=outcome.failure)
+    if changed(in_object, outcome.status):
+        patch.status.update(status_patch(outcome.status))
+    metrics.record_conditions(uid, outcome.status)
+
+
+def _post_transitions(body: Any, old: ShardSetStatus, new: ShardSetStatus) -> None:
     """An Event for every condition that changed status or reason; a Warning when it
     went bad (not while the store is still being created)."""
     for cond in transitions(old, new):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
+import pytest
 from prometheus_client import REGISTRY
 
 from shardset_operator import metrics
@@ -23,7 +24,8 @@ def _gauge(status: str) -> float | None:
     )
 
 
-def test_gauge_follows_conditions() -> None:
+def test_gauge_follows_conditions(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(metrics, "_latest", {})  # other tests' ShardSets do not count
     metrics.record_conditions("a", _status("True"))
     metrics.record_conditions("b", _status("False"))
     metrics.record_conditions("a", _status("True"))
