@@ -70,7 +70,10 @@ async def converge(body: dict[str, Any], ctx: Context) -> Outcome:
     reads = ReadSetting.of_spec(sset.spec.consistency)
 
     # Plan: the bootstrap map is kept once written; the shape follows it.
-    existing = await ctx.kube.configmap_data(names.namespace, names.configmap)
+    try:
+        existing = await ctx.kube.configmap_data(names.namespace, names.configmap)
+    except KubeError as e:
+        return _failed(sset, str(e))
     written = (existing or {}).get(bootstrap.BOOTSTRAP_KEY)
     try:
         recorded = bootstrap.recorded_map(written)

@@ -36,6 +36,8 @@ class FakeKube:
         self.objects[(kind, name)] = copy.deepcopy(obj)
 
     async def configmap_data(self, namespace: str, name: str) -> dict[str, str] | None:
+        if self.fail_kind == "read":
+            raise KubeError(f"read ConfigMap {namespace}/{name}: 403 Forbidden")
         cm = self.objects.get(("ConfigMap", name))
         return dict(cm["data"]) if cm else None
 
@@ -222,3 +224,15 @@ def test_refused_replication_change_does_not_loosen_the_disruption_budget(
     out = _run(kube, nodes, _body(nodes=5, replicationFactor=5))
     assert kube.objects[("PodDisruptionBudget", "kv")]["spec"]["maxUnavailable"] == 1
     assert _cond(out, "Progressing")[1] == "ReplicationChangeNotSupported"
+
+
+def test_unreadable_configmap_is_explained(world: tuple[FakeKube, FakeNodes]) -> None:
+    kube, nodes = world
+    kube.fail_kind = "read"
+    out = _run(kube, nodes, _body())
+    assert _cond(out, "Progressing") == (
+        "False",
+        "ReconcileFailed",
+        "read ConfigMap prod/kv-config: 403 Forbidden",
+    )
+    assert kube.calls == []
