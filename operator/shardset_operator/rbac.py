@@ -36,13 +36,26 @@ RULES: tuple[Rule, ...] = (
     ),
     Rule("shardset.io", ("shardsets/status",), ("get", "patch"), "write status"),
     Rule(
-        "",
-        ("configmaps", "services"),
-        ("get", "create", "patch"),
-        "server-side apply of `<name>-config`, `<name>`, `<name>-peers`",
+        "shardset.io",
+        ("shardsets/finalizers",),
+        ("update",),
+        "owned objects block their owner's deletion (blockOwnerDeletion); clusters with "
+        "the OwnerReferencesPermissionEnforcement admission plugin check this",
     ),
-    Rule("apps", ("statefulsets",), ("get", "create", "patch"), "server-side apply"),
-    Rule("policy", ("poddisruptionbudgets",), ("get", "create", "patch"), "server-side apply"),
+    Rule(
+        "",
+        ("configmaps",),
+        ("get", "create", "patch"),
+        "read the bootstrap map; server-side apply of `<name>-config`",
+    ),
+    Rule("", ("services",), ("create", "patch"), "server-side apply of `<name>`, `<name>-peers`"),
+    Rule(
+        "apps",
+        ("statefulsets",),
+        ("get", "create", "patch"),
+        "server-side apply; read its rollout",
+    ),
+    Rule("policy", ("poddisruptionbudgets",), ("create", "patch"), "server-side apply"),
     Rule("", ("pods",), ("list",), "count ready node pods"),
     Rule(
         "",

@@ -81,8 +81,15 @@ def test_every_client_call_is_covered_by_a_rule() -> None:
     for method, need in CALLS.items():
         assert _allowed(*need), f"{method} needs {need}, missing from rbac.RULES"
     # Server-side apply creates missing objects through PATCH, which RBAC checks as create.
-    for group, resource in [("", "configmaps"), ("apps", "statefulsets")]:
+    applied = [
+        ("", "configmaps"),
+        ("", "services"),
+        ("apps", "statefulsets"),
+        ("policy", "poddisruptionbudgets"),
+    ]
+    for group, resource in applied:
         assert _allowed(group, resource, "create")
+    assert _allowed("shardset.io", "shardsets/finalizers", "update")
     assert _allowed("shardset.io", "shardsets/status", "patch")
     assert _allowed("", "events", "create")
     assert _allowed("kopf.dev", "clusterkopfpeerings", "patch")
