@@ -16,9 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from shardset import local
-from shardset.client import Client, ShardsetError
-
-MODES = ("linearizable", "lease", "bounded", "session", "eventual")
+from shardset.client import MODES, Client, ShardsetError
 
 
 def _endpoints(ns: argparse.Namespace) -> list[str]:
@@ -50,7 +48,17 @@ def cmd_put(ns: argparse.Namespace) -> int:
 
 def cmd_get(ns: argparse.Namespace) -> int:
     async def act(c: Client) -> int:
-        r = await c.get(ns.key, consistency=ns.consistency, max_staleness_ms=ns.max_staleness_ms)
+        r = await c.get(
+            ns.key,
+            consistency=ns.consistency,
+            max_staleness_ms=ns.max_staleness_ms,
+            replica=ns.replica,
+        )
+        served = f"consistency={r.consistency} replica={r.replica} shard={r.shard} index={r.index}"
+        if r.staleness_ms is not None:
+            served += f" staleness_ms<={r.staleness_ms:g}"
+        if ns.verbose or r.value is None:
+            print(f"served: {served}", file=sys.stderr)
         if r.value is None:
             print(f"shardset: key {ns.key!r} not found (shard {r.shard})", file=sys.stderr)
             return 1
@@ -129,6 +137,12 @@ def cmd_local_down(ns: argparse.Namespace) -> int:
     return 0
 
 
+def _positive(text: str) -> int:
+    if not text.isdigit() or int(text) <= 0:
+        raise argparse.ArgumentTypeError(f"want a positive integer, got {text!r}")
+    return int(text)
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="shardset", description=__doc__)
     p.add_argument("--endpoints", help="comma-separated node API URLs")
@@ -139,8 +153,18 @@ def parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_put)
     s = sub.add_parser("get", help="print the value of KEY (exit 1 if missing)")
     s.add_argument("key")
-    s.add_argument("--consistency", choices=MODES)
-    s.add_argument("--max-staleness-ms", type=int)
+    s.add_argument(
+        "--consistency",
+        choices=MODES,
+        help="read mode (default: the serving node's); see docs/consistency.md",
+    )
+    s.add_argument(
+        "--max-staleness-ms", type=_positive, help="bound for --consistency bounded (ms)"
+    )
+    s.add_argument("--replica", type=_positive, help="ask this node first (non-leader modes)")
+    s.add_argument(
+        "-v", "--verbose", action="store_true", help="say which mode and replica served it"
+    )
     s.set_defaults(func=cmd_get)
     s = sub.add_parser("delete", help="delete KEY")
     s.add_argument("key")

@@ -6,6 +6,12 @@ shard's leader comes back as a 307 redirect naming the leader; the client
 follows it and remembers. A stale map (409) is refetched. Writes carry an
 idempotency key that stays the same across retries, so a retried put is
 applied once even if the first attempt's answer was lost.
+
+Reads take a consistency mode (docs/consistency.md). Linearizable and lease reads go to
+the leader; bounded, session and eventual reads go to any replica (a random one, or the
+one asked for), which serves them or redirects to the leader. A Client is one session:
+it remembers, per shard, the highest Raft index it wrote or read (`session_token`) and
+sends it with session reads, so it reads its own writes and never goes back in time.
 """
 
 from __future__ import annotations
@@ -25,6 +31,8 @@ import aiohttp
 from shardset_node.slots import slot_of
 
 RETRYABLE = {307, 409, 421, 503}
+MODES = ("linearizable", "lease", "bounded", "session", "eventual")
+LEADER_MODES = frozenset({"linearizable", "lease"})
 
 
 class ShardsetError(Exception):
@@ -45,6 +53,7 @@ class ReadResult:
     epoch: int
     consistency: str = "linearizable"
     replica: int = 0
+    staleness_ms: float | None = None  # bounded reads: the staleness the replica proved
 
 
 @dataclass
@@ -90,6 +99,8 @@ class Client:
         self._route = _Route()
         self._client_id = base64.urlsafe_b64encode(os.urandom(9)).decode()
         self._seq = itertools.count(1)
+        # The session token: shard -> highest Raft index written or read in this session.
+        self.session_token: dict[int, int] = {}
 
     async def __aenter__(self) -> Client:
         return self
@@ -110,28 +121,56 @@ class Client:
     # --- public operations --------------------------------------------------------
     async def put(self, key: str, value: bytes) -> WriteResult:
         body = await self._keyed("PUT", key, data=value, idem=True)
-        return _write(body)
+        return self._seen(_write(body))
 
     async def delete(self, key: str) -> WriteResult:
         body = await self._keyed("DELETE", key, idem=True)
-        return _write(body)
+        return self._seen(_write(body))
 
     async def cas(self, key: str, expected: bytes | None, value: bytes | None) -> WriteResult:
         payload = {"expected": _b64(expected), "value": _b64(value)}
         body = await self._keyed("POST", key, json=payload, idem=True, path="/v1/cas/")
-        return _write(body)
+        return self._seen(_write(body))
 
     async def get(
-        self, key: str, *, consistency: str | None = None, max_staleness_ms: int | None = None
+        self,
+        key: str,
+        *,
+        consistency: str | None = None,
+        max_staleness_ms: int | None = None,
+        replica: int | None = None,
     ) -> ReadResult:
+        """Read `key`. `consistency` None lets the serving node's default decide (which
+        may be any mode); `replica` asks a given node first (for bounded, session and
+        eventual reads, which any replica may serve)."""
+        if consistency is not None and consistency not in MODES:
+            raise ShardsetError(f"consistency must be one of {', '.join(MODES)}: {consistency!r}")
+        if max_staleness_ms is not None and max_staleness_ms <= 0:
+            raise ShardsetError(f"max_staleness_ms must be positive, got {max_staleness_ms}")
+        _check_key(key)
         params: dict[str, str] = {}
         if consistency:
             params["consistency"] = consistency
         if max_staleness_ms is not None:
             params["max_staleness_ms"] = str(max_staleness_ms)
-        body = await self._keyed("GET", key, params=params, missing_ok=True)
+        await self._ensure_map()
+        shard = self._route.shard_of(key)
+        token = self.session_token.get(shard, 0)
+        if token:
+            params["min_index"] = str(token)
+        anywhere = consistency is not None and consistency not in LEADER_MODES
+        if replica is None and anywhere:
+            replica = self._any_replica(shard)
+        body = await self._keyed(
+            "GET",
+            key,
+            params=params,
+            missing_ok=True,
+            target=replica,
+            from_leader=not anywhere,
+        )
         value = body.get("value")
-        return ReadResult(
+        result = ReadResult(
             key=key,
             value=None if value is None else base64.b64decode(value),
             shard=int(body["shard"]),
@@ -139,7 +178,18 @@ class Client:
             epoch=int(body["epoch"]),
             consistency=str(body.get("consistency", "linearizable")),
             replica=int(body.get("replica", 0)),
+            staleness_ms=None if body.get("staleness_ms") is None else float(body["staleness_ms"]),
         )
+        self._note(result.shard, result.index)
+        return result
+
+    def _seen(self, w: WriteResult) -> WriteResult:
+        self._note(w.shard, w.index)
+        return w
+
+    def _note(self, shard: int, index: int) -> None:
+        if index > self.session_token.get(shard, 0):
+            self.session_token[shard] = index
 
     async def scan(
         self, start: str = "", end: str | None = None, limit: int = 1000
@@ -203,10 +253,17 @@ class Client:
         *,
         missing_ok: bool = False,
         key: str | None = None,
+        target: int | None = None,
+        from_leader: bool = True,
         **kw: Any,
     ) -> dict[str, Any]:
+        """Send to `target` (default: the shard's leader as far as known), following
+        redirects. `from_leader=False`: the answer may come from a follower, so it does
+        not teach which node leads."""
         last: ShardsetError | None = None
-        target = self._node_for(shard)
+        if target is None:
+            target = self._node_for(shard)
+        params = kw.pop("params", {})  # sent with every attempt, redirects included
         for attempt in range(self.attempts):
             url = self._route.api.get(target, self.endpoints[0])
             try:
@@ -214,12 +271,13 @@ class Client:
                     method,
                     url + path,
                     allow_redirects=False,
-                    params={**kw.pop("params", {}), "epoch": str(self._route.epoch)},
+                    params={**params, "epoch": str(self._route.epoch)},
                     **kw,
                 ) as resp:
                     body = await _json(resp)
                     if resp.status == 200 or (resp.status == 404 and missing_ok):
-                        self._route.leaders[shard] = int(body.get("replica", target))
+                        if from_leader and body.get("consistency", "linearizable") in LEADER_MODES:
+                            self._route.leaders[shard] = int(body.get("replica", target))
                         if int(body.get("epoch", 0)) > self._route.epoch:
                             await self._refresh_map()  # the layout moved on: learn it
                         return body
@@ -257,6 +315,9 @@ class Client:
             return leader
         replicas = self._route.replicas.get(shard) or list(self._route.api)
         return replicas[0]
+
+    def _any_replica(self, shard: int) -> int:
+        return random.choice(self._route.replicas.get(shard) or list(self._route.api))
 
     def _other_replica(self, shard: int, current: int) -> int:
         replicas = self._route.replicas.get(shard) or list(self._route.api)

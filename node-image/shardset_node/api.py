@@ -1,8 +1,10 @@
 """The node's HTTP API (aiohttp): key-value operations under /v1, health, metrics.
 
 Every answer is JSON and names the shard, the Raft index and the shard-map
-epoch it was served at. A request that reaches a node which is not the
-shard's leader is answered with a 307 redirect to the leader (and a JSON body
+epoch it was served at; a read also names the consistency mode and the replica
+(node id) that served it, in its body and in X-Shardset-* headers. A request
+that reaches a node which cannot serve it (a write, or a read whose mode needs the
+shard's leader) is answered with a 307 redirect to the leader (and a JSON body
 naming it), which the Shardset client follows; no leader known yet is a 503
 with Retry-After. Bad input is a 4xx whose JSON names the problem.
 """
@@ -97,9 +99,10 @@ class _Handlers:
         key = _key(request)
         mode = request.query.get("consistency")
         staleness = _int_param(request, "max_staleness_ms")
-        body = await self.node.get(key, mode, staleness, request.path_qs)
+        token = _int_param(request, "min_index") or 0
+        body = await self.node.get(key, mode, staleness, token, request.path_qs)
         status = 200 if body.get("value") is not None else 404
-        return web.json_response(body, status=status)
+        return web.json_response(body, status=status, headers=_read_headers(body))
 
     async def scan(self, request: web.Request) -> web.Response:
         shard = _int_param(request, "shard")
@@ -107,9 +110,16 @@ class _Handlers:
             raise ApiError(400, "missing_parameter", "scan needs ?shard=N (the client fans out)")
         limit = _int_param(request, "limit") or 1000
         body = await self.node.scan(
-            shard, request.query.get("start", ""), request.query.get("end"), limit, request.path_qs
+            shard,
+            request.query.get("start", ""),
+            request.query.get("end"),
+            limit,
+            request.path_qs,
+            mode=request.query.get("consistency"),
+            staleness_ms=_int_param(request, "max_staleness_ms"),
+            token=_int_param(request, "min_index") or 0,
         )
-        return web.json_response(body)
+        return web.json_response(body, headers=_read_headers(body))
 
     async def shardmap(self, request: web.Request) -> web.Response:
         return web.json_response(self.node.shardmap_view())
@@ -136,6 +146,16 @@ class _Handlers:
     async def metrics(self, request: web.Request) -> web.Response:
         data = generate_latest(self.node.metrics.registry)
         return web.Response(body=data, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+def _read_headers(body: dict[str, Any]) -> dict[str, str]:
+    """Every read says, in headers as in its body, which mode and which replica served it
+    and the Raft index of the state it was read from."""
+    return {
+        "X-Shardset-Consistency": str(body["consistency"]),
+        "X-Shardset-Replica": str(body["replica"]),
+        "X-Shardset-Index": str(body["index"]),
+    }
 
 
 def _key(request: web.Request) -> bytes:

@@ -93,9 +93,19 @@ class ReplicaGroup:
         """Resolves with the state machine's result once the entry is applied here."""
         return self._queue(lambda: self._propose_now(data))
 
-    def read_index(self) -> asyncio.Future[object]:
-        """Resolves with a linearizable read index once it is applied here."""
-        return self._queue(self._read_now)
+    def read_index(self, use_lease: bool = False) -> asyncio.Future[object]:
+        """Resolves with a linearizable read index once it is applied here: confirmed
+        by a heartbeat round, or (use_lease) from the leader's lease while it is valid."""
+        return self._queue(lambda: self._read_now(use_lease))
+
+    def wait_applied(self, index: int) -> asyncio.Future[object]:
+        """Resolves with the applied index once this replica has applied `index`."""
+        fut: asyncio.Future[object] = asyncio.get_running_loop().create_future()
+        if self.raft.applied >= index:
+            fut.set_result(self.raft.applied)
+        else:
+            self._read_waits.append((index, fut))
+        return fut
 
     def conf_change(self, change: ConfChange) -> asyncio.Future[object]:
         return self._queue(lambda: self._conf_now(change))
@@ -137,11 +147,11 @@ class ReplicaGroup:
         self._writes[index] = waiter
         return waiter
 
-    def _read_now(self) -> _Waiter:
+    def _read_now(self, use_lease: bool) -> _Waiter:
         rid = next(self._read_ids)
         waiter = _Waiter(self.raft.term, asyncio.get_running_loop().create_future())
         self._reads[rid] = waiter.future
-        self.raft.read_index(rid)
+        self.raft.read_index(rid, use_lease=use_lease)
         return waiter
 
     def finish(self, rd: Ready) -> None:
@@ -180,7 +190,7 @@ class ReplicaGroup:
             if index <= applied:
                 if not fut.done():
                     fut.set_result(index)
-            else:
+            elif not fut.done():  # a reader that gave up waiting is forgotten
                 still.append((index, fut))
         self._read_waits = still
 

@@ -23,6 +23,10 @@ from shardset_raft import Message, Ready
 log = structlog.get_logger(__name__)
 
 Sync = Callable[[], Awaitable[None]]
+# After an event-loop stall, the ticks that were missed are replayed (up to this many),
+# so Raft's tick clock keeps up with real time: a leader that was paused must not go on
+# counting a lease (or an election timeout) from before the pause.
+MAX_CATCH_UP_TICKS = 40
 
 
 class RaftHost:
@@ -67,18 +71,20 @@ class RaftHost:
                 await asyncio.wait_for(self._wake.wait(), timeout)
             self._wake.clear()
             now = time.monotonic()
-            tick = now >= next_tick
-            if tick:
-                next_tick = now + self.tick_interval
+            ticks = 0
+            if now >= next_tick:
+                missed = int((now - next_tick) / self.tick_interval)
+                ticks = 1 + min(missed, MAX_CATCH_UP_TICKS)
+                next_tick += (1 + missed) * self.tick_interval
             try:
-                await self._round(tick)
+                await self._round(ticks)
             except Exception:
                 log.exception("raft round failed")
                 raise
 
-    async def _round(self, tick: bool) -> None:
+    async def _round(self, ticks: int) -> None:
         self.rounds += 1
-        if tick:
+        for _ in range(ticks):
             for g in self.groups.values():
                 g.raft.tick()
         inbox, self._inbox = self._inbox, []

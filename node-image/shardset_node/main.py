@@ -5,7 +5,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
+import re
 import signal
+import socket
 import sys
 from pathlib import Path
 
@@ -13,6 +16,9 @@ import structlog
 from aiohttp import web
 
 from shardset_node.api import build_app
+from shardset_node.consistency import MODES, ReadPolicy, policy_from_body
+from shardset_node.drain import drain_leadership
+from shardset_node.errors import ApiError
 from shardset_node.kvengine import MAX_VALUE_BYTES
 from shardset_node.node import Node, NodeConfig
 from shardset_node.shardmap import ShardMap
@@ -43,9 +49,71 @@ def _hostport(text: str) -> tuple[str, int]:
     return host, int(port)
 
 
+_POD_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?-(?P<ordinal>[0-9]+)$")
+
+
+def id_from_hostname(hostname: str) -> int:
+    """A StatefulSet pod `<name>-<ordinal>` is node ordinal + 1 (node ids are positive)."""
+    m = _POD_NAME.match(hostname.split(".", 1)[0])
+    if m is None:
+        raise SystemExit(
+            f"--id-from-hostname: hostname {hostname!r} is not of the form <name>-<ordinal> "
+            "(a StatefulSet pod name such as shardset-2); pass --id instead"
+        )
+    return int(m.group("ordinal")) + 1
+
+
+def _env_int(name: str) -> int | None:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return None
+    if not raw.isdigit():
+        raise SystemExit(f"{name} must be a non-negative integer, got {raw!r}")
+    return int(raw)
+
+
+def _env_seconds(name: str, default: float) -> float:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value <= 3600:
+        raise SystemExit(f"{name} must be a number of seconds in [0, 3600], got {raw!r}")
+    return value
+
+
 def parse(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="shardset-node", description="Run one Shardset node.")
-    p.add_argument("--id", type=int, required=True, help="this node's id (positive)")
+    who = p.add_mutually_exclusive_group(required=True)
+    who.add_argument("--id", type=int, help="this node's id (positive)")
+    who.add_argument(
+        "--id-from-hostname",
+        action="store_true",
+        help="id = StatefulSet ordinal + 1, from $HOSTNAME (else the host name) <name>-<N>",
+    )
+    p.add_argument(
+        "--consistency",
+        choices=MODES,
+        default=os.environ.get("SHARDSET_CONSISTENCY", "linearizable"),
+        help="default read consistency (env SHARDSET_CONSISTENCY); changed live by "
+        "POST /v1/admin/consistency",
+    )
+    p.add_argument(
+        "--max-staleness-ms",
+        type=int,
+        default=_env_int("SHARDSET_MAX_STALENESS_MS"),
+        help="default bound of bounded reads (env SHARDSET_MAX_STALENESS_MS); "
+        "required with --consistency bounded",
+    )
+    p.add_argument(
+        "--drain-timeout-s",
+        type=float,
+        default=_env_seconds("SHARDSET_DRAIN_TIMEOUT_S", 10.0),
+        help="on SIGTERM, wait at most this long for leadership transfers (default 10)",
+    )
     p.add_argument("--data-dir", type=Path, required=True)
     p.add_argument("--peer", type=_hostport, required=True, help="HOST:PORT for Raft traffic")
     p.add_argument("--api", type=_hostport, required=True, help="HOST:PORT for the client API")
@@ -71,12 +139,30 @@ def _override(text: str) -> tuple[int, str]:
     return int(node), addr
 
 
+def node_id(ns: argparse.Namespace) -> int:
+    if ns.id_from_hostname:
+        return id_from_hostname(os.environ.get("HOSTNAME") or socket.gethostname())
+    if ns.id <= 0:
+        raise SystemExit(f"--id must be a positive integer, got {ns.id}")
+    return int(ns.id)
+
+
+def read_policy(ns: argparse.Namespace) -> ReadPolicy:
+    try:
+        return policy_from_body({"mode": ns.consistency, "maxStalenessMs": ns.max_staleness_ms})
+    except ApiError as e:
+        flag = "--max-staleness-ms" if e.extra.get("field") == "maxStalenessMs" else "--consistency"
+        raise SystemExit(f"{flag}: {e}") from None
+
+
 async def serve(ns: argparse.Namespace) -> None:
+    me = node_id(ns)
+    policy = read_policy(ns)
     bootstrap = ShardMap.decode(ns.bootstrap.read_bytes())
-    if ns.id not in bootstrap.nodes:
-        raise SystemExit(f"node {ns.id} is not in the bootstrap map ({sorted(bootstrap.nodes)})")
+    if me not in bootstrap.nodes:
+        raise SystemExit(f"node {me} is not in the bootstrap map ({sorted(bootstrap.nodes)})")
     cfg = NodeConfig(
-        node_id=ns.id,
+        node_id=me,
         data_dir=ns.data_dir,
         peer_host=ns.peer[0],
         peer_port=ns.peer[1],
@@ -85,6 +171,7 @@ async def serve(ns: argparse.Namespace) -> None:
         fsync=not ns.no_fsync,
         compact_every=ns.compact_every,
         peer_overrides=tuple(_override(o) for o in ns.peer_override),
+        read_policy=policy,
     )
     node = Node(cfg)
     await node.start()
@@ -95,10 +182,15 @@ async def serve(ns: argparse.Namespace) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    structlog.get_logger().info("serving", node=ns.id, api=f"{ns.api[0]}:{ns.api[1]}")
+    logger = structlog.get_logger()
+    logger.info("serving", node=me, api=f"{ns.api[0]}:{ns.api[1]}", consistency=policy.view())
     await stop.wait()
+    # Keep serving (redirects) while the leaderships move away, then stop.
+    logger.info("stopping: draining leadership", node=me)
+    drained = await drain_leadership(node, ns.drain_timeout_s)
     await runner.cleanup()
     await node.stop()
+    logger.info("stopped", node=me, drained=drained)
 
 
 def main(argv: list[str] | None = None) -> int:

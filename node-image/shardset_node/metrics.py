@@ -9,6 +9,8 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from shardset_node.consistency import MODES
+
 
 class NodeMetrics:
     def __init__(self, node: Any) -> None:
@@ -37,6 +39,19 @@ class _NodeCollector(Collector):
             commit.add_metric(label, g.raft.committed)
             applied.add_metric(label, g.raft.applied)
         yield from (term, leader, commit, applied)
+        reads = self.node.reads
+        served = CounterMetricFamily(
+            "shardset_reads_served", "Reads this node served, by consistency mode", labels=["mode"]
+        )
+        refused = CounterMetricFamily(
+            "shardset_reads_redirected_or_refused",
+            "Reads this node could not serve under their mode (307 or an error)",
+            labels=["mode"],
+        )
+        for mode in MODES:
+            served.add_metric([mode], reads.served[mode])
+            refused.add_metric([mode], reads.refused[mode])
+        yield from (served, refused)
         yield CounterMetricFamily("shardset_raft_rounds", "Host loop rounds", value=host.rounds)
         yield CounterMetricFamily(
             "shardset_disk_syncs", "Rounds that synced the write-ahead log", value=host.syncs

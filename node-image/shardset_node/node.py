@@ -13,7 +13,7 @@ import base64
 import json
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +21,7 @@ import aiohttp
 import structlog
 
 from shardset_node.commands import Cas, Delete, Put, encode_command
+from shardset_node.consistency import ReadPolicy, policy_from_body
 from shardset_node.errors import ApiError
 from shardset_node.group import LeadershipLost, ReplicaGroup
 from shardset_node.host import RaftHost
@@ -28,6 +29,7 @@ from shardset_node.kvengine import KvEngine
 from shardset_node.machines import MetaMachine, ShardMachine, system_command
 from shardset_node.metrics import NodeMetrics
 from shardset_node.raftstore import NodeStorage
+from shardset_node.reads import ReadPath
 from shardset_node.shardmap import ShardMap, split_range
 from shardset_node.slots import slot_of
 from shardset_node.transport import Transport
@@ -51,6 +53,13 @@ META_GROUP = 0
 META_VOTERS = 5
 TOMBSTONES = "dropped-shards.json"
 REQUEST_TIMEOUT = 5.0
+# Lease reads: a leader's lease ends election_tick - MAX_CLOCK_DRIFT_TICKS ticks after the
+# heartbeat round a majority acknowledged was sent. The margin (2 of 10 ticks: 100 ms at
+# the default 50 ms tick) covers followers' clocks running up to 20% faster than the
+# leader's, plus the time between the lease check and the read; the host catches up
+# ticks after an event-loop stall so a paused leader does not keep counting an old lease
+# (docs/consistency.md).
+MAX_CLOCK_DRIFT_TICKS = 2
 
 
 @dataclass(frozen=True)
@@ -63,7 +72,7 @@ class NodeConfig:
     tick_interval: float = 0.05
     election_tick: int = 10
     fsync: bool = True
-    consistency: str = "linearizable"
+    read_policy: ReadPolicy = field(default_factory=ReadPolicy)  # for reads naming no mode
     compact_every: int = 10_000  # applied entries between snapshots of a group
     # Test hook: reach peer N at another address (a fault-injecting proxy).
     peer_overrides: tuple[tuple[int, str], ...] = ()
@@ -79,6 +88,7 @@ class Node:
         self.host = RaftHost(self.storage.sync, tick_interval=cfg.tick_interval)
         self.meta = MetaMachine(cfg.bootstrap)
         self.transport: Transport | None = None
+        self.reads = ReadPath(self, cfg.read_policy)
         self.metrics = NodeMetrics(self)
         # Shards whose replica was dropped here: never recreated from the bootstrap map.
         self.tombstones = self._load_tombstones()
@@ -105,6 +115,7 @@ class Node:
         log.info("node started", node=self.id, groups=sorted(self.host.groups))
 
     async def stop(self) -> None:
+        await self.reads.close()
         await self.host.stop()
         if self.transport is not None:
             await self.transport.stop()
@@ -136,6 +147,9 @@ class Node:
                 id=self.id,
                 election_tick=self.cfg.election_tick,
                 heartbeat_tick=1,
+                check_quorum=True,
+                lease_reads=True,
+                max_clock_drift_ticks=MAX_CLOCK_DRIFT_TICKS,
                 seed=gid * 7919 + self.id,
             ),
             hard_state=hard,
@@ -232,41 +246,25 @@ class Node:
     ) -> dict[str, Any]:
         return await self._write(key, encode_command(Cas(key, expected, value, idem)), path)
 
-    async def _read_barrier(self, g: ReplicaGroup, path: str) -> int:
-        if g.raft.role != Role.LEADER:
-            raise self._redirect(g.id, g.raft.leader, path)
-        index = await self._await(g, g.read_index(), path)
-        return int(index)
-
     async def get(
-        self, key: bytes, mode: str | None, staleness_ms: int | None, path: str
+        self, key: bytes, mode: str | None, staleness_ms: int | None, token: int, path: str
     ) -> dict[str, Any]:
-        g = self._group_for_key(key, path)
-        index = await self._read_barrier(g, path)
-        value = self.engine.get(g.id, key)
-        return {
-            "key": key.decode(),
-            "value": None if value is None else base64.b64encode(value).decode(),
-            "shard": g.id,
-            "index": index,
-            "epoch": self.meta.map.epoch,
-            "consistency": "linearizable",
-            "replica": self.id,
-        }
+        """Read `key` under a consistency mode (None: the node's default); see reads.py."""
+        return await self.reads.get(key, mode, staleness_ms, token, path)
 
     async def scan(
-        self, shard: int, start: str, end: str | None, limit: int, path: str
+        self,
+        shard: int,
+        start: str,
+        end: str | None,
+        limit: int,
+        path: str,
+        *,
+        mode: str | None = None,
+        staleness_ms: int | None = None,
+        token: int = 0,
     ) -> dict[str, Any]:
-        g = self._group(shard, path)
-        index = await self._read_barrier(g, path)
-        items = self.engine.scan(g.id, start.encode(), None if end is None else end.encode(), limit)
-        return {
-            "items": [[k.decode(), base64.b64encode(v).decode()] for k, v in items],
-            "shard": g.id,
-            "index": index,
-            "epoch": self.meta.map.epoch,
-            "replica": self.id,
-        }
+        return await self.reads.scan(shard, start, end, limit, mode, staleness_ms, token, path)
 
     # --- views ------------------------------------------------------------------------
     def shardmap_view(self) -> dict[str, Any]:
@@ -306,7 +304,12 @@ class Node:
                     if p != self.id
                 }
             groups["meta" if gid == META_GROUP else str(gid)] = entry
-        return {"node": self.id, "epoch": self.meta.map.epoch, "groups": groups}
+        return {
+            "node": self.id,
+            "epoch": self.meta.map.epoch,
+            "consistency": self.reads.policy.view(),
+            "groups": groups,
+        }
 
     def readiness_problems(self) -> list[str]:
         return [
@@ -328,6 +331,8 @@ class Node:
             "split-shard": self._admin_split,
             "system": self._admin_system,
             "map-split": self._admin_map_split,
+            "consistency": self._admin_consistency,
+            "read-index": self._admin_read_index,
         }.get(action)
         if handler is None:
             raise ApiError(404, "unknown_action", f"unknown admin action {action!r}")
@@ -340,6 +345,21 @@ class Node:
             return {"shard": shard, "leader": to, "changed": False}
         await self._await(g, g.transfer_leadership(to), "")
         return {"shard": shard, "leader": to, "changed": True}
+
+    async def _admin_consistency(self, body: dict[str, Any]) -> dict[str, Any]:
+        """Change the default read consistency of this node, live."""
+        policy = policy_from_body(body)
+        old, self.reads.policy = self.reads.policy, policy
+        log.info("read consistency changed", node=self.id, old=old.view(), new=policy.view())
+        return policy.view()
+
+    async def _admin_read_index(self, body: dict[str, Any]) -> dict[str, Any]:
+        """On a shard's leader: a linearizable read index (a heartbeat round, never the
+        lease), which a follower uses to prove how stale it is (bounded reads)."""
+        shard = _int_field(body, "shard")
+        g = self._leader_group(shard, "read-index")
+        index = await self._await(g, g.read_index(use_lease=False), "")
+        return {"shard": shard, "index": int(index), "leader": self.id}
 
     async def _admin_create(self, body: dict[str, Any]) -> dict[str, Any]:
         """Host a replica of a shard here: empty, to be added as a learner; or, with

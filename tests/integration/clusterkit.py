@@ -180,7 +180,9 @@ class Workload:
     max_ops_per_client: int = 3000
     max_seconds: float = 120.0
     seed: int = 1
+    read_modes: tuple[str, ...] = ()  # each get picks one (linearizable ones only!)
     history: list[Op] = field(default_factory=list)
+    served: collections.Counter[str] = field(default_factory=collections.Counter)
     errors: collections.Counter[str] = field(default_factory=collections.Counter)
     _stop: asyncio.Event = field(default_factory=asyncio.Event)
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
@@ -246,7 +248,9 @@ class Workload:
                 op = Op(cid, "put", key, value, invoke=invoke, complete=time.monotonic())
                 seen[key] = value
             elif kind == "get":
-                r = await asyncio.wait_for(client.get(key), self.op_timeout)
+                mode = random.choice(self.read_modes) if self.read_modes else None
+                r = await asyncio.wait_for(client.get(key, consistency=mode), self.op_timeout)
+                self.served[r.consistency] += 1
                 got = None if r.value is None else r.value.decode()
                 op = Op(cid, "get", key, invoke=invoke, complete=time.monotonic(), result=got)
                 seen[key] = got
