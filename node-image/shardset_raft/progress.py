@@ -66,14 +66,24 @@ class Progress:
         return updated
 
     def maybe_decrease_to(self, rejected: int, hint: int) -> bool:
-        """A rejection of the append after `rejected`; False if it is stale."""
+        """A rejection of the append after `rejected`; False if it is stale.
+
+        A follower whose log ends (`hint`) below what it acknowledged (`match`) lost
+        synced entries, e.g. a corrupt WAL tail cut at restart: match drops to what it
+        has, or the leader would never resend them. Lowering match is always safe (it
+        only makes commitment more cautious; the commit index never goes back), so a
+        reordered old rejection that looks the same costs a probe, nothing more.
+        """
+        lost = hint < self.match
         if self.state == ProgressState.REPLICATE:
-            if rejected <= self.match:
+            if rejected <= self.match and not lost:
                 return False
+            self.match = min(self.match, hint)
             self.next = self.match + 1
             return True
         if self.next - 1 != rejected:
             return False
+        self.match = min(self.match, hint)
         self.next = max(min(rejected, hint + 1), self.match + 1)
         self.probe_sent = False
         return True

@@ -521,7 +521,9 @@ class Raft:
                 # from a live leader within the minimum election timeout ignores vote
                 # requests, so a removed or partitioned server cannot keep raising terms
                 # and deposing leaders (it starved commits in simulator seed 22091).
-                in_lease = self.leader != 0 and self.ticks_since_leader < self.cfg.election_tick
+                # A restarted node counts as having just heard from a leader (it may
+                # have acknowledged a lease before it crashed), so no `leader != 0` test.
+                in_lease = self.ticks_since_leader < self.cfg.election_tick
                 if in_lease and m.context != FORCE_CAMPAIGN:
                     return False
             if m.type == MessageType.PRE_VOTE:
@@ -580,7 +582,14 @@ class Raft:
         elif m.type == MessageType.HEARTBEAT:
             self.log.commit_to(min(m.commit, self.log.last_index()))
             self._send(
-                Message(MessageType.HEARTBEAT_RESP, m.frm, self.id, self.term, context=m.context)
+                Message(
+                    MessageType.HEARTBEAT_RESP,
+                    m.frm,
+                    self.id,
+                    self.term,
+                    index=self.log.last_index(),  # lets the leader see a lost tail
+                    context=m.context,
+                )
             )
         elif m.type == MessageType.SNAPSHOT:
             self._handle_snapshot(m)
@@ -633,6 +642,14 @@ class Raft:
             if m.context > self._acked_round.get(m.frm, 0):
                 self._acked_round[m.frm] = m.context
                 self._confirm_rounds()
+            if m.index < pr.match and pr.state != ProgressState.SNAPSHOT:
+                # The follower's log ends below what it acknowledged: it lost synced
+                # entries (a corrupt WAL tail cut at restart). A quiet leader would
+                # never resend them, so probe from what it has; lowering match is safe.
+                pr.match = m.index
+                pr.become_probe()
+                self._send_append(m.frm)
+                return
             # Pipelined appends may be in flight: only a probe is re-sent here; a
             # stalled pipeline falls back to probing in _tick_leader.
             if pr.state == ProgressState.PROBE and pr.match < self.log.last_index():

@@ -20,7 +20,6 @@ from typing import Any
 
 import aiohttp
 import msgpack
-import pytest
 from clusterkit import (
     Layout,
     Workload,
@@ -460,18 +459,7 @@ def test_corrupt_wal_tail(cluster_factory: Any) -> None:
     run(scenario())
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason=(
-        "node bug: when the torn-tail cut at start-up removes log entries the follower had "
-        "synced and acknowledged, the leader keeps its old match index for it (status shows "
-        "lag 0), treats the follower's rejections as stale (Progress.maybe_decrease_to never "
-        "goes below match + 1), so the follower never gets those entries back: stuck until "
-        "some later leader change"
-    ),
-)
-def test_corrupt_wal_tail_loses_acknowledged_entries(cluster_factory: Any) -> None:
+def test_corrupt_tail_of_acknowledged_entries_is_refilled_from_peers(cluster_factory: Any) -> None:
     """Flip bytes at the end of the last record of a follower's WAL, where that record
     holds log entries the follower had acknowledged (the cluster was quiet when it was
     killed, so the leaders saw every acknowledgement). The cut is logged, and the node
@@ -515,6 +503,73 @@ def test_corrupt_wal_tail_loses_acknowledged_entries(cluster_factory: Any) -> No
         _check_torn_tail_logged(cluster, victim, offset, segment)
         caught = await wait_caught_up(cluster, victim, lay.shards, timeout=10.0)
         log(f"node {victim} caught up {caught:.2f}s after it was ready")
+        await check_end_state(cluster, wl.keys, wl.history)
+
+    run(scenario())
+
+
+def _snapshot_events(logfile: Path, offset: int) -> list[dict[str, Any]]:
+    with logfile.open("rb") as f:
+        f.seek(offset)
+        lines = f.read().decode(errors="replace").splitlines()
+    events = []
+    for line in lines:
+        try:
+            event = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if event.get("event") == "snapshot_corrupt_skipped":
+            events.append(event)
+    return events
+
+
+def test_corrupt_snapshot_file_is_skipped_and_refilled_from_peers(cluster_factory: Any) -> None:
+    """With --compact-every 50 a follower holds snapshot files of its shards. Killed, its
+    newest snapshot file gets bytes flipped in the middle of its body. At start it logs
+    snapshot_corrupt_skipped naming the file, keeps the file aside as *.corrupt (never
+    read again), and catches up from its peers; the history stays linearizable."""
+    cluster = cluster_factory(node_args=["--compact-every", "50"])
+
+    async def scenario() -> None:
+        lay, wl = await start(cluster, clients=3)
+        leaders = await stable_leaders(cluster, lay.shards)
+        counts = leader_counts(leaders, cluster.node_ids)
+        victim = min(counts, key=lambda n: (counts[n], -n))
+        snap_dir = cluster.node_dir(victim) / "raft" / "snap"
+        deadline = time.monotonic() + 60.0
+        while time.monotonic() < deadline:
+            names = {n for n in snap_files(snap_dir) if snap_index(n)[2] > 0}
+            if {snap_index(n)[0] for n in names} >= set(lay.shards):
+                break  # a compaction snapshot (not the bootstrap one) of every shard
+            await asyncio.sleep(0.2)
+        else:
+            raise AssertionError(f"node {victim} took no snapshot of every shard in 60 s")
+        cluster.stop_node(victim, kill=True)
+
+        newest = max(snap_files(snap_dir), key=lambda n: snap_index(n)[2])
+        assert snap_index(newest)[2] > 0, newest
+        path = snap_dir / newest
+        raw = bytearray(path.read_bytes())
+        middle = len(raw) // 2
+        raw[middle : middle + 8] = bytes(b ^ 0xFF for b in raw[middle : middle + 8])
+        path.write_bytes(bytes(raw))
+        log(f"node {victim}: flipped 8 bytes in the middle of {newest} ({len(raw)} bytes)")
+        await asyncio.sleep(1.0)  # writes go on without it
+
+        offset = cluster.log_path(victim).stat().st_size
+        cluster.start_node(victim)
+        await asyncio.to_thread(cluster.wait_ready, 60.0)
+        events = _snapshot_events(cluster.log_path(victim), offset)
+        assert events, f"no snapshot_corrupt_skipped line in {cluster.log_path(victim)}"
+        assert events[0]["file"] == str(path), events[0]
+        assert events[0]["level"] == "error", events[0]
+        log(f"log line: {json.dumps(events[0])}")
+        assert path.with_name(path.name + ".corrupt").exists(), "the bad file was not set aside"
+        caught = await wait_caught_up(cluster, victim, lay.shards)
+        log(f"node {victim} caught up {caught:.2f}s after it was ready")
+        await asyncio.sleep(1.0)
+        await wl.stop()
+        log(f"client errors: {dict(wl.errors)}")
         await check_end_state(cluster, wl.keys, wl.history)
 
     run(scenario())

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from shardset_raft import (
@@ -228,6 +230,29 @@ def test_a_follower_that_lost_its_leader_grants_votes_again() -> None:
     c.crash(1)
     c.elect(2)  # ticks_since_leader on 3 passes the election timeout first
     assert c.leader() == 2
+
+
+def test_a_follower_that_lost_acknowledged_entries_gets_them_back_without_writes() -> None:
+    # A corrupt WAL tail cut at restart takes entries the follower had acknowledged.
+    # The leader must notice from heartbeats alone (no new writes) and resend them.
+    c = Cluster([1, 2, 3])
+    c.elect(1)
+    for data in (b"a", b"b", b"c"):
+        c.node(1).propose(data)
+    c.deliver()
+    c.tick_all()
+    last = c.node(1).log.last_index()
+    assert c.node(1).progress[3].match == last
+    c.crash(3)
+    disk = c.disks[3]
+    disk.entries = disk.entries[:-2]
+    kept = disk.entries[-1].index
+    disk.hard_state = replace(disk.hard_state, commit=min(disk.hard_state.commit, kept))
+    c.start(3)
+    assert c.node(3).log.last_index() == kept < last
+    c.tick_all(c.node(1).cfg.heartbeat_tick * 3)
+    assert c.node(3).log.last_index() == last
+    assert c.node(1).progress[3].match == last
 
 
 def test_lagging_follower_is_sent_a_snapshot_after_compaction() -> None:
