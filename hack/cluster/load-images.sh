@@ -18,7 +18,9 @@ declare -A seen=()
 tars=()
 for img in "$@"; do
   if [[ "${img}" == --saved ]]; then # every image images.sh has saved
-    for t in "${IMAGE_CACHE}/${IMAGE_PREFIX}"_*.tar; do [[ -f "$t" ]] && tars+=("$t"); done
+    for t in "${IMAGE_CACHE}/${IMAGE_PREFIX}"_*.tar "${IMAGE_CACHE}"/shardset_*.tar; do
+      [[ -f "$t" ]] && tars+=("$t")
+    done
     continue
   fi
   tar="${IMAGE_CACHE}/$(echo "${img}" | tr '/:' '__').tar"
