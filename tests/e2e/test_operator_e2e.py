@@ -115,8 +115,6 @@ def inst(kubectl, helm) -> Iterator[Install]:
                 f"image.tag={image_tag}",
                 "--set",
                 f"nodeImage={NODE_IMAGE}",
-                "--set",
-                "logFormat=console",
                 "--wait",
                 "--timeout",
                 "3m",
@@ -428,7 +426,12 @@ def test_delete_and_uninstall_clean_up(inst: Install) -> None:
         ],
         timeout=180,
     )
-    assert not k("-n", inst.operator_ns, "get", "all", "-o", "name").strip()
+    # helm's --wait covers the Deployment, not its pod's graceful stop
+    wait_until(
+        "the operator's objects and pod to go",
+        lambda: not k("-n", inst.operator_ns, "get", "all", "-o", "name").strip(),
+        90,
+    )
     assert not k(
         "get",
         "clusterrole,clusterrolebinding",
