@@ -114,6 +114,15 @@ PIP_NICE=(nice -n "${IMAGE_NICENESS:-10}")
 # The repository's sources that go into the `shardset` wheel.
 WHEEL_PATHS=(pyproject.toml README.md node-image operator)
 
+# source_hash_memo REF: SOURCE_HASHES[xREF], hashed once per ref and run (not
+# in a subshell, so the memo sticks): node and operator built by one run get
+# one wheel even while someone edits the tree.
+declare -A SOURCE_HASHES=()
+source_hash_memo() {
+  local ref=$1
+  [[ -n "${SOURCE_HASHES[x${ref}]:-}" ]] || SOURCE_HASHES[x${ref}]=$(source_hash "${ref}")
+}
+
 # source_hash REF: a hash of the sources; REF empty means the working tree
 # (so a build from a dirty checkout gets its own hash).
 source_hash() {
@@ -153,9 +162,15 @@ repo_wheels() {
   deps="${SHARDSET_CACHE}/wheels/deps-$(sha256sum <"${tree}/pyproject.toml" | cut -c1-16)"
   mkdir -p "${house}"
   if [[ ! -f "${deps}/.done" ]]; then
-    log "resolving the dependencies of pyproject.toml into ${deps} (package index)"
     rm -rf "${deps}" && mkdir -p "${deps}"
-    "${PIP_NICE[@]}" python3 -m pip wheel -q --find-links "${house}" --wheel-dir "${deps}" "${tree}" >&2
+    # offline from the shared wheelhouse when it has everything, else from the index
+    if "${PIP_NICE[@]}" python3 -m pip wheel -q --no-index --find-links "${house}" \
+      --wheel-dir "${deps}" "${tree}" >/dev/null 2>&1; then
+      log "dependencies of pyproject.toml: all in ${house}"
+    else
+      log "resolving the dependencies of pyproject.toml into ${deps} (package index)"
+      "${PIP_NICE[@]}" python3 -m pip wheel -q --find-links "${house}" --wheel-dir "${deps}" "${tree}" >&2
+    fi
     "${PIP_NICE[@]}" python3 -m pip wheel -q --find-links "${house}" --wheel-dir "${house}" \
       "setuptools>=69" wheel >&2
     rm -f "${deps}"/shardset-*.whl
@@ -182,7 +197,8 @@ repo_image() {
   [[ -f "${dockerfile}" ]] || die "no ${dockerfile}"
   build_base
   local shash base_id key wheels ctx start
-  shash=$(source_hash "${ref}")
+  source_hash_memo "${ref}"
+  shash=${SOURCE_HASHES[x${ref}]}
   base_id=$("${DOCKER}" image inspect -f '{{.Id}}' "${BASE_IMAGE}" 2>/dev/null || echo "${BASE_IMAGE}")
   key=$(printf '%s %s %s' "${shash}" "$(sha256sum <"${dockerfile}" | cut -c1-64)" "${base_id}" | sha256sum | cut -c1-16)
   if [[ "$("${DOCKER}" image inspect -f '{{index .Config.Labels "shardset.inputs"}}' "${image}" 2>/dev/null)" == "${key}" ]]; then

@@ -27,10 +27,19 @@ for img in "$@"; do
   [[ -f "${tar}" ]] || die "no image tarball ${tar}: build it with hack/cluster/images.sh"
   tars+=("${tar}")
 done
+# What this cluster's containerd already holds (image ids as images.sh saved
+# them): an unchanged image is not imported again (an import takes ~20 s).
+LOADED="${RUN_DIR}/loaded-images"
+mkdir -p "${LOADED}"
 for tar in "${tars[@]}"; do
   [[ -n "${seen[${tar}]:-}" ]] && continue
   seen[${tar}]=1
   img=$(basename "${tar}" .tar)
+  if [[ -f "${tar}.id" ]] && cmp -s "${tar}.id" "${LOADED}/${img}.id"; then
+    log "${img}: already loaded"
+    continue
+  fi
   ctr --address "${SOCK}" --namespace k8s.io images import "${tar}" >/dev/null
+  [[ -f "${tar}.id" ]] && cp "${tar}.id" "${LOADED}/${img}.id"
   log "loaded ${img}"
 done

@@ -184,6 +184,13 @@ def test_rendered_templates_pass_server_validation(inst: Install) -> None:
     assert "(server dry run)" in out, out
 
 
+def test_examples_pass_server_validation(inst: Install) -> None:
+    """Every ShardSet in examples/ is accepted by the CRD's schema and CEL rules."""
+    for example in sorted((REPO / "examples").glob("*.yaml")):
+        out = inst.app("apply", "--dry-run=server", "-f", str(example))
+        assert "(server dry run)" in out, (example.name, out)
+
+
 def test_minimal_example_becomes_ready(inst: Install) -> None:
     app = inst.app
     app("apply", "-f", str(EXAMPLE))
