@@ -7,7 +7,7 @@ SEEDS ?= 0:1000
 JOBS ?= 2
 SOAK_SEEDS ?= 0:100000
 
-.PHONY: dev test lint sim soak demo clean
+.PHONY: dev test lint sim soak demo clean crds demo-local e2e chart-sync
 
 # The stamp is rebuilt when pyproject.toml changes, so every target below
 # does the dev install first on a fresh clone. The editable install only maps the
@@ -30,13 +30,34 @@ test: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
-	$(BIN)/mypy node-image/shardset_raft node-image/shardset_sim node-image/shardset_node node-image/shardset
+	$(BIN)/mypy node-image/shardset_raft node-image/shardset_sim node-image/shardset_node node-image/shardset \
+		operator/shardset_operator
 	$(BIN)/lint-imports
 
-# The main job until the operator exists: a local 3-node cluster, a workload,
-# a leader killed and restarted, every acknowledged write read back.
+# The CRD in crds/ is generated from the operator's pydantic models;
+# tests/operator/test_crds.py fails when it is stale.
+crds: $(STAMP)
+	$(BIN)/python -m shardset_operator.crdgen
+
+# The main job (hack/demo.sh): the local Kubernetes cluster, the node and
+# operator images from this checkout, the operator's Helm chart, a ShardSet made
+# Ready, a short workload through its Service, `kubectl get sset`. Needs root.
 demo: $(STAMP)
+	hack/demo.sh
+
+# Without Kubernetes: three node processes on 127.0.0.1, a workload, a leader
+# killed and restarted, every acknowledged write read back.
+demo-local: $(STAMP)
 	$(BIN)/python -m shardset.demo
+
+# The operator end to end on the local cluster (hack/e2e.sh): cluster up unless
+# it is, images built and loaded, pytest -m e2e tests/e2e. E2E_ARGS go to pytest.
+e2e: $(STAMP)
+	hack/e2e.sh $(E2E_ARGS)
+
+# The chart's copies of crds/ and of the operator's RBAC rules (after `make crds`).
+chart-sync: $(STAMP)
+	$(BIN)/python hack/chart_sync.py
 
 sim: $(STAMP)
 	$(BIN)/python -m shardset_sim run --seeds $(SEEDS) --jobs $(JOBS)

@@ -3,7 +3,8 @@
 #
 #   make cluster-up                 # local cluster from sources (default), waits for Ready + DNS
 #   make cluster-up CLUSTER=kind    # a kind cluster instead, with our images loaded
-#   make images                     # build our images offline (and load them if a cluster is up)
+#   make images                     # build our images (node, operator, ...) offline from this
+#                                   # checkout, and load them if a cluster is up
 #   make cluster-smoke              # pytest tests/e2e against whichever cluster is up
 #   make cluster-down
 
@@ -17,11 +18,14 @@ KIND_VERSION := $(shell sed -n 's/^KIND_VERSION=//p' $(HACK)/versions.env)
 
 SHARDSET_CACHE ?= $(HOME)/.cache/shardset
 KIND := $(SHARDSET_CACHE)/kind-$(KIND_VERSION)/bin/kind
-# Images our tests run; `make images` builds them with hack/cluster/images.sh.
-# The node image once the repository has the node program (pyproject.toml).
+# Images our tests run; `make images` builds them with hack/cluster/images.sh
+# from the current checkout (each rebuilt only when its inputs changed): the
+# node image, and the operator image once operator/Dockerfile is there.
 NODE_PROGRAM := $(if $(wildcard pyproject.toml),node)
-OUR_IMAGES := testserver $(NODE_PROGRAM)
-IMAGES ?= shardset.local/testserver:dev $(if $(NODE_PROGRAM),shardset.local/node:dev)
+OPERATOR_PROGRAM := $(if $(wildcard operator/Dockerfile),operator)
+OUR_IMAGES := testserver $(NODE_PROGRAM) $(OPERATOR_PROGRAM)
+IMAGES ?= shardset.local/testserver:dev $(if $(NODE_PROGRAM),shardset/node:dev) \
+	$(if $(OPERATOR_PROGRAM),shardset/operator:dev)
 # empty: kind $(KIND_VERSION)'s own default node image (Kubernetes v1.34.0)
 KIND_NODE_IMAGE ?=
 

@@ -30,7 +30,10 @@ BASE_IMAGE="${BASE_IMAGE:-${OUR_BASE_IMAGE}}"
 PAUSE_IMAGE="${IMAGE_PREFIX}/pause:${PAUSE_VERSION}"
 COREDNS_IMAGE="${IMAGE_PREFIX}/coredns:${COREDNS_VERSION}"
 TESTSERVER_IMAGE="${IMAGE_PREFIX}/testserver:dev"
-NODE_IMAGE="${IMAGE_PREFIX}/node:dev"
+# The product's images carry the names users see (the chart's and the CRD's
+# defaults); the test-only images above carry ${IMAGE_PREFIX}.
+NODE_IMAGE="${NODE_IMAGE:-shardset/node:dev}"
+OPERATOR_IMAGE="${OPERATOR_IMAGE:-shardset/operator:dev}"
 
 # Networks: all local to this machine.
 POD_CIDR="${POD_CIDR:-10.244.0.0/16}"

@@ -1,0 +1,1 @@
+"""The Shardset operator: reconciles ShardSet resources into node pods and Raft groups."""

@@ -1,0 +1,36 @@
+"""The store's first shard map, computed with the node's own placement code.
+
+Written once into the ConfigMap (key bootstrap.json) and never changed: after the
+first start the map lives in the store's metadata group, and a node that restarts
+must see the same bootstrap file it was created with.
+"""
+
+from __future__ import annotations
+
+from shardset_node.shardmap import NodeAddress, ShardMap, bootstrap_map
+from shardset_operator.models import ShardSetSpec
+from shardset_operator.naming import Names
+
+BOOTSTRAP_KEY = "bootstrap.json"
+
+
+def first_map(names: Names, spec: ShardSetSpec) -> ShardMap:
+    nodes = {
+        i: NodeAddress(peer=names.peer_address(i), api=names.api_url(i))
+        for i in range(1, spec.nodes + 1)
+    }
+    return bootstrap_map(nodes, spec.shards, spec.replication_factor)
+
+
+def bootstrap_document(names: Names, spec: ShardSetSpec, existing: str | None) -> str:
+    """The bootstrap.json to keep: the existing one if there is one, else a new one."""
+    if existing:
+        return existing
+    return first_map(names, spec).encode().decode()
+
+
+def recorded_map(document: str | None) -> ShardMap | None:
+    """The bootstrap map as written, None before it was (or if it cannot be read)."""
+    if not document:
+        return None
+    return ShardMap.decode(document.encode())

@@ -1,0 +1,192 @@
+"""StatefulSet <name>: the node pods and their volumes.
+
+The pod template depends only on fields whose change needs a restart (image,
+resources, scheduling). The read consistency reaches the container through env vars
+resolved from the ConfigMap at container start, so switching it live changes no
+template and restarts no pod, while a pod that restarts later comes up in the
+current mode.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from shardset_operator.bootstrap import BOOTSTRAP_KEY
+from shardset_operator.consistency import CONSISTENCY_KEY, STALENESS_KEY
+from shardset_operator.models import ShardSetSpec
+from shardset_operator.naming import API_PORT, RAFT_PORT, Names
+
+DATA_DIR = "/data"
+CONFIG_DIR = "/etc/shardset"
+NODE_UID = 10001  # the node image's user (node-image/Dockerfile)
+GRACE_SECONDS = 30
+
+
+def node_args() -> list[str]:
+    """The node's command line; $(VAR) is expanded by the kubelet from the env below.
+
+    The bound of bounded reads is not a flag: "no bound" is an empty value, which a flag
+    cannot carry, so the node reads it from SHARDSET_MAX_STALENESS_MS itself (its
+    documented default for --max-staleness-ms).
+    """
+    return [
+        "--id-from-hostname",
+        "--data-dir",
+        DATA_DIR,
+        "--peer",
+        f"0.0.0.0:{RAFT_PORT}",
+        "--api",
+        f"0.0.0.0:{API_PORT}",
+        "--bootstrap",
+        f"{CONFIG_DIR}/{BOOTSTRAP_KEY}",
+        "--log-format",
+        "json",
+        "--consistency",
+        "$(SHARDSET_CONSISTENCY)",
+    ]
+
+
+def _env(names: Names) -> list[dict[str, Any]]:
+    def from_config(var: str, key: str) -> dict[str, Any]:
+        ref = {"name": names.configmap, "key": key}
+        return {"name": var, "valueFrom": {"configMapKeyRef": ref}}
+
+    return [
+        from_config("SHARDSET_CONSISTENCY", CONSISTENCY_KEY),
+        from_config("SHARDSET_MAX_STALENESS_MS", STALENESS_KEY),
+    ]
+
+
+def default_affinity(names: Names) -> dict[str, Any]:
+    """Prefer one node of a store per host: losing a host then costs each shard at most
+    one replica. Preferred, not required, so small clusters still schedule."""
+    return {
+        "podAntiAffinity": {
+            "preferredDuringSchedulingIgnoredDuringExecution": [
+                {
+                    "weight": 100,
+                    "podAffinityTerm": {
+                        "topologyKey": "kubernetes.io/hostname",
+                        "labelSelector": {"matchLabels": names.selector()},
+                    },
+                }
+            ]
+        }
+    }
+
+
+def _container(names: Names, spec: ShardSetSpec, image: str) -> dict[str, Any]:
+    def probe(path: str, period: int, failures: int) -> dict[str, Any]:
+        return {
+            "httpGet": {"path": path, "port": "api"},
+            "periodSeconds": period,
+            "timeoutSeconds": 3,
+            "failureThreshold": failures,
+        }
+
+    container: dict[str, Any] = {
+        "name": "node",
+        "image": image,
+        "imagePullPolicy": spec.image_pull_policy,
+        "command": ["python", "-m", "shardset_node"],
+        "args": node_args(),
+        "env": _env(names),
+        "ports": [
+            {"name": "raft", "containerPort": RAFT_PORT, "protocol": "TCP"},
+            {"name": "api", "containerPort": API_PORT, "protocol": "TCP"},
+        ],
+        "volumeMounts": [
+            {"name": "data", "mountPath": DATA_DIR},
+            {"name": "config", "mountPath": CONFIG_DIR, "readOnly": True},
+            {"name": "tmp", "mountPath": "/tmp"},
+        ],
+        # Ready only when every shard this node holds has a known leader (/readyz).
+        "readinessProbe": probe("/readyz", 5, 3),
+        # The API answers once the WAL is replayed; the startup probe gives a long
+        # replay five minutes before liveness may restart the pod.
+        "startupProbe": probe("/healthz", 5, 60),
+        "livenessProbe": probe("/healthz", 10, 6),
+        "securityContext": {
+            "allowPrivilegeEscalation": False,
+            "readOnlyRootFilesystem": True,
+            "capabilities": {"drop": ["ALL"]},
+        },
+    }
+    if spec.resources:
+        container["resources"] = spec.resources
+    return container
+
+
+def _pod_spec(names: Names, spec: ShardSetSpec, image: str) -> dict[str, Any]:
+    pod: dict[str, Any] = {
+        "terminationGracePeriodSeconds": GRACE_SECONDS,
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": NODE_UID,
+            "runAsGroup": NODE_UID,
+            "fsGroup": NODE_UID,
+            "fsGroupChangePolicy": "OnRootMismatch",
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "affinity": spec.affinity if spec.affinity is not None else default_affinity(names),
+        "containers": [_container(names, spec, image)],
+        "volumes": [
+            {
+                "name": "config",
+                "configMap": {
+                    "name": names.configmap,
+                    "items": [{"key": BOOTSTRAP_KEY, "path": BOOTSTRAP_KEY}],
+                },
+            },
+            {"name": "tmp", "emptyDir": {}},
+        ],
+    }
+    if spec.tolerations is not None:
+        pod["tolerations"] = spec.tolerations
+    if spec.topology_spread_constraints is not None:
+        pod["topologySpreadConstraints"] = spec.topology_spread_constraints
+    if spec.node_selector is not None:
+        pod["nodeSelector"] = spec.node_selector
+    return pod
+
+
+def _volume_claim(names: Names, spec: ShardSetSpec) -> dict[str, Any]:
+    claim: dict[str, Any] = {
+        "accessModes": ["ReadWriteOnce"],
+        "resources": {"requests": {"storage": spec.storage.size}},
+    }
+    if spec.storage.storage_class_name:
+        claim["storageClassName"] = spec.storage.storage_class_name
+    return {"metadata": {"name": "data", "labels": names.selector()}, "spec": claim}
+
+
+def statefulset(names: Names, spec: ShardSetSpec, image: str, replicas: int) -> dict[str, Any]:
+    """`replicas` is decided by the shape planner (it may differ from spec.nodes)."""
+    retention = "Retain" if spec.storage.retain_on_delete else "Delete"
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "StatefulSet",
+        "metadata": {
+            "name": names.statefulset,
+            "namespace": names.namespace,
+            "labels": names.labels(),
+        },
+        "spec": {
+            "replicas": replicas,
+            "serviceName": names.peers_service,
+            # Every node of a new store must start together to elect the first leaders.
+            "podManagementPolicy": "Parallel",
+            "updateStrategy": {"type": "RollingUpdate"},
+            "selector": {"matchLabels": names.selector()},
+            "persistentVolumeClaimRetentionPolicy": {
+                "whenDeleted": retention,
+                # Scaling down never drops data: a later scale-up finds it again.
+                "whenScaled": "Retain",
+            },
+            "template": {
+                "metadata": {"labels": names.labels()},
+                "spec": _pod_spec(names, spec, image),
+            },
+            "volumeClaimTemplates": [_volume_claim(names, spec)],
+        },
+    }

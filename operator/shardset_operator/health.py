@@ -1,0 +1,103 @@
+"""Shard health from the nodes' GET /v1/status reports (pure).
+
+A shard is healthy when some responsive node reports itself its leader and the
+leader's configuration has at least replicationFactor voters, every one of them
+responsive (answering the operator and hosting the shard). Leaderless: no responsive
+node leads it. Under-replicated: led, but short of voters or with voters down.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+NodeReport = Mapping[str, Any]  # one node's GET /v1/status body
+
+
+@dataclass(frozen=True)
+class ShardHealth:
+    shard: int
+    leader: int | None
+    voters: tuple[int, ...]
+    responsive_voters: tuple[int, ...]
+    replication_factor: int
+
+    @property
+    def leaderless(self) -> bool:
+        return self.leader is None
+
+    @property
+    def under_replicated(self) -> bool:
+        if self.leaderless:
+            return False
+        return len(self.voters) < self.replication_factor or len(self.responsive_voters) < len(
+            self.voters
+        )
+
+    @property
+    def healthy(self) -> bool:
+        return not self.leaderless and not self.under_replicated
+
+    def describe(self) -> str:
+        if self.leaderless:
+            return f"shard {self.shard} has no leader"
+        return (
+            f"shard {self.shard} has {len(self.responsive_voters)}/{self.replication_factor} "
+            "voters responsive"
+        )
+
+
+def _groups(report: NodeReport) -> Mapping[str, Any]:
+    groups = report.get("groups")
+    return groups if isinstance(groups, Mapping) else {}
+
+
+def _view(
+    shard: int, reports: Mapping[int, NodeReport | None]
+) -> tuple[int | None, tuple[int, ...]]:
+    """(leader, voters): from the self-declared leader of the highest term, else from the
+    highest-term report of any replica (for the voter list only)."""
+    best: tuple[int, int, tuple[int, ...]] | None = None  # (term, leader, voters)
+    any_voters: tuple[int, tuple[int, ...]] | None = None  # (term, voters)
+    for node, report in reports.items():
+        if report is None:
+            continue
+        entry = _groups(report).get(str(shard))
+        if not isinstance(entry, Mapping):
+            continue
+        term = int(entry.get("term", 0))
+        voters = tuple(sorted(int(v) for v in entry.get("voters", [])))
+        if any_voters is None or term > any_voters[0]:
+            any_voters = (term, voters)
+        if entry.get("role") == "leader" and (best is None or term > best[0]):
+            best = (term, node, voters)
+    if best is not None:
+        return best[1], best[2]
+    return None, any_voters[1] if any_voters else ()
+
+
+def _hosts(report: NodeReport | None, shard: int) -> bool:
+    return report is not None and str(shard) in _groups(report)
+
+
+def shard_health(
+    reports: Mapping[int, NodeReport | None],
+    expected_shards: Iterable[int],
+    replication_factor: int,
+) -> dict[int, ShardHealth]:
+    """Health of every expected shard and of any other shard a node reports.
+
+    `reports` maps each node id to its status body, or None when it did not answer.
+    The metadata group ("meta") is not a shard and is left out.
+    """
+    shards = set(expected_shards)
+    for report in reports.values():
+        if report is not None:
+            shards.update(int(g) for g in _groups(report) if g.isdigit())
+    out = {}
+    for shard in sorted(shards):
+        leader, voters = _view(shard, reports)
+        responsive = tuple(v for v in voters if _hosts(reports.get(v), shard))
+        out[shard] = ShardHealth(shard, leader, voters, responsive, replication_factor)
+    return out

@@ -1,0 +1,159 @@
+"""Idempotent I/O against the Kubernetes API (the kubernetes client, off the event loop).
+
+Objects are written with server-side apply under one field manager: applying the same
+object twice changes nothing (no new resourceVersion, no events), fields set by others
+(e.g. a HorizontalPodAutoscaler, kubectl annotate) are left alone, and a field the
+operator stops setting is removed. The client is synchronous, so every call runs in a
+worker thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from kubernetes import client, config
+from kubernetes.client.exceptions import ApiException
+
+FIELD_MANAGER = "shardset-operator"
+APPLY = "application/apply-patch+yaml"
+
+
+class KubeError(RuntimeError):
+    """A Kubernetes API call failed; the message names the object and the verb."""
+
+
+def load_credentials() -> None:
+    """In a pod: the service account; elsewhere: the current kubeconfig context."""
+    try:
+        config.load_incluster_config()
+    except config.ConfigException:
+        config.load_kube_config()
+
+
+@dataclass(frozen=True)
+class PodState:
+    name: str
+    ready: bool
+    terminating: bool
+
+
+@dataclass(frozen=True)
+class StatefulSetState:
+    replicas: int
+    ready: int
+    updated: int
+    current_revision: str | None
+    update_revision: str | None
+    observed_generation: int | None
+    generation: int | None
+
+
+class Kube:
+    def __init__(self) -> None:
+        self.core = client.CoreV1Api()
+        self.apps = client.AppsV1Api()
+        self.policy = client.PolicyV1Api()
+
+    async def _call(self, what: str, fn: Callable[..., Any], *args: Any, **kw: Any) -> Any:
+        try:
+            return await asyncio.to_thread(fn, *args, **kw)
+        except ApiException as e:
+            raise KubeError(f"{what}: {e.status} {e.reason}: {_api_message(e)}") from e
+
+    async def apply(self, obj: dict[str, Any]) -> None:
+        kind, meta = obj["kind"], obj["metadata"]
+        patch = {
+            "ConfigMap": self.core.patch_namespaced_config_map,
+            "Service": self.core.patch_namespaced_service,
+            "StatefulSet": self.apps.patch_namespaced_stateful_set,
+            "PodDisruptionBudget": self.policy.patch_namespaced_pod_disruption_budget,
+        }[kind]
+        await self._call(
+            f"apply {kind} {meta['namespace']}/{meta['name']}",
+            patch,
+            meta["name"],
+            meta["namespace"],
+            obj,
+            field_manager=FIELD_MANAGER,
+            force=True,
+            _content_type=APPLY,
+        )
+
+    async def configmap_data(self, namespace: str, name: str) -> dict[str, str] | None:
+        """The ConfigMap's data; None when there is no such ConfigMap."""
+        try:
+            cm = await asyncio.to_thread(self.core.read_namespaced_config_map, name, namespace)
+        except ApiException as e:
+            if e.status == 404:
+                return None
+            raise KubeError(f"read ConfigMap {namespace}/{name}: {e.status} {e.reason}") from e
+        return dict(cm.data or {})
+
+    async def statefulset(self, namespace: str, name: str) -> StatefulSetState | None:
+        try:
+            sts = await asyncio.to_thread(self.apps.read_namespaced_stateful_set, name, namespace)
+        except ApiException as e:
+            if e.status == 404:
+                return None
+            raise KubeError(f"read StatefulSet {namespace}/{name}: {e.status} {e.reason}") from e
+        st = sts.status
+        return StatefulSetState(
+            replicas=sts.spec.replicas or 0,
+            ready=(st.ready_replicas or 0) if st else 0,
+            updated=(st.updated_replicas or 0) if st else 0,
+            current_revision=st.current_revision if st else None,
+            update_revision=st.update_revision if st else None,
+            observed_generation=st.observed_generation if st else None,
+            generation=sts.metadata.generation,
+        )
+
+    async def pods(self, namespace: str, selector: str) -> list[PodState]:
+        pods = await self._call(
+            f"list pods in {namespace} ({selector})",
+            self.core.list_namespaced_pod,
+            namespace,
+            label_selector=selector,
+        )
+        return [_pod_state(p) for p in pods.items]
+
+    async def delete_volume_claims(self, namespace: str, selector: str) -> list[str]:
+        """Delete the PVCs matching `selector`; their names. In-use claims go once their
+        pods are gone (pvc-protection)."""
+        claims = await self._call(
+            f"list PVCs in {namespace} ({selector})",
+            self.core.list_namespaced_persistent_volume_claim,
+            namespace,
+            label_selector=selector,
+        )
+        names = [c.metadata.name for c in claims.items]
+        for name in names:
+            try:
+                await asyncio.to_thread(
+                    self.core.delete_namespaced_persistent_volume_claim, name, namespace
+                )
+            except ApiException as e:
+                if e.status != 404:
+                    raise KubeError(f"delete PVC {namespace}/{name}: {e.status} {e.reason}") from e
+        return names
+
+
+def _pod_state(pod: Any) -> PodState:
+    conditions = (pod.status.conditions or []) if pod.status else []
+    ready = any(c.type == "Ready" and c.status == "True" for c in conditions)
+    return PodState(
+        name=pod.metadata.name,
+        ready=ready,
+        terminating=pod.metadata.deletion_timestamp is not None,
+    )
+
+
+def _api_message(e: ApiException) -> str:
+    import json
+
+    try:
+        return str(json.loads(e.body or "{}").get("message", e.body))
+    except (ValueError, AttributeError):
+        return str(e.body)

@@ -1,0 +1,158 @@
+"""One reconcile of a ShardSet: observe, plan with pure functions, apply idempotently.
+
+Safe to interrupt and rerun at any point: every step applies a whole desired object
+(server-side apply) or an idempotent node call, and every input is read afresh from
+the cluster and the nodes. Nothing is kept in memory between runs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import kopf
+
+from shardset_operator import bootstrap
+from shardset_operator.builders.configmap import configmap
+from shardset_operator.builders.pdb import pdb
+from shardset_operator.builders.services import client_service, peers_service
+from shardset_operator.builders.statefulset import statefulset
+from shardset_operator.consistency import ReadSetting, consistency_status, nodes_to_switch
+from shardset_operator.health import shard_health
+from shardset_operator.kube import Kube, KubeError
+from shardset_operator.models import ShardSet, ShardSetStatus
+from shardset_operator.naming import Names
+from shardset_operator.nodeclient import NodeCallError, NodeClient
+from shardset_operator.observe import observe, rollout
+from shardset_operator.shape import Shape, plan_shape
+from shardset_operator.status import Observation, compute_status, with_failure
+
+
+@dataclass
+class Context:
+    """What handlers share: API clients and the operator's settings."""
+
+    kube: Kube
+    nodes: NodeClient
+    node_image: str
+
+
+@dataclass
+class Outcome:
+    status: ShardSetStatus
+    notes: list[tuple[str, str]] = field(default_factory=list)  # (reason, message) events
+    failure: str | None = None
+
+
+def desired_objects(
+    sset: ShardSet, names: Names, doc: str, image: str, shape: Shape
+) -> list[dict[str, Any]]:
+    """Every owned object, in the order they are applied (config before the pods).
+
+    Sizes come from the shape, not the spec: a refused change must not loosen the
+    disruption budget or start pods the store does not know."""
+    reads = ReadSetting.of_spec(sset.spec.consistency)
+    return [
+        configmap(names, doc, reads),
+        peers_service(names),
+        client_service(names),
+        pdb(names, shape.replication),
+        statefulset(names, sset.spec, image, shape.replicas),
+    ]
+
+
+async def converge(body: dict[str, Any], ctx: Context) -> Outcome:
+    sset = ShardSet.from_body(body)
+    names = Names(sset.name, sset.namespace)
+    notes: list[tuple[str, str]] = []
+    failure: str | None = None
+    reads = ReadSetting.of_spec(sset.spec.consistency)
+
+    # Plan: the bootstrap map is kept once written; the shape follows it.
+    try:
+        existing = await ctx.kube.configmap_data(names.namespace, names.configmap)
+    except KubeError as e:
+        return _failed(sset, str(e))
+    written = (existing or {}).get(bootstrap.BOOTSTRAP_KEY)
+    try:
+        recorded = bootstrap.recorded_map(written)
+    except (ValueError, KeyError, TypeError) as e:
+        message = (
+            f"ConfigMap {names.configmap} holds an unreadable {bootstrap.BOOTSTRAP_KEY} ({e}); "
+            "it is the store's identity and is never rewritten: restore it"
+        )
+        return _failed(sset, message)
+    shape = plan_shape(sset.spec, recorded)
+    doc = bootstrap.bootstrap_document(names, sset.spec, written)
+    if written is None:
+        notes.append(
+            (
+                "BootstrapMapWritten",
+                f"first shard map of {sset.spec.shards} shards "
+                f"on {shape.replicas} nodes, replication {sset.spec.replication_factor}",
+            )
+        )
+    consistency_changed = existing is not None and any(
+        existing.get(k) != v for k, v in reads.configmap_data().items()
+    )
+
+    # Apply: whole objects, so a rerun after an interruption converges the same way.
+    image = sset.spec.image or ctx.node_image
+    config_applied = False
+    for obj in desired_objects(sset, names, doc, image, shape):
+        kopf.adopt(obj, owner=body)  # type: ignore[arg-type]
+        try:
+            await ctx.kube.apply(obj)
+        except KubeError as e:
+            failure = str(e)
+            break
+        config_applied = config_applied or obj["kind"] == "ConfigMap"
+    if consistency_changed and failure is None:
+        notes.append(("ConsistencyChanging", f"reads switching to {reads.mode}"))
+
+    # Observe, then switch nodes' read consistency live (only after the ConfigMap holds
+    # the new mode, so a node restarting meanwhile comes up in it too).
+    try:
+        seen = await observe(ctx.kube, ctx.nodes, names, shape.replicas)
+    except KubeError as e:
+        return _failed(sset, failure or str(e), notes)
+    reports = {
+        i: (ReadSetting.of_report(r) if r is not None else None) for i, r in seen.reports.items()
+    }
+    reachable = {i for i, r in seen.reports.items() if r is not None}
+    errors: list[str] = [f"node {i}: {why}" for i, why in sorted(seen.errors.items())]
+    switch_errors: list[str] = []
+    if failure is None:
+        for node in nodes_to_switch(reads, reports, reachable):
+            try:
+                await ctx.nodes.set_consistency(names.api_url(node), reads.admin_body())
+            except NodeCallError as e:
+                switch_errors.append(f"node {node}: {e}")
+                continue
+            reports[node] = reads
+            notes.append(("ConsistencyApplied", f"node {node} now reads {reads.mode}"))
+
+    shard_map = recorded or bootstrap.first_map(names, sset.spec)
+    obs = Observation(
+        generation=sset.generation,
+        nodes=shape.replicas,
+        ready_nodes=seen.ready_nodes,
+        answered=len(reachable),
+        shards=shard_health(seen.reports, shard_map.replicas, shape.replication),
+        consistency=consistency_status(reads, reports, list(range(1, shape.replicas + 1))),
+        consistency_target=reads.mode,
+        bootstrap_written=config_applied or written is not None,
+        rollout=rollout(seen.statefulset),
+        refusals=shape.refusals,
+        consistency_errors=tuple(switch_errors or errors),
+        failure=failure,
+        unreachable=tuple(sorted(seen.errors)),
+    )
+    status = compute_status(sset.status, obs, datetime.now(UTC))
+    return Outcome(status=status, notes=notes, failure=failure)
+
+
+def _failed(sset: ShardSet, message: str, notes: list[tuple[str, str]] | None = None) -> Outcome:
+    status = with_failure(sset.status, sset.generation, message, datetime.now(UTC))
+    return Outcome(status=status, notes=notes or [], failure=message)

@@ -1,0 +1,29 @@
+"""Shared helpers for the operator's unit tests."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from shardset_operator.models import ShardSetSpec
+from shardset_operator.naming import Names
+
+NAMES = Names("kv", "prod")
+
+
+def spec(**fields: Any) -> ShardSetSpec:
+    return ShardSetSpec.model_validate(fields)
+
+
+def node_report(
+    node: int, groups: dict[str, dict[str, Any]], mode: str = "linearizable"
+) -> dict[str, Any]:
+    return {
+        "node": node,
+        "epoch": 1,
+        "groups": groups,
+        "consistency": {"mode": mode, "maxStalenessMs": None},
+    }
+
+
+def group(role: str, term: int, leader: int, voters: list[int]) -> dict[str, Any]:
+    return {"role": role, "term": term, "leader": leader, "voters": voters, "learners": []}

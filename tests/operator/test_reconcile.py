@@ -1,0 +1,238 @@
+"""converge() end to end against in-memory stand-ins for the API server and the nodes.
+
+The stand-ins record every call in order, so these tests check what users rely on:
+objects are created, the bootstrap map is written once, a consistency change reaches
+the ConfigMap before any node, scale changes are refused, failures are explained.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+from typing import Any
+
+import pytest
+
+from shardset_operator.bootstrap import BOOTSTRAP_KEY
+from shardset_operator.kube import KubeError, PodState, StatefulSetState
+from shardset_operator.nodeclient import NodeCallError
+from shardset_operator.reconcile import Context, Outcome, converge
+
+from .conftest import group, node_report
+
+
+class FakeKube:
+    def __init__(self) -> None:
+        self.objects: dict[tuple[str, str], dict[str, Any]] = {}
+        self.calls: list[str] = []
+        self.fail_kind: str | None = None
+        self.ready = 3
+
+    async def apply(self, obj: dict[str, Any]) -> None:
+        kind, name = obj["kind"], obj["metadata"]["name"]
+        if kind == self.fail_kind:
+            raise KubeError(f"apply {kind} prod/{name}: 403 Forbidden: no")
+        self.calls.append(f"apply {kind} {name}")
+        self.objects[(kind, name)] = copy.deepcopy(obj)
+
+    async def configmap_data(self, namespace: str, name: str) -> dict[str, str] | None:
+        if self.fail_kind == "read":
+            raise KubeError(f"read ConfigMap {namespace}/{name}: 403 Forbidden")
+        cm = self.objects.get(("ConfigMap", name))
+        return dict(cm["data"]) if cm else None
+
+    async def statefulset(self, namespace: str, name: str) -> StatefulSetState | None:
+        sts = self.objects.get(("StatefulSet", name))
+        if sts is None:
+            return None
+        n = sts["spec"]["replicas"]
+        return StatefulSetState(n, self.ready, n, "r1", "r1", 1, 1)
+
+    async def pods(self, namespace: str, selector: str) -> list[PodState]:
+        return [PodState(f"kv-{i}", i < self.ready, False) for i in range(3)]
+
+
+class FakeNodes:
+    def __init__(self, calls: list[str]) -> None:
+        self.calls = calls
+        self.modes = {i: "linearizable" for i in range(1, 8)}
+        self.down: set[int] = set()
+        self.no_admin: set[int] = set()
+
+    @staticmethod
+    def _id(url: str) -> int:
+        return int(url.split("//kv-")[1].split(".")[0]) + 1
+
+    async def status(self, url: str) -> dict[str, Any]:
+        node = self._id(url)
+        if node in self.down:
+            raise NodeCallError(f"GET {url}/v1/status: ClientConnectorError")
+        voters = [1, 2, 3]
+        groups = {
+            str(s): group("leader" if s % 3 + 1 == node else "follower", 1, s % 3 + 1, voters)
+            for s in range(1, 5)
+        }
+        return node_report(node, groups, self.modes[node])
+
+    async def set_consistency(self, url: str, body: dict[str, Any]) -> dict[str, Any]:
+        node = self._id(url)
+        if node in self.no_admin:
+            raise NodeCallError(f"POST {url}/v1/admin/consistency: HTTP 404: unknown action")
+        self.calls.append(f"switch node {node} {body['mode']}")
+        self.modes[node] = body["mode"]
+        return body
+
+
+def _body(**spec: Any) -> dict[str, Any]:
+    return {
+        "apiVersion": "shardset.io/v1alpha1",
+        "kind": "ShardSet",
+        "metadata": {"name": "kv", "namespace": "prod", "uid": "u-1", "generation": 1},
+        "spec": spec,
+        "status": {},
+    }
+
+
+def _run(kube: FakeKube, nodes: FakeNodes, body: dict[str, Any]) -> Outcome:
+    ctx = Context(kube, nodes, "shardset/node:test")  # type: ignore[arg-type]
+    return asyncio.run(converge(body, ctx))
+
+
+def _cond(outcome: Outcome, kind: str) -> tuple[str, str, str]:
+    [c] = [c for c in outcome.status.conditions if c.type == kind]
+    return c.status, c.reason, c.message
+
+
+@pytest.fixture
+def world() -> tuple[FakeKube, FakeNodes]:
+    kube = FakeKube()
+    return kube, FakeNodes(kube.calls)
+
+
+def test_first_reconcile_creates_everything_and_reports_a_ready_store(
+    world: tuple[FakeKube, FakeNodes],
+) -> None:
+    kube, nodes = world
+    out = _run(kube, nodes, _body())
+    assert kube.calls == [
+        "apply ConfigMap kv-config",
+        "apply Service kv-peers",
+        "apply Service kv",
+        "apply PodDisruptionBudget kv",
+        "apply StatefulSet kv",
+    ]
+    sts = kube.objects[("StatefulSet", "kv")]
+    assert sts["spec"]["replicas"] == 3
+    assert sts["spec"]["template"]["spec"]["containers"][0]["image"] == "shardset/node:test"
+    assert sts["metadata"]["ownerReferences"][0]["uid"] == "u-1"
+    assert out.failure is None
+    assert "BootstrapMapWritten" in [r for r, _ in out.notes]
+    assert _cond(out, "Ready")[0] == "True"
+    assert out.status.bootstrapped
+    assert out.status.shards.total == 4 and out.status.shards.healthy == 4
+
+
+def test_bootstrap_map_is_written_once_even_if_the_spec_changes(
+    world: tuple[FakeKube, FakeNodes],
+) -> None:
+    kube, nodes = world
+    _run(kube, nodes, _body())
+    first = kube.objects[("ConfigMap", "kv-config")]["data"][BOOTSTRAP_KEY]
+    out = _run(kube, nodes, _body(nodes=5))
+    assert kube.objects[("ConfigMap", "kv-config")]["data"][BOOTSTRAP_KEY] == first
+    assert kube.objects[("StatefulSet", "kv")]["spec"]["replicas"] == 3
+    status, reason, message = _cond(out, "Progressing")
+    assert (status, reason) == ("False", "ScaleNotSupported")
+    assert "set spec.nodes back to 3" in message
+
+
+def test_consistency_change_reaches_the_configmap_before_any_node(
+    world: tuple[FakeKube, FakeNodes],
+) -> None:
+    kube, nodes = world
+    _run(kube, nodes, _body())
+    kube.calls.clear()
+    out = _run(kube, nodes, _body(consistency={"mode": "bounded", "maxStalenessMs": 200}))
+    switches = [c for c in kube.calls if c.startswith("switch")]
+    assert switches == ["switch node 1 bounded", "switch node 2 bounded", "switch node 3 bounded"]
+    assert kube.calls.index("apply ConfigMap kv-config") < kube.calls.index(switches[0])
+    data = kube.objects[("ConfigMap", "kv-config")]["data"]
+    assert (data["consistency"], data["maxStalenessMs"]) == ("bounded", "200")
+    assert out.status.consistency.nodes_applied == 3
+
+
+def test_a_node_that_cannot_switch_keeps_the_change_in_progress_and_named(
+    world: tuple[FakeKube, FakeNodes],
+) -> None:
+    kube, nodes = world
+    _run(kube, nodes, _body())
+    nodes.no_admin = {2}
+    out = _run(kube, nodes, _body(consistency={"mode": "lease"}))
+    status, reason, message = _cond(out, "Progressing")
+    assert (status, reason) == ("True", "ApplyingConsistency")
+    assert "2/3 nodes switched" in message and "node 2" in message and "404" in message
+    assert out.status.consistency.mode is None  # the nodes disagree
+
+
+def test_unreachable_node_degrades_the_store(world: tuple[FakeKube, FakeNodes]) -> None:
+    kube, nodes = world
+    _run(kube, nodes, _body())
+    nodes.down = {3}
+    kube.ready = 2
+    body = _body()
+    body["status"] = {"bootstrapped": True}
+    out = _run(kube, nodes, body)
+    assert _cond(out, "Degraded")[:2] == ("True", "ShardsLeaderless")
+    assert out.status.shards.leaderless == 1  # shard 2 was led by node 3
+    assert out.status.shards.under_replicated == 3
+    assert _cond(out, "Ready")[:2] == ("False", "NodesNotReady")
+
+
+def test_failed_apply_is_explained_in_the_status(world: tuple[FakeKube, FakeNodes]) -> None:
+    kube, nodes = world
+    kube.fail_kind = "StatefulSet"
+    out = _run(kube, nodes, _body())
+    assert out.failure and "403 Forbidden" in out.failure
+    status, reason, message = _cond(out, "Progressing")
+    assert (status, reason) == ("False", "ReconcileFailed")
+    assert "apply StatefulSet prod/kv" in message
+
+
+def test_unreadable_bootstrap_map_is_refused_not_rewritten(
+    world: tuple[FakeKube, FakeNodes],
+) -> None:
+    kube, nodes = world
+    first = _run(kube, nodes, _body())
+    kube.objects[("ConfigMap", "kv-config")]["data"][BOOTSTRAP_KEY] = "{not json"
+    kube.calls.clear()
+    body = _body()
+    body["status"] = first.status.model_dump(by_alias=True, mode="json")
+    out = _run(kube, nodes, body)
+    assert out.failure and "unreadable" in out.failure
+    assert kube.calls == []
+    status, reason, message = _cond(out, "Progressing")
+    assert (status, reason) == ("False", "ReconcileFailed") and "restore it" in message
+    assert _cond(out, "Ready")[0] == "True"  # what was last observed stays
+
+
+def test_refused_replication_change_does_not_loosen_the_disruption_budget(
+    world: tuple[FakeKube, FakeNodes],
+) -> None:
+    kube, nodes = world
+    _run(kube, nodes, _body(nodes=5, replicationFactor=3))
+    assert kube.objects[("PodDisruptionBudget", "kv")]["spec"]["maxUnavailable"] == 1
+    out = _run(kube, nodes, _body(nodes=5, replicationFactor=5))
+    assert kube.objects[("PodDisruptionBudget", "kv")]["spec"]["maxUnavailable"] == 1
+    assert _cond(out, "Progressing")[1] == "ReplicationChangeNotSupported"
+
+
+def test_unreadable_configmap_is_explained(world: tuple[FakeKube, FakeNodes]) -> None:
+    kube, nodes = world
+    kube.fail_kind = "read"
+    out = _run(kube, nodes, _body())
+    assert _cond(out, "Progressing") == (
+        "False",
+        "ReconcileFailed",
+        "read ConfigMap prod/kv-config: 403 Forbidden",
+    )
+    assert kube.calls == []
