@@ -7,7 +7,7 @@ SEEDS ?= 0:1000
 JOBS ?= 2
 SOAK_SEEDS ?= 0:100000
 
-.PHONY: dev test lint sim soak demo clean crds demo-local e2e chart-sync
+.PHONY: dev test lint check sim soak demo clean crds demo-local e2e chart-sync
 
 # The stamp is rebuilt when pyproject.toml changes, so every target below
 # does the dev install first on a fresh clone. The editable install only maps the
@@ -33,6 +33,11 @@ lint: $(STAMP)
 	$(BIN)/mypy node-image/shardset_raft node-image/shardset_sim node-image/shardset_node node-image/shardset \
 		operator/shardset_operator
 	$(BIN)/lint-imports
+
+# Everything CI runs (.ci/run): the suite, the linters, then the local cluster
+# brought up, every e2e test run against it, and the cluster torn down.
+check: test lint
+	hack/cluster/ci.sh </dev/null
 
 # The CRD in crds/ is generated from the operator's pydantic models;
 # tests/operator/test_crds.py fails when it is stale.
