@@ -30,6 +30,10 @@ class SafetyChecker:
     leaders: dict[int, NodeId] = field(default_factory=dict)  # term -> leader
     entries: dict[tuple[int, int], tuple[bytes, int, int]] = field(default_factory=dict)
     committed: dict[int, tuple[int, bytes]] = field(default_factory=dict)  # index -> (term, data)
+    # index -> the lowest term of any node seen committing it: never below the term it
+    # was really committed in, since every node learns commitment from a leader of that
+    # term or a later one. Only leaders of later terms must hold the entry.
+    committed_in: dict[int, int] = field(default_factory=dict)
     max_commit: int = 0
     checks: int = 0
 
@@ -38,20 +42,28 @@ class SafetyChecker:
         other = self.leaders.setdefault(term, node)
         if other != node:
             raise Violation("election-safety", f"nodes {other} and {node} both lead term {term}")
+        # Leader completeness (Raft paper 5.4): an entry committed in term T is in the
+        # log of every leader of a term after T. A leader of an older term, elected late
+        # by vote responses that were delayed, may lack it; it can commit nothing there.
         log = raft.log
-        if log.last_index() < self.max_commit and log.meta.index < self.max_commit:
-            raise Violation(
-                "leader-completeness",
-                f"leader {node} of term {term} ends at {log.last_index()} "
-                f"but {self.max_commit} is committed",
-            )
-        for index in range(log.first_index(), self.max_commit + 1):
-            want = self.committed.get(index)
-            if want is not None and log.term(index) != want[0]:
+        for index in range(self.max_commit, 0, -1):
+            in_term = self.committed_in.get(index)
+            if in_term is None or in_term >= term:
+                continue
+            if index <= log.meta.index:
+                break  # compacted: covered by the snapshot
+            if log.last_index() < index:
                 raise Violation(
                     "leader-completeness",
-                    f"leader {node} of term {term} has term {log.term(index)} at committed "
-                    f"index {index} (committed in term {want[0]})",
+                    f"leader {node} of term {term} ends at {log.last_index()} "
+                    f"but {index} was committed in term {in_term}",
+                )
+            want = self.committed[index]
+            if log.term(index) != want[0]:
+                raise Violation(
+                    "leader-completeness",
+                    f"leader {node} of term {term} has term {log.term(index)} at index "
+                    f"{index}, committed in term {in_term} with term {want[0]}",
                 )
 
     def on_persist(self, node: NodeId, raft: Raft, entries: tuple[Entry, ...]) -> None:
@@ -79,6 +91,7 @@ class SafetyChecker:
             term = log.term(index)
             data = log.slice(index, index + 1)[0].data
             self._agree("commit", node, index, term, data)
+            self.committed_in[index] = min(self.committed_in.get(index, raft.term), raft.term)
         self.max_commit = max(self.max_commit, new)
 
     def on_apply(self, node: NodeId, entry: Entry) -> None:
