@@ -3,7 +3,8 @@
 Environment: WATCH_NAMESPACE (comma-separated; unset: all namespaces),
 SHARDSET_PEERING (Kopf peering object, default shardset-operator), SHARDSET_NODE_IMAGE,
 SHARDSET_RECONCILE_INTERVAL (seconds, default 10), SHARDSET_METRICS_PORT (default 9090),
-SHARDSET_LOG_FORMAT (json or console). Liveness: http://0.0.0.0:8080/healthz.
+SHARDSET_LOG_FORMAT (json or console), SHARDSET_PEERING_PRIORITY (default: random per
+process, so that of several replicas exactly one works). Liveness: http://0.0.0.0:8080/healthz.
 """
 
 from __future__ import annotations
@@ -29,7 +30,10 @@ def main() -> int:
     registry = kopf.OperatorRegistry()
     register(registry, settings)
     structlog.get_logger("shardset_operator").info(
-        "starting", peering=settings.peering, clusterwide=settings.clusterwide
+        "starting",
+        peering=settings.peering,
+        priority=settings.peering_priority,
+        clusterwide=settings.clusterwide,
     )
     kopf.run(
         registry=registry,

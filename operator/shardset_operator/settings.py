@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import random
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from shardset_operator.models import DEFAULT_NODE_IMAGE
 
@@ -25,6 +26,10 @@ class OperatorSettings:
     interval_s: float = 10.0
     metrics_port: int = 9090
     log_format: str = "json"
+    # Kopf pauses every replica of equal priority, so each process draws its own
+    # unless SHARDSET_PEERING_PRIORITY pins it: the highest replica works, the rest
+    # stand by until its peering record expires.
+    peering_priority: int = field(default_factory=lambda: random.SystemRandom().randint(1, 2**30))
 
     @property
     def clusterwide(self) -> bool:
@@ -49,7 +54,14 @@ class OperatorSettings:
             interval_s=_number(env, "SHARDSET_RECONCILE_INTERVAL", 10.0, 1.0, 3600.0),
             metrics_port=int(_number(env, "SHARDSET_METRICS_PORT", 9090, 1, 65535)),
             log_format=_choice(env, "SHARDSET_LOG_FORMAT", "json", ("json", "console")),
+            **_priority(env),
         )
+
+
+def _priority(env: Mapping[str, str]) -> dict[str, int]:
+    if not env.get("SHARDSET_PEERING_PRIORITY"):
+        return {}
+    return {"peering_priority": int(_number(env, "SHARDSET_PEERING_PRIORITY", 0, 0, 2**31 - 1))}
 
 
 def _number(env: Mapping[str, str], key: str, default: float, lo: float, hi: float) -> float:

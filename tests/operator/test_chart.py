@@ -231,7 +231,7 @@ def test_peering_object_matches_the_operators_peering_name(helm: str) -> None:
     ("setting", "named"),
     [
         ("replicaCount=-1", "/replicaCount"),
-        ("replicaCount=2", "/replicaCount"),
+        ("replicaCount=4", "/replicaCount"),
         ("image.pullPolicy=Sometimes", "/image/pullPolicy"),
         ("imagePullPolicy=Always", "'imagePullPolicy' not allowed"),
         ("watchNamespaces={Team_A}", "/watchNamespaces/0"),

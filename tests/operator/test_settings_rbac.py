@@ -35,6 +35,13 @@ def test_environment_overrides() -> None:
     assert (s.peering, s.node_image, s.interval_s) == ("p", "reg/node:1", 3.0)
 
 
+def test_each_replica_draws_its_own_peering_priority_unless_pinned() -> None:
+    # Kopf pauses all replicas of equal priority; distinct ones leave exactly one active.
+    drawn = {OperatorSettings.from_env({}).peering_priority for _ in range(20)}
+    assert len(drawn) > 1 and all(p > 0 for p in drawn)
+    assert OperatorSettings.from_env({"SHARDSET_PEERING_PRIORITY": "7"}).peering_priority == 7
+
+
 @pytest.mark.parametrize(
     ("env", "needle"),
     [
@@ -42,6 +49,7 @@ def test_environment_overrides() -> None:
         ({"SHARDSET_RECONCILE_INTERVAL": "soon"}, "not a number"),
         ({"SHARDSET_METRICS_PORT": "70000"}, "SHARDSET_METRICS_PORT"),
         ({"SHARDSET_LOG_FORMAT": "xml"}, "SHARDSET_LOG_FORMAT"),
+        ({"SHARDSET_PEERING_PRIORITY": "high"}, "SHARDSET_PEERING_PRIORITY"),
     ],
 )
 def test_bad_environment_is_named(env: dict[str, str], needle: str) -> None:
