@@ -57,10 +57,15 @@ class Kube:
         self.apps = client.AppsV1Api()
         self.policy = client.PolicyV1Api()
 
-    async def _call(self, what: str, fn: Callable[..., Any], *args: Any, **kw: Any) -> Any:
+    async def _call(
+        self, what: str, fn: Callable[..., Any], *args: Any, missing_ok: bool = False, **kw: Any
+    ) -> Any:
+        """`fn` off the event loop; with `missing_ok`, None when the object is not there."""
         try:
             return await asyncio.to_thread(fn, *args, **kw)
         except ApiException as e:
+            if missing_ok and e.status == 404:
+                return None
             raise KubeError(f"{what}: {e.status} {e.reason}: {_api_message(e)}") from e
 
     async def apply(self, obj: dict[str, Any]) -> None:
@@ -84,21 +89,25 @@ class Kube:
 
     async def configmap_data(self, namespace: str, name: str) -> dict[str, str] | None:
         """The ConfigMap's data; None when there is no such ConfigMap."""
-        try:
-            cm = await asyncio.to_thread(self.core.read_namespaced_config_map, name, namespace)
-        except ApiException as e:
-            if e.status == 404:
-                return None
-            raise KubeError(f"read ConfigMap {namespace}/{name}: {e.status} {e.reason}") from e
-        return dict(cm.data or {})
+        cm = await self._call(
+            f"read ConfigMap {namespace}/{name}",
+            self.core.read_namespaced_config_map,
+            name,
+            namespace,
+            missing_ok=True,
+        )
+        return None if cm is None else dict(cm.data or {})
 
     async def statefulset(self, namespace: str, name: str) -> StatefulSetState | None:
-        try:
-            sts = await asyncio.to_thread(self.apps.read_namespaced_stateful_set, name, namespace)
-        except ApiException as e:
-            if e.status == 404:
-                return None
-            raise KubeError(f"read StatefulSet {namespace}/{name}: {e.status} {e.reason}") from e
+        sts = await self._call(
+            f"read StatefulSet {namespace}/{name}",
+            self.apps.read_namespaced_stateful_set,
+            name,
+            namespace,
+            missing_ok=True,
+        )
+        if sts is None:
+            return None
         st = sts.status
         return StatefulSetState(
             replicas=sts.spec.replicas or 0,
@@ -130,13 +139,13 @@ class Kube:
         )
         names = [c.metadata.name for c in claims.items]
         for name in names:
-            try:
-                await asyncio.to_thread(
-                    self.core.delete_namespaced_persistent_volume_claim, name, namespace
-                )
-            except ApiException as e:
-                if e.status != 404:
-                    raise KubeError(f"delete PVC {namespace}/{name}: {e.status} {e.reason}") from e
+            await self._call(
+                f"delete PVC {namespace}/{name}",
+                self.core.delete_namespaced_persistent_volume_claim,
+                name,
+                namespace,
+                missing_ok=True,
+            )
         return names
 
 
