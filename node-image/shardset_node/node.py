@@ -89,6 +89,7 @@ class Node:
         self.meta = MetaMachine(cfg.bootstrap)
         self.transport: Transport | None = None
         self.reads = ReadPath(self, cfg.read_policy)
+        self._http: aiohttp.ClientSession | None = None  # to peers' APIs, opened on first use
         self.metrics = NodeMetrics(self)
         # Shards whose replica was dropped here: never recreated from the bootstrap map.
         self.tombstones = self._load_tombstones()
@@ -116,6 +117,8 @@ class Node:
 
     async def stop(self) -> None:
         await self.reads.close()
+        if self._http is not None:
+            await self._http.close()
         await self.host.stop()
         if self.transport is not None:
             await self.transport.stop()
@@ -453,18 +456,16 @@ class Node:
             raise ApiError(
                 503, "no_meta_leader", "the metadata group has no leader; retry", retry_after=1
             )
-        url = f"{self.meta.map.nodes[leader].api}/v1/admin/record-replicas"
-        async with (
-            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=REQUEST_TIMEOUT)) as http,
-            http.post(url, json={"shard": shard, "voters": list(voters)}) as resp,
-        ):
-            if resp.status != 200:
-                raise ApiError(
-                    503,
-                    "meta_update_failed",
-                    f"shard map update at node {leader} answered {resp.status}; retry",
-                    retry_after=1,
-                )
+        body = {"shard": shard, "voters": list(voters)}
+        try:
+            await self._call(leader, "record-replicas", body, timeout=REQUEST_TIMEOUT)
+        except ApiError as e:
+            raise ApiError(
+                503,
+                "meta_update_failed",
+                f"shard map update at node {leader} answered {e.status}; retry",
+                retry_after=1,
+            ) from e
 
     async def _admin_record(self, body: dict[str, Any]) -> dict[str, Any]:
         """On the metadata leader: set a shard's replicas in the map (CAS on epoch)."""
@@ -569,13 +570,17 @@ class Node:
                 return {"epoch": new.epoch, "changed": True}
         raise ApiError(503, "meta_conflict", "the shard map kept changing; retry", retry_after=1)
 
-    async def _call(self, node: int, action: str, body: dict[str, Any]) -> dict[str, Any]:
+    async def _call(
+        self, node: int, action: str, body: dict[str, Any], timeout: float = REQUEST_TIMEOUT * 2
+    ) -> dict[str, Any]:
         """An admin call to another node (or to this one, directly)."""
         if node == self.id:
             return await self.admin(action, body)
+        if self._http is None:
+            self._http = aiohttp.ClientSession()  # one pool of connections for every call
         url = f"{self.meta.map.nodes[node].api}/v1/admin/{action}"
-        timeout = aiohttp.ClientTimeout(total=REQUEST_TIMEOUT * 2)
-        async with aiohttp.ClientSession(timeout=timeout) as http, http.post(url, json=body) as r:
+        limit = aiohttp.ClientTimeout(total=timeout)
+        async with self._http.post(url, json=body, timeout=limit) as r:
             answer = await r.json(content_type=None)
             if r.status != 200:
                 raise ApiError(

@@ -54,14 +54,10 @@ class ReadPath:
         self._reached: dict[int, FreshnessProof] = {}  # applied here already
         self._pending: dict[int, FreshnessProof] = {}  # not applied here yet
         self._asking: dict[int, asyncio.Task[FreshnessProof | None]] = {}
-        self._http: aiohttp.ClientSession | None = None
 
     async def close(self) -> None:
         for task in self._asking.values():
             task.cancel()
-        if self._http is not None:
-            await self._http.close()
-            self._http = None
 
     # --- operations -----------------------------------------------------------------
     async def get(
@@ -203,17 +199,13 @@ class ReadPath:
         nodes = self.node.meta.map.nodes
         if leader in (0, self.node.id) or leader not in nodes:
             return None
-        if self._http is None:
-            timeout = aiohttp.ClientTimeout(total=PROOF_TIMEOUT)
-            self._http = aiohttp.ClientSession(timeout=timeout)
         asked_at = time.monotonic()  # before the request leaves: the proof's origin
-        url = f"{nodes[leader].api}/v1/admin/read-index"
         try:
-            async with self._http.post(url, json={"shard": g.id}) as resp:
-                if resp.status != 200:
-                    return None
-                index = int((await resp.json())["index"])
-        except (aiohttp.ClientError, TimeoutError, ValueError, KeyError):
+            answer = await self.node._call(
+                leader, "read-index", {"shard": g.id}, timeout=PROOF_TIMEOUT
+            )
+            index = int(answer["index"])
+        except (ApiError, aiohttp.ClientError, TimeoutError, ValueError, KeyError):
             return None
         proof = FreshnessProof(asked_at, index)
         if g.raft.applied >= index:
