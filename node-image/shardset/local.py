@@ -230,6 +230,24 @@ class LocalCluster:
         """Let traffic flow on every link again."""
         self._proxies().unblock()
 
+    def add_node(self) -> LocalNode:
+        """Start a new node, not in the bootstrap map: it begins empty and hosts nothing
+        until it is added to the store (POST /v1/admin/add-node) and given replicas."""
+        if self.proxy_ports:
+            raise LocalClusterError("nodes cannot be added to a cluster with fault proxies")
+        peer, api = _free_ports(2)
+        node = LocalNode(max(self.node_ids) + 1, peer, api)
+        self.nodes.append(node)
+        self.save()
+        self.start_node(node.id)
+        return node
+
+    def forget_node(self, node_id: int) -> None:
+        """Stop a node that left the store and drop it from this cluster's list."""
+        self.stop_node(node_id)
+        self.nodes = [n for n in self.nodes if n.id != node_id]
+        self.save()
+
     # --- processes --------------------------------------------------------------
     def start_node(self, node_id: int) -> None:
         n = self.node(node_id)
@@ -249,6 +267,7 @@ class LocalCluster:
             f"127.0.0.1:{n.api_port}",
             "--bootstrap",
             str(self.data_dir / "bootstrap.json"),
+            "--allow-join",  # nodes added after the bootstrap map was written
         ]
         if self.no_fsync:
             cmd.append("--no-fsync")

@@ -12,7 +12,7 @@ import base64
 import json
 import os
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -154,6 +154,13 @@ class MetaMachine:
 
     def __init__(self, initial: ShardMap) -> None:
         self.map = initial
+        # Called with the new map after every change (the node updates its peers).
+        self.on_change: Callable[[ShardMap], None] | None = None
+
+    def _set(self, new: ShardMap) -> None:
+        self.map = new
+        if self.on_change is not None:
+            self.on_change(new)
 
     def apply(self, entries: Sequence[Entry]) -> list[object]:
         results: list[object] = []
@@ -164,7 +171,7 @@ class MetaMachine:
             change = json.loads(e.data)
             new = ShardMap.decode(json.dumps(change["map"]).encode())
             if change["expect_epoch"] == self.map.epoch and new.epoch == self.map.epoch + 1:
-                self.map = new
+                self._set(new)
                 results.append({"ok": True, "epoch": new.epoch})
             else:
                 results.append({"ok": False, "epoch": self.map.epoch})
@@ -175,7 +182,7 @@ class MetaMachine:
 
     def restore(self, snapshot: Snapshot) -> None:
         if snapshot.data:
-            self.map = ShardMap.decode(snapshot.data)
+            self._set(ShardMap.decode(snapshot.data))
 
     @staticmethod
     def change(current: ShardMap, new: ShardMap) -> bytes:

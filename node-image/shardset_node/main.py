@@ -118,6 +118,13 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--peer", type=_hostport, required=True, help="HOST:PORT for Raft traffic")
     p.add_argument("--api", type=_hostport, required=True, help="HOST:PORT for the client API")
     p.add_argument("--bootstrap", type=Path, required=True, help="the store's first shard map")
+    p.add_argument(
+        "--allow-join",
+        action="store_true",
+        help="a node whose id is not in the bootstrap map starts empty and waits to be "
+        "added to the running store (POST /v1/admin/add-node); without it such an id is "
+        "refused as a likely mistake",
+    )
     p.add_argument("--tick-ms", type=int, default=50)
     p.add_argument("--no-fsync", action="store_true", help="tests only: skip fdatasync")
     p.add_argument("--compact-every", type=int, default=10_000, help="entries between snapshots")
@@ -159,8 +166,11 @@ async def serve(ns: argparse.Namespace) -> None:
     me = node_id(ns)
     policy = read_policy(ns)
     bootstrap = ShardMap.decode(ns.bootstrap.read_bytes())
-    if me not in bootstrap.nodes:
-        raise SystemExit(f"node {me} is not in the bootstrap map ({sorted(bootstrap.nodes)})")
+    if me not in bootstrap.nodes and not ns.allow_join:
+        raise SystemExit(
+            f"node {me} is not in the bootstrap map ({sorted(bootstrap.nodes)}); "
+            "pass --allow-join to add it to the running store"
+        )
     cfg = NodeConfig(
         node_id=me,
         data_dir=ns.data_dir,

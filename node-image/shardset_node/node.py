@@ -30,7 +30,7 @@ from shardset_node.machines import MetaMachine, ShardMachine, system_command
 from shardset_node.metrics import NodeMetrics
 from shardset_node.raftstore import NodeStorage
 from shardset_node.reads import ReadPath
-from shardset_node.shardmap import ShardMap, split_range
+from shardset_node.shardmap import NodeAddress, ShardMap, split_range
 from shardset_node.slots import slot_of
 from shardset_node.transport import Transport
 from shardset_raft import (
@@ -106,14 +106,32 @@ class Node:
         for shard in sorted(shards - {META_GROUP} - self.tombstones):
             voters = frozenset(boot.replicas.get(shard, ()))
             self._add_group(shard, self._shard_machine(shard), ConfState(voters))
-        peers = {n: _hostport(a.peer) for n, a in self.meta.map.nodes.items() if n != self.id}
-        peers.update({n: _hostport(addr) for n, addr in self.cfg.peer_overrides})
         self.transport = Transport(
-            self.id, self.cfg.peer_host, self.cfg.peer_port, peers, self.host.deliver
+            self.id,
+            self.cfg.peer_host,
+            self.cfg.peer_port,
+            self._peer_addresses(self.meta.map),
+            self.host.deliver,
         )
+        # Nodes join and leave through the shard map: follow it.
+        self.meta.on_change = self._map_changed
         await self.transport.start()
         await self.host.start()
-        log.info("node started", node=self.id, groups=sorted(self.host.groups))
+        log.info(
+            "node started",
+            node=self.id,
+            groups=sorted(self.host.groups),
+            member=self.id in self.meta.map.nodes,
+        )
+
+    def _peer_addresses(self, m: ShardMap) -> dict[int, tuple[str, int]]:
+        peers = {n: _hostport(a.peer) for n, a in m.nodes.items() if n != self.id}
+        peers.update({n: _hostport(addr) for n, addr in self.cfg.peer_overrides})
+        return peers
+
+    def _map_changed(self, m: ShardMap) -> None:
+        if self.transport is not None:
+            self.transport.update_peers(self._peer_addresses(m))
 
     async def stop(self) -> None:
         await self.reads.close()
@@ -315,6 +333,8 @@ class Node:
         }
 
     def readiness_problems(self) -> list[str]:
+        if self.id not in self.meta.map.nodes:
+            return [f"node {self.id} is not yet a member of the store (add-node adds it)"]
         return [
             f"group {gid} has no known leader"
             for gid, g in sorted(self.host.groups.items())
@@ -335,6 +355,8 @@ class Node:
             "system": self._admin_system,
             "map-split": self._admin_map_split,
             "consistency": self._admin_consistency,
+            "add-node": self._admin_add_node,
+            "remove-node": self._admin_remove_node,
             "read-index": self._admin_read_index,
         }.get(action)
         if handler is None:
@@ -482,6 +504,68 @@ class Node:
             return m.with_changes(replicas={**m.replicas, shard: voters})
 
         return {"shard": shard, **await self._change_map(meta, change)}
+
+    async def _admin_add_node(self, body: dict[str, Any]) -> dict[str, Any]:
+        """On the metadata leader: make a new node a member of the store.
+
+        Its addresses go into the shard map (every node then connects to it) and it
+        becomes a learner of the metadata group, so it learns the map. It hosts no
+        replica until replicas are moved to it."""
+        node = _int_field(body, "node")
+        addr = NodeAddress(_str_field(body, "peer"), _str_field(body, "api"))
+        meta = self._leader_group(META_GROUP, "add-node")
+
+        def change(m: ShardMap) -> ShardMap | None:
+            known = m.nodes.get(node)
+            if known == addr:
+                return None
+            if known is not None:
+                raise ApiError(
+                    409, "node_exists", f"node {node} is already a member, at {known.peer}"
+                )
+            return m.with_changes(nodes={**m.nodes, node: addr})
+
+        result = await self._change_map(meta, change)
+        if node not in meta.raft.conf.members():
+            await self._meta_conf(meta, ConfChange(ConfChangeType.ADD_LEARNER, node))
+        return {"node": node, **result, **self._meta_members(meta)}
+
+    async def _admin_remove_node(self, body: dict[str, Any]) -> dict[str, Any]:
+        """On the metadata leader: remove a node that holds no replica any more."""
+        node = _int_field(body, "node")
+        meta = self._leader_group(META_GROUP, "remove-node")
+        held = self.meta.map.shards_on(node)
+        if held:
+            raise ApiError(
+                409,
+                "still_holds_replicas",
+                f"node {node} still holds replicas of shards {held}: move them first",
+            )
+        if node == self.id:
+            raise ApiError(
+                409, "is_leader", f"node {node} leads the metadata group: transfer it first"
+            )
+        if node in meta.raft.conf.members():
+            await self._meta_conf(meta, ConfChange(ConfChangeType.REMOVE, node))
+
+        def change(m: ShardMap) -> ShardMap | None:
+            if node not in m.nodes:
+                return None
+            return m.with_changes(nodes={n: a for n, a in m.nodes.items() if n != node})
+
+        result = await self._change_map(meta, change)
+        return {"node": node, **result, **self._meta_members(meta)}
+
+    async def _meta_conf(self, meta: ReplicaGroup, change: ConfChange) -> None:
+        try:
+            await self._await(meta, meta.conf_change(change), "")
+        except ConfChangeRejected as e:
+            raise ApiError(409, "conf_change_rejected", str(e), shard=META_GROUP) from None
+
+    @staticmethod
+    def _meta_members(meta: ReplicaGroup) -> dict[str, Any]:
+        conf = meta.raft.conf
+        return {"meta_voters": sorted(conf.voters), "meta_learners": sorted(conf.learners)}
 
     async def _admin_split(self, body: dict[str, Any]) -> dict[str, Any]:
         """Move slots [start, end) of `shard` to a new shard `new_shard`, online.
@@ -636,6 +720,13 @@ def _id_list(body: dict[str, Any], name: str) -> list[int]:
     ):
         raise ApiError(400, "bad_field", f"{name!r} must be a non-empty list of node ids")
     return sorted(set(raw))
+
+
+def _str_field(body: dict[str, Any], name: str) -> str:
+    value = body.get(name)
+    if not isinstance(value, str) or not value:
+        raise ApiError(400, "bad_field", f"{name!r} must be a non-empty string", field=name)
+    return value
 
 
 def _int_field(body: dict[str, Any], name: str) -> int:

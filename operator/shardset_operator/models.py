@@ -89,13 +89,16 @@ class StorageSpec(_Model):
 
 
 class FailoverSpec(_Model):
-    """When a node counts as gone for good (replacement is done by a later release)."""
+    """When a node counts as gone for good and its replicas are rebuilt elsewhere."""
 
     node_gone_after_seconds: int = Field(
         default=300,
         ge=30,
         le=86_400,
-        description="Seconds a node may be unreachable before it is considered gone.",
+        description=(
+            "Seconds a node may be unreachable before it is considered gone: its replicas "
+            "are then rebuilt on the other nodes (when there are enough of them)."
+        ),
     )
 
 
@@ -115,7 +118,13 @@ class ShardSetSpec(_Model):
     """The desired store: its size, replication, read consistency and pod settings."""
 
     nodes: int = Field(
-        default=3, ge=1, le=100, description="Number of node pods (StatefulSet replicas)."
+        default=3,
+        ge=1,
+        le=100,
+        description=(
+            "Number of nodes. Scaling up adds nodes and moves replicas onto them; scaling "
+            "down first moves every replica off the highest nodes, then removes them."
+        ),
     )
     shards: int = Field(
         default=4,
@@ -219,6 +228,37 @@ class ConsistencyStatus(_Model):
     )
 
 
+class MoveRecord(_Model):
+    """A replica move: a replica of `shard` is added on `target`, then `source`'s removed."""
+
+    shard: int = Field(ge=1, description="The shard whose replica moves.")
+    source: int | None = Field(
+        default=None, ge=1, description="Node losing the replica; absent when one is only added."
+    )
+    target: int = Field(ge=1, description="Node gaining the replica.")
+
+
+class Journal(_Model):
+    """The one operation in progress, kept in status: a restarted operator resumes it."""
+
+    operation: str = Field(description="What is being done and why, in words.")
+    started_at: datetime = Field(description="When the operation started.")
+    updated_at: datetime = Field(description="When a step last ran or was checked.")
+    move: MoveRecord | None = Field(default=None, description="The replica move in progress.")
+    step: str = Field(default="", description="The last step taken or awaited, in words.")
+    moves_done: int = Field(default=0, ge=0, description="Replica moves this operation finished.")
+    moves_left: int = Field(
+        default=0, ge=0, description="Replica moves still planned (as of the last plan)."
+    )
+
+
+class Unreachable(_Model):
+    """A member node that stopped answering the operator, and since when."""
+
+    node: int = Field(ge=1, description="Node id (StatefulSet ordinal + 1).")
+    since: datetime = Field(description="First reconcile it did not answer in.")
+
+
 class ShardSetStatus(_Model):
     """What the operator last observed."""
 
@@ -238,6 +278,21 @@ class ShardSetStatus(_Model):
     )
     bootstrapped: bool = Field(
         default=False, description="The first shard map was written; it never changes after."
+    )
+    members: list[int] = Field(
+        default_factory=list, description="Node ids in the store's shard map."
+    )
+    map_epoch: int | None = Field(
+        default=None, description="Epoch of the newest shard map seen (older ones are ignored)."
+    )
+    journal: Journal | None = Field(default=None, description=Journal.__doc__)
+    last_operation: str | None = Field(
+        default=None, description="The last operation finished, its moves and duration."
+    )
+    unreachable: list[Unreachable] = Field(
+        default_factory=list,
+        description="Members not answering; after failover.nodeGoneAfterSeconds their "
+        "replicas are rebuilt on other nodes.",
     )
 
 

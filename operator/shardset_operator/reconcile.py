@@ -7,12 +7,13 @@ the cluster and the nodes. Nothing is kept in memory between runs.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
 import kopf
 
+from shardset_node.shardmap import ShardMap
 from shardset_operator import bootstrap
 from shardset_operator.builders.configmap import configmap
 from shardset_operator.builders.pdb import pdb
@@ -21,10 +22,12 @@ from shardset_operator.builders.statefulset import statefulset
 from shardset_operator.consistency import ReadSetting, consistency_status, nodes_to_switch
 from shardset_operator.health import shard_health
 from shardset_operator.kube import Kube, KubeError
-from shardset_operator.models import ShardSet, ShardSetStatus
+from shardset_operator.members import gone_nodes, plan_members
+from shardset_operator.models import Journal, ShardSet, ShardSetStatus, Unreachable
 from shardset_operator.naming import Names
 from shardset_operator.nodeclient import NodeCallError, NodeClient
-from shardset_operator.observe import observe, rollout
+from shardset_operator.observe import NodeViews, observe, rollout
+from shardset_operator.operation import planner, run_round
 from shardset_operator.shape import Shape, plan_shape
 from shardset_operator.status import Observation, compute_status, with_failure
 
@@ -68,6 +71,7 @@ async def converge(body: dict[str, Any], ctx: Context) -> Outcome:
     notes: list[tuple[str, str]] = []
     failure: str | None = None
     reads = ReadSetting.of_spec(sset.spec.consistency)
+    now = datetime.now(UTC)
 
     # Plan: the bootstrap map is kept once written; the shape follows it.
     try:
@@ -97,10 +101,34 @@ async def converge(body: dict[str, Any], ctx: Context) -> Outcome:
         existing.get(k) != v for k, v in reads.configmap_data().items()
     )
 
+    # Observe before applying: the StatefulSet's size follows the store's membership.
+    known = sset.status.members or (sorted(recorded.nodes) if recorded else [])
+    try:
+        seen = await observe(
+            ctx.kube, ctx.nodes, names, max(sset.spec.nodes, max(known, default=0))
+        )
+    except KubeError as e:
+        return _failed(sset, str(e), notes)
+    live = _trusted_map(seen.nodes, sset.status.map_epoch)
+    unreachable = track_unreachable(sset.status.unreachable, live, seen.nodes.answering, now)
+    members = sorted(live.nodes) if live is not None else known
+    gone = gone_nodes(
+        {u.node: u.since.timestamp() for u in unreachable},
+        now.timestamp(),
+        sset.spec.failover.node_gone_after_seconds,
+    )
+    replicas = live.replicas if live is not None else {}
+    members_plan = plan_members(sset.spec.nodes, members, seen.nodes.answering, gone, replicas)
+    size = shape.replicas
+    if recorded is not None:
+        # Never shrink on a guess: without a trusted map, keep every pod there is.
+        running = seen.statefulset.replicas if seen.statefulset is not None else 0
+        size = members_plan.statefulset_replicas if live is not None else max(size, running)
+
     # Apply: whole objects, so a rerun after an interruption converges the same way.
     image = sset.spec.image or ctx.node_image
     config_applied = False
-    for obj in desired_objects(sset, names, doc, image, shape):
+    for obj in desired_objects(sset, names, doc, image, replace(shape, replicas=size)):
         kopf.adopt(obj, owner=body)  # type: ignore[arg-type]
         try:
             await ctx.kube.apply(obj)
@@ -110,17 +138,19 @@ async def converge(body: dict[str, Any], ctx: Context) -> Outcome:
         config_applied = config_applied or obj["kind"] == "ConfigMap"
     if consistency_changed and failure is None:
         notes.append(("ConsistencyChanging", f"reads switching to {reads.mode}"))
+    statefulset = seen.statefulset
+    if failure is None:
+        try:  # as applied: the rollout it starts, if any, belongs to this status
+            statefulset = await ctx.kube.statefulset(names.namespace, names.statefulset)
+        except KubeError as e:
+            failure = str(e)
 
-    # Observe, then switch nodes' read consistency live (only after the ConfigMap holds
-    # the new mode, so a node restarting meanwhile comes up in it too).
-    try:
-        seen = await observe(ctx.kube, ctx.nodes, names, shape.replicas)
-    except KubeError as e:
-        return _failed(sset, failure or str(e), notes)
+    # Switch nodes' read consistency live (only after the ConfigMap holds the new mode,
+    # so a node restarting meanwhile comes up in it too).
     reports = {
         i: (ReadSetting.of_report(r) if r is not None else None) for i, r in seen.reports.items()
     }
-    reachable = {i for i, r in seen.reports.items() if r is not None}
+    reachable = seen.nodes.answering
     errors: list[str] = [f"node {i}: {why}" for i, why in sorted(seen.errors.items())]
     switch_errors: list[str] = []
     if failure is None:
@@ -133,24 +163,80 @@ async def converge(body: dict[str, Any], ctx: Context) -> Outcome:
             reports[node] = reads
             notes.append(("ConsistencyApplied", f"node {node} now reads {reads.mode}"))
 
-    shard_map = recorded or bootstrap.first_map(names, sset.spec)
+    # The one operation in progress (scaling, rebalancing, failover), a round of it.
+    journal, waiting, last_operation = sset.status.journal, None, sset.status.last_operation
+    if failure is None and sset.status.bootstrapped and not shape.refusals and live is not None:
+        ids = list(range(1, max(size, max(members, default=0)) + 1))
+        plan_of = planner(sset.spec.nodes, gone, live.epoch)
+        done = await run_round(ctx.nodes, names, sset.spec, plan_of, ids, journal, _now)
+        journal, waiting = done.journal, done.waiting
+        last_operation = done.finished or last_operation
+        notes.extend(done.notes)
+
+    shard_map = live or recorded or bootstrap.first_map(names, sset.spec)
     obs = Observation(
         generation=sset.generation,
-        nodes=shape.replicas,
+        nodes=sset.spec.nodes,
         ready_nodes=seen.ready_nodes,
         answered=len(reachable),
         shards=shard_health(seen.reports, shard_map.replicas, shape.replication),
-        consistency=consistency_status(reads, reports, list(range(1, shape.replicas + 1))),
+        consistency=consistency_status(reads, reports, list(range(1, size + 1))),
         consistency_target=reads.mode,
         bootstrap_written=config_applied or written is not None,
-        rollout=rollout(seen.statefulset),
+        rollout=rollout(statefulset),
         refusals=shape.refusals,
         consistency_errors=tuple(switch_errors or errors),
         failure=failure,
         unreachable=tuple(sorted(seen.errors)),
+        operation=_operation_text(journal, waiting),
     )
-    status = compute_status(sset.status, obs, datetime.now(UTC))
+    status = compute_status(sset.status, obs, now)
+    status = status.model_copy(
+        update={
+            "members": members,
+            "map_epoch": live.epoch if live is not None else sset.status.map_epoch,
+            "journal": journal,
+            "last_operation": last_operation,
+            "unreachable": unreachable,
+        }
+    )
     return Outcome(status=status, notes=notes, failure=failure)
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _trusted_map(views: NodeViews, known_epoch: int | None) -> ShardMap | None:
+    """The newest shard map the nodes gave, unless it is older than one already seen
+    (a node cut off from the metadata group): sizes are never planned from it."""
+    live = views.live_map
+    if live is None or (known_epoch is not None and live.epoch < known_epoch):
+        return None
+    return live
+
+
+def track_unreachable(
+    previous: list[Unreachable], live: ShardMap | None, answering: set[int], now: datetime
+) -> list[Unreachable]:
+    """Members not answering and since when (the first reconcile that missed them)."""
+    if live is None:
+        return previous
+    since = {u.node: u.since for u in previous}
+    return [
+        Unreachable(node=n, since=since.get(n, now))
+        for n in sorted(live.nodes)
+        if n not in answering
+    ]
+
+
+def _operation_text(journal: Journal | None, waiting: str | None) -> str | None:
+    if journal is None:
+        return None
+    text = f"{journal.operation}: {journal.moves_done} moves done"
+    if journal.moves_left:
+        text += f", {journal.moves_left} left"
+    return f"{text}; {waiting or journal.step}"
 
 
 def _failed(sset: ShardSet, message: str, notes: list[tuple[str, str]] | None = None) -> Outcome:

@@ -1,10 +1,9 @@
-"""The store's shape (nodes, shards, replication) and which changes to it are refused.
+"""The store's shape (shards, replication) and which changes to it are refused.
 
-This operator version creates a store but does not yet move replicas: adding nodes
-would start pods the store's shard map does not know (they would refuse to start),
-and removing nodes would drop replicas without a membership change. Such changes are
-refused in the Progressing condition and the StatefulSet keeps the recorded size, so
-the change is visible and nothing half-happens. Scaling slots in here later.
+Node count changes are carried out (members.py, operation.py). The replication factor
+and the shard count of a running store cannot change yet: such a change is refused in
+the Progressing condition and nothing is touched, so it is visible and nothing
+half-happens.
 """
 
 from __future__ import annotations
@@ -29,21 +28,14 @@ class Shape:
 
 
 def plan_shape(spec: ShardSetSpec, recorded: ShardMap | None) -> Shape:
-    """`recorded` is the bootstrap map in the ConfigMap, None for a new store."""
+    """`recorded` is the bootstrap map in the ConfigMap, None for a new store.
+
+    `replicas` here is the size for a new store; a running store's StatefulSet size
+    comes from its membership (members.plan_members)."""
     if recorded is None:
         return Shape(replicas=spec.nodes, replication=spec.replication_factor)
-    nodes = len(recorded.nodes)
     replication = max((len(h) for h in recorded.replicas.values()), default=0)
     refusals = []
-    if spec.nodes != nodes:
-        refusals.append(
-            Refusal(
-                "ScaleNotSupported",
-                f"spec.nodes is {spec.nodes} but the store was created with {nodes} nodes; "
-                "this operator version cannot add or remove nodes of a running store, so it "
-                f"keeps {nodes} (set spec.nodes back to {nodes})",
-            )
-        )
     if spec.replication_factor != replication:
         refusals.append(
             Refusal(
@@ -61,4 +53,4 @@ def plan_shape(spec: ShardSetSpec, recorded: ShardMap | None) -> Shape:
                 f"spec.shards is {spec.shards} but the store was created with {shards}",
             )
         )
-    return Shape(replicas=nodes, replication=replication, refusals=tuple(refusals))
+    return Shape(replicas=spec.nodes, replication=replication, refusals=tuple(refusals))

@@ -40,6 +40,7 @@ class Observation:
     consistency_errors: tuple[str, ...] = ()
     failure: str | None = None  # the reconcile step that failed and why
     unreachable: tuple[int, ...] = field(default=())
+    operation: str | None = None  # the journal's operation and step, in words
 
 
 def _counts(shards: Mapping[int, ShardHealth]) -> ShardCounts:
@@ -99,6 +100,8 @@ def _progressing(obs: Observation, bootstrapped: bool) -> tuple[ConditionStatus,
         )
     if obs.rollout:
         return "True", "RollingOut", obs.rollout
+    if obs.operation:
+        return "True", "OperationInProgress", obs.operation
     if obs.consistency.nodes_applied < obs.nodes:
         message = (
             f"switching reads to {obs.consistency_target}: "
@@ -176,7 +179,8 @@ def status_patch(status: ShardSetStatus) -> dict[str, object]:
     """The status as sent to the API server: camelCase, absent fields left out."""
     body = status.model_dump(by_alias=True, exclude_none=True, mode="json")
     # A merge patch keeps fields it does not mention: say null to remove them.
-    body.setdefault("operation", None)
+    for key in ("operation", "journal", "lastOperation", "mapEpoch"):
+        body.setdefault(key, None)
     body["consistency"].setdefault("mode", None)
     body["consistency"].setdefault("maxStalenessMs", None)
     return body

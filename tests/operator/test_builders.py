@@ -78,7 +78,7 @@ def test_retention_policy_follows_retain_on_delete() -> None:
     dropped = statefulset(NAMES, spec(storage={"retainOnDelete": False}), "img", 3)["spec"][
         "persistentVolumeClaimRetentionPolicy"
     ]
-    assert kept == {"whenDeleted": "Retain", "whenScaled": "Retain"}
+    assert kept == {"whenDeleted": "Retain", "whenScaled": "Delete"}
     assert dropped["whenDeleted"] == "Delete"
 
 

@@ -34,13 +34,10 @@ def test_new_store_takes_its_size_from_the_spec() -> None:
     assert plan_shape(spec(nodes=5), None).refusals == ()
 
 
-def test_scale_and_replication_changes_are_refused_and_the_recorded_size_kept() -> None:
+def test_node_count_changes_are_planned_but_replication_changes_refused() -> None:
     recorded = first_map(NAMES, spec(nodes=3, replicationFactor=3))
     shape = plan_shape(spec(nodes=5, replicationFactor=3), recorded)
-    assert shape.replicas == 3
-    [refusal] = shape.refusals
-    assert refusal.reason == "ScaleNotSupported"
-    assert "set spec.nodes back to 3" in refusal.message
+    assert shape.refusals == ()
     shape = plan_shape(spec(nodes=3, replicationFactor=1), recorded)
     assert [r.reason for r in shape.refusals] == ["ReplicationChangeNotSupported"]
     assert shape.replication == 3  # what the store really has, for the PDB and health

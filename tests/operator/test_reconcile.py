@@ -13,8 +13,10 @@ from typing import Any
 
 import pytest
 
+from shardset_node.placement import initial_slots
 from shardset_operator.bootstrap import BOOTSTRAP_KEY
 from shardset_operator.kube import KubeError, PodState, StatefulSetState
+from shardset_operator.naming import Names
 from shardset_operator.nodeclient import NodeCallError
 from shardset_operator.reconcile import Context, Outcome, converge
 
@@ -73,6 +75,25 @@ class FakeNodes:
             for s in range(1, 5)
         }
         return node_report(node, groups, self.modes[node])
+
+    async def shardmap(self, url: str) -> dict[str, Any]:
+        node = self._id(url)
+        if node in self.down:
+            raise NodeCallError(f"GET {url}/v1/shardmap: ClientConnectorError")
+        names = Names("kv", "prod")
+        return {
+            "epoch": 1,
+            "slots": [[r.start, r.end, r.shard] for r in initial_slots(4)],
+            "replicas": {str(s): [1, 2, 3] for s in range(1, 5)},
+            "nodes": {
+                str(n): {"peer": names.peer_address(n), "api": names.api_url(n)}
+                for n in range(1, 4)
+            },
+        }
+
+    async def admin(self, url: str, action: str, body: dict[str, Any]) -> dict[str, Any]:
+        self.calls.append(f"admin node {self._id(url)} {action} {body}")
+        return {}
 
     async def set_consistency(self, url: str, body: dict[str, Any]) -> dict[str, Any]:
         node = self._id(url)
@@ -140,10 +161,9 @@ def test_bootstrap_map_is_written_once_even_if_the_spec_changes(
     first = kube.objects[("ConfigMap", "kv-config")]["data"][BOOTSTRAP_KEY]
     out = _run(kube, nodes, _body(nodes=5))
     assert kube.objects[("ConfigMap", "kv-config")]["data"][BOOTSTRAP_KEY] == first
-    assert kube.objects[("StatefulSet", "kv")]["spec"]["replicas"] == 3
-    status, reason, message = _cond(out, "Progressing")
-    assert (status, reason) == ("False", "ScaleNotSupported")
-    assert "set spec.nodes back to 3" in message
+    # The new pods start; they join the store once they answer (test_operation.py).
+    assert kube.objects[("StatefulSet", "kv")]["spec"]["replicas"] == 5
+    assert out.status.members == [1, 2, 3]
 
 
 def test_consistency_change_reaches_the_configmap_before_any_node(
@@ -236,3 +256,22 @@ def test_unreadable_configmap_is_explained(world: tuple[FakeKube, FakeNodes]) ->
         "read ConfigMap prod/kv-config: 403 Forbidden",
     )
     assert kube.calls == []
+
+
+def test_without_a_trusted_shard_map_the_statefulset_is_never_shrunk(
+    world: tuple[FakeKube, FakeNodes],
+) -> None:
+    kube, nodes = world
+    _run(kube, nodes, _body(nodes=5))
+    assert kube.objects[("StatefulSet", "kv")]["spec"]["replicas"] == 5
+    # Scaled back to 3, but no node answers: nodes 4 and 5 may hold replicas.
+    nodes.down = {1, 2, 3, 4, 5}
+    _run(kube, nodes, _body(nodes=3))
+    assert kube.objects[("StatefulSet", "kv")]["spec"]["replicas"] == 5
+    # A map older than one already seen (a node cut off from the metadata group).
+    nodes.down = set()
+    body = _body(nodes=3)
+    body["status"] = {"bootstrapped": True, "members": [1, 2, 3, 4, 5], "mapEpoch": 7}
+    out = _run(kube, nodes, body)
+    assert kube.objects[("StatefulSet", "kv")]["spec"]["replicas"] == 5
+    assert out.status.members == [1, 2, 3, 4, 5]

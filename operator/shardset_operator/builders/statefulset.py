@@ -43,6 +43,8 @@ def node_args() -> list[str]:
         "json",
         "--consistency",
         "$(SHARDSET_CONSISTENCY)",
+        # Pods beyond the bootstrap map are new nodes: they wait to be added.
+        "--allow-join",
     ]
 
 
@@ -180,8 +182,10 @@ def statefulset(names: Names, spec: ShardSetSpec, image: str, replicas: int) -> 
             "selector": {"matchLabels": names.selector()},
             "persistentVolumeClaimRetentionPolicy": {
                 "whenDeleted": retention,
-                # Scaling down never drops data: a later scale-up finds it again.
-                "whenScaled": "Retain",
+                # The operator shrinks the StatefulSet only after every replica moved
+                # off the leaving nodes and they left the store (members.py): their
+                # volumes hold nothing, and a later scale-up must start empty.
+                "whenScaled": "Delete",
             },
             "template": {
                 "metadata": {"labels": names.labels()},

@@ -1,0 +1,149 @@
+"""Scaling on real node processes, driven by the operator's own driver (operation.py).
+
+A 3-node cluster (4 shards, 3 replicas, fsync on) runs a workload while a fourth node
+is started, joins the store and receives replicas and leaderships; then the store
+shrinks back to 3 nodes: every replica is moved off node 4 before it leaves. After
+each phase: every shard has 3 voters, replicas converge with identical rows, no
+acknowledged write is lost and the history is linearizable.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import aiohttp
+from clusterkit import Workload, check_end_state, layout, log
+
+from shardset.local import LocalCluster
+from shardset_operator.models import Journal, ShardSetSpec
+from shardset_operator.naming import Names
+from shardset_operator.nodeclient import NodeClient
+from shardset_operator.operation import planner, run_round
+
+SHARDS = 4
+
+
+@dataclass(frozen=True)
+class LocalNames(Names):
+    """The operator's names, with addresses of local processes instead of pod DNS."""
+
+    ports: dict[int, tuple[int, int]] = field(default_factory=dict)  # node -> (peer, api)
+
+    def api_url(self, node_id: int) -> str:
+        return f"http://127.0.0.1:{self.ports[node_id][1]}"
+
+    def peer_address(self, node_id: int) -> str:
+        return f"127.0.0.1:{self.ports[node_id][0]}"
+
+
+def names_of(cluster: LocalCluster) -> LocalNames:
+    ports = {n.id: (n.peer_port, n.api_port) for n in cluster.nodes}
+    return LocalNames("local", "test", ports)
+
+
+async def drive(cluster: LocalCluster, nodes: int, timeout: float = 180.0) -> list[str]:
+    """Rounds of the operator's driver until its operation is done; the notes it made."""
+    spec = ShardSetSpec.model_validate({"nodes": nodes, "shards": SHARDS})
+    names = names_of(cluster)
+    journal: Journal | None = None
+    notes: list[str] = []
+    deadline = time.monotonic() + timeout
+    async with aiohttp.ClientSession() as session:
+        client = NodeClient(session)
+        while time.monotonic() < deadline:
+            r = await run_round(
+                client,
+                names,
+                spec,
+                planner(nodes, set()),
+                cluster.node_ids,
+                journal,
+                lambda: datetime.now(UTC),
+                budget_s=10.0,
+            )
+            notes += [f"{reason}: {text}" for reason, text in r.notes]
+            journal = r.journal
+            if journal is None and r.waiting is None:
+                return notes
+            log(f"round: {journal.step if journal else r.waiting}")
+    raise AssertionError(f"scaling to {nodes} nodes did not finish in {timeout}s: {journal}")
+
+
+async def statuses(cluster: LocalCluster) -> dict[int, dict[str, Any]]:
+    out = {}
+    async with aiohttp.ClientSession() as session:
+        for n in cluster.nodes:
+            async with session.get(f"{n.api}/v1/status") as r:
+                out[n.id] = await r.json()
+    return out
+
+
+def run(coro: Any) -> None:
+    asyncio.run(coro)
+
+
+def test_scale_up_to_four_nodes_and_back_under_a_workload(cluster_factory: Any) -> None:
+    cluster = cluster_factory()
+
+    async def scenario() -> None:
+        lay = await layout(cluster)
+        keys = lay.keys("k", per_shard=3)
+        wl = Workload(cluster.endpoints, keys, clients=4, max_seconds=240.0)
+        wl.start()
+        await asyncio.sleep(2.0)
+
+        new = cluster.add_node()
+        t0 = time.monotonic()
+        await wait_answering(new.api)
+        notes = await drive(cluster, 4)
+        log(f"scale 3 -> 4 took {time.monotonic() - t0:.1f}s: {notes}")
+        st = await statuses(cluster)
+        held = {n: sorted(int(g) for g in s["groups"] if g != "meta") for n, s in st.items()}
+        assert held[4], f"node 4 received no replica: {held}"
+        for shard in lay.shards:
+            leader = [
+                n for n, s in st.items() if s["groups"].get(str(shard), {}).get("role") == "leader"
+            ]
+            assert len(leader) == 1
+            voters = st[leader[0]]["groups"][str(shard)]["voters"]
+            assert len(voters) == 3, (shard, voters)
+        assert max(len(h) for h in held.values()) - min(len(h) for h in held.values()) <= 1, held
+
+        t1 = time.monotonic()
+        notes = await drive(cluster, 3)
+        log(f"scale 4 -> 3 took {time.monotonic() - t1:.1f}s: {notes}")
+        st = await statuses(cluster)
+        assert [g for g in st[4]["groups"] if g != "meta"] == [], st[4]["groups"]
+        assert "4" not in (await shardmap(cluster))["nodes"]
+        await wl.stop()
+        cluster.forget_node(4)
+        log(f"client errors: {dict(wl.errors)}; ops: {len(wl.history)}")
+        await check_end_state(cluster, keys, wl.history)
+
+    run(scenario())
+
+
+async def shardmap(cluster: LocalCluster) -> dict[str, Any]:
+    url = f"{cluster.endpoints[0]}/v1/shardmap"
+    async with aiohttp.ClientSession() as session, session.get(url) as r:
+        body: dict[str, Any] = await r.json()
+        return body
+
+
+async def wait_answering(api: str, timeout: float = 30.0) -> None:
+    """A new node answers /healthz once started (it is not ready before it is added)."""
+    deadline = time.monotonic() + timeout
+    async with aiohttp.ClientSession() as session:
+        while time.monotonic() < deadline:
+            try:
+                async with session.get(f"{api}/healthz") as r:
+                    if r.status == 200:
+                        return
+            except aiohttp.ClientError:
+                pass
+            await asyncio.sleep(0.2)
+    raise AssertionError(f"{api} did not answer within {timeout}s")
