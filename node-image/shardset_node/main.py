@@ -125,6 +125,12 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         "added to the running store (POST /v1/admin/add-node); without it such an id is "
         "refused as a likely mistake",
     )
+    p.add_argument(
+        "--store-created-file",
+        type=Path,
+        help="if this file exists, the store was created before: on an empty data "
+        "directory the node rejoins (waits to be re-added) instead of bootstrapping",
+    )
     p.add_argument("--tick-ms", type=int, default=50)
     p.add_argument("--no-fsync", action="store_true", help="tests only: skip fdatasync")
     p.add_argument("--compact-every", type=int, default=10_000, help="entries between snapshots")
@@ -182,6 +188,7 @@ async def serve(ns: argparse.Namespace) -> None:
         compact_every=ns.compact_every,
         peer_overrides=tuple(_override(o) for o in ns.peer_override),
         read_policy=policy,
+        store_created=ns.store_created_file is not None and ns.store_created_file.exists(),
     )
     node = Node(cfg)
     await node.start()

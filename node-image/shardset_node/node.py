@@ -52,6 +52,9 @@ log = structlog.get_logger(__name__)
 META_GROUP = 0
 META_VOTERS = 5
 TOMBSTONES = "dropped-shards.json"
+# Written when a data directory starts holding this node's state: "bootstrap" (created
+# with the store) or "rejoin" (started empty in a store that already existed).
+ORIGIN = "origin.json"
 REQUEST_TIMEOUT = 5.0
 # Lease reads: a leader's lease ends election_tick - MAX_CLOCK_DRIFT_TICKS ticks after the
 # heartbeat round a majority acknowledged was sent. The margin (2 of 10 ticks: 100 ms at
@@ -76,6 +79,10 @@ class NodeConfig:
     compact_every: int = 10_000  # applied entries between snapshots of a group
     # Test hook: reach peer N at another address (a fault-injecting proxy).
     peer_overrides: tuple[tuple[int, str], ...] = ()
+    # The store existed before this node's data directory did (its volume was lost):
+    # the node must not bootstrap its groups from the bootstrap map, whose membership
+    # would make an empty log a voter, and waits to be re-added instead.
+    store_created: bool = False
 
 
 class Node:
@@ -93,19 +100,30 @@ class Node:
         self.metrics = NodeMetrics(self)
         # Shards whose replica was dropped here: never recreated from the bootstrap map.
         self.tombstones = self._load_tombstones()
+        self.origin = "bootstrap"  # decided in start() (see ORIGIN)
 
     # --- lifecycle ------------------------------------------------------------------
     async def start(self) -> None:
         await self.storage.open()
+        self.origin = self._origin()
         boot = self.cfg.bootstrap
-        meta_voters = frozenset(sorted(boot.nodes)[:META_VOTERS])
-        meta_learners = frozenset(boot.nodes) - meta_voters
-        self._add_group(META_GROUP, self.meta, ConfState(meta_voters, meta_learners))
-        # Shards placed here at bootstrap, plus replicas created later by the operator.
-        shards = set(boot.shards_on(self.id)) | set(self.storage.group_ids())
-        for shard in sorted(shards - {META_GROUP} - self.tombstones):
-            voters = frozenset(boot.replicas.get(shard, ()))
-            self._add_group(shard, self._shard_machine(shard), ConfState(voters))
+        stored = set(self.storage.group_ids())
+        if self.origin == "rejoin":
+            # Only what was re-created here since: the operator re-adds the rest.
+            for gid in sorted(stored - self.tombstones):
+                if gid == META_GROUP:
+                    self._add_group(META_GROUP, self.meta, ConfState())
+                else:
+                    self._add_group(gid, self._shard_machine(gid), ConfState())
+        else:
+            meta_voters = frozenset(sorted(boot.nodes)[:META_VOTERS])
+            meta_learners = frozenset(boot.nodes) - meta_voters
+            self._add_group(META_GROUP, self.meta, ConfState(meta_voters, meta_learners))
+            # Shards placed here at bootstrap, plus replicas created later by the operator.
+            shards = set(boot.shards_on(self.id)) | stored
+            for shard in sorted(shards - {META_GROUP} - self.tombstones):
+                voters = frozenset(boot.replicas.get(shard, ()))
+                self._add_group(shard, self._shard_machine(shard), ConfState(voters))
         self.transport = Transport(
             self.id,
             self.cfg.peer_host,
@@ -123,6 +141,26 @@ class Node:
             groups=sorted(self.host.groups),
             member=self.id in self.meta.map.nodes,
         )
+
+    def _origin(self) -> str:
+        """How this data directory began, decided once and kept (see ORIGIN)."""
+        path = self.cfg.data_dir / ORIGIN
+        if path.exists():
+            return str(json.loads(path.read_text())["origin"])
+        fresh = not self.storage.group_ids()
+        origin = "rejoin" if fresh and self.cfg.store_created else "bootstrap"
+        if origin == "rejoin":
+            log.warning(
+                "empty data directory in an existing store: rejoining, not bootstrapping",
+                node=self.id,
+            )
+        tmp = path.with_suffix(".tmp")
+        with open(tmp, "w") as f:
+            json.dump({"origin": origin}, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        return origin
 
     def _peer_addresses(self, m: ShardMap) -> dict[int, tuple[str, int]]:
         peers = {n: _hostport(a.peer) for n, a in m.nodes.items() if n != self.id}
@@ -327,6 +365,7 @@ class Node:
             groups["meta" if gid == META_GROUP else str(gid)] = entry
         return {
             "node": self.id,
+            "origin": self.origin,
             "epoch": self.meta.map.epoch,
             "consistency": self.reads.policy.view(),
             "groups": groups,
@@ -335,6 +374,8 @@ class Node:
     def readiness_problems(self) -> list[str]:
         if self.id not in self.meta.map.nodes:
             return [f"node {self.id} is not yet a member of the store (add-node adds it)"]
+        if META_GROUP not in self.host.groups:
+            return [f"node {self.id} lost its data and waits to be re-added by the operator"]
         return [
             f"group {gid} has no known leader"
             for gid, g in sorted(self.host.groups.items())
@@ -390,10 +431,13 @@ class Node:
         """Host a replica of a shard here: empty, to be added as a learner; or, with
         `voters`, one of the first replicas of a brand-new shard (a split)."""
         shard = _int_field(body, "shard")
-        if shard == META_GROUP:
-            raise ApiError(400, "bad_field", "shard 0 is the metadata group")
         if shard in self.host.groups:
             return {"shard": shard, "node": self.id, "created": False}
+        if shard == META_GROUP:
+            # A node that lost its data hosts the metadata group again once it was
+            # removed from it: it then joins as a learner (add-node).
+            self._add_group(META_GROUP, self.meta, ConfState())
+            return {"shard": shard, "node": self.id, "created": True}
         voters = frozenset(_id_list(body, "voters")) if "voters" in body else frozenset()
         self.tombstones.discard(shard)
         self._save_tombstones()
@@ -431,7 +475,8 @@ class Node:
         except ConfChangeRejected as e:
             raise ApiError(409, "conf_change_rejected", str(e), shard=shard) from None
         conf = g.raft.conf
-        await self._record_replicas(shard, tuple(sorted(conf.voters)))
+        if shard != META_GROUP:  # the metadata group is not in the shard map
+            await self._record_replicas(shard, tuple(sorted(conf.voters)))
         return {
             "shard": shard,
             "node": node,

@@ -19,6 +19,7 @@ from datetime import datetime
 
 import structlog
 
+from shardset_node.shardmap import NodeAddress
 from shardset_operator.leaders import plan_transfer
 from shardset_operator.members import MemberPlan, plan_members
 from shardset_operator.models import Journal, MoveRecord, ShardSetSpec
@@ -36,6 +37,7 @@ from shardset_operator.naming import Names
 from shardset_operator.nodeclient import NodeCallError, NodeClient
 from shardset_operator.observe import NodeViews, poll_nodes
 from shardset_operator.rebalance import Move, PlanError, load, plan_moves
+from shardset_operator.repair import join_step, lost_replica_step, meta_step, meta_view
 
 log = structlog.get_logger(__name__)
 
@@ -91,16 +93,20 @@ def plan_step(
         # No map, or one the membership plan did not trust: nothing is planned from it.
         operation = journal.operation if journal is not None else "waiting for the shard map"
         return Planned(operation, wait("no node gave a current shard map"))
+    meta = meta_view(seen.reports)
     for node in plan.add:
-        body = {"node": node, "peer": names.peer_address(node), "api": names.api_url(node)}
-        return Planned(
-            f"scale up to {spec.nodes} nodes",
-            call("add-node", META, body, f"add node {node} to the store"),
-        )
+        address = NodeAddress(names.peer_address(node), names.api_url(node))
+        return Planned(f"scale up to {spec.nodes} nodes", join_step(node, meta, address))
     views = views_of(seen.reports, live.replicas)
-    move = _resumed(journal, plan, live.replicas, seen) or _excess(
-        views, plan, spec.replication_factor
+    resumed = _resumed(journal, plan, live.replicas, seen)
+    busy = (resumed.shard, resumed.target) if resumed is not None else None
+    repair = lost_replica_step(views, seen.answering, busy) or meta_step(
+        meta, plan, seen.answering, live.nodes
     )
+    if repair is not None:
+        operation = journal.operation if journal is not None else "repair membership"
+        return Planned(operation, repair)
+    move = resumed or _excess(views, plan, spec.replication_factor)
     if move is None and not spec.rebalance.paused and not plan.unreachable:
         try:
             moves = plan_moves(live.replicas, plan.targets, spec.replication_factor, 1)
@@ -178,6 +184,7 @@ def _operation(spec: ShardSetSpec, plan: MemberPlan, journal: Journal | None) ->
 
 
 def _remove_node(node: int, seen: NodeViews) -> Step:
+    """Leadership of the metadata group first, then the node leaves the store."""
     meta = _meta_leader(seen)
     if meta == node:
         others = [n for n in _meta_voters(seen) if n != node and n in seen.answering]
@@ -193,19 +200,11 @@ def _remove_node(node: int, seen: NodeViews) -> Step:
 
 
 def _meta_leader(seen: NodeViews) -> int | None:
-    for node, report in seen.reports.items():
-        meta = (report or {}).get("groups", {}).get("meta")
-        if isinstance(meta, dict) and meta.get("role") == "leader":
-            return node
-    return None
+    return meta_view(seen.reports).leader
 
 
 def _meta_voters(seen: NodeViews) -> list[int]:
-    leader = _meta_leader(seen)
-    if leader is None:
-        return []
-    meta = (seen.reports[leader] or {})["groups"]["meta"]
-    return [int(v) for v in meta.get("voters", [])]
+    return sorted(meta_view(seen.reports).voters)
 
 
 async def run_round(

@@ -57,7 +57,7 @@ def desired_objects(
     disruption budget or start pods the store does not know."""
     reads = ReadSetting.of_spec(sset.spec.consistency)
     return [
-        configmap(names, doc, reads),
+        configmap(names, doc, reads, created=sset.status.bootstrapped),
         peers_service(names),
         client_service(names),
         pdb(names, shape.replication),

@@ -10,6 +10,7 @@ acknowledged write is lost and the history is linearizable.
 from __future__ import annotations
 
 import asyncio
+import shutil
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -121,6 +122,42 @@ def test_scale_up_to_four_nodes_and_back_under_a_workload(cluster_factory: Any) 
         assert "4" not in (await shardmap(cluster))["nodes"]
         await wl.stop()
         cluster.forget_node(4)
+        log(f"client errors: {dict(wl.errors)}; ops: {len(wl.history)}")
+        await check_end_state(cluster, keys, wl.history)
+
+    run(scenario())
+
+
+def test_node_back_on_an_empty_volume_rejoins_and_gets_its_replicas_back(
+    cluster_factory: Any, tmp_path: Any
+) -> None:
+    """Node 2's data directory is wiped while the workload runs (a lost volume). It
+    must not bootstrap (its empty log would count as a voter's): it rejoins empty, the
+    driver removes it from its groups and adds replicas back as learners."""
+    cluster = cluster_factory()
+
+    async def scenario() -> None:
+        lay = await layout(cluster)
+        keys = lay.keys("k", per_shard=3)
+        wl = Workload(cluster.endpoints, keys, clients=4, max_seconds=240.0)
+        wl.start()
+        await asyncio.sleep(2.0)
+        marker = tmp_path / "store-created"
+        marker.write_text("true")
+        cluster.node_args += ["--store-created-file", str(marker)]
+        cluster.stop_node(2, kill=True)
+        shutil.rmtree(cluster.node_dir(2))
+        cluster.start_node(2)
+        await wait_answering(cluster.node(2).api)
+        st = (await statuses(cluster))[2]
+        assert st["origin"] == "rejoin" and st["groups"] == {}, st
+        t0 = time.monotonic()
+        notes = await drive(cluster, 3)
+        log(f"rejoin took {time.monotonic() - t0:.1f}s: {notes}")
+        st2 = (await statuses(cluster))[2]
+        assert sorted(g for g in st2["groups"] if g != "meta") == [str(s) for s in lay.shards]
+        assert 2 in st2["groups"]["meta"]["voters"], st2["groups"]["meta"]
+        await wl.stop()
         log(f"client errors: {dict(wl.errors)}; ops: {len(wl.history)}")
         await check_end_state(cluster, keys, wl.history)
 

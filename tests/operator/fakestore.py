@@ -39,6 +39,7 @@ class FakeStore:
         self.meta_leader = 1
         self.meta_voters = set(range(1, min(nodes, 5) + 1))
         self.meta_learners: set[int] = set()
+        self.meta_hosts = set(range(1, nodes + 1))
         placed = initial_replicas([r.shard for r in initial_slots(shards)], list(self.members), rf)
         self.slots = [[r.start, r.end, r.shard] for r in initial_slots(shards)]
         self.groups = {s: Group(h[0], set(h), hosts=set(h)) for s, h in placed.items()}
@@ -79,13 +80,16 @@ class FakeStore:
                 for n in list(g.behind):
                     g.behind[n] -= 1
             groups[str(s)] = entry
-        if node in self.meta_voters | self.meta_learners:
+        if node in self.meta_hosts:
             groups["meta"] = {
                 "role": "leader" if node == self.meta_leader else "follower",
                 "term": 1,
                 "voters": sorted(self.meta_voters),
                 "learners": sorted(self.meta_learners),
             }
+            if node == self.meta_leader:
+                others = (self.meta_voters | self.meta_learners) - {node}
+                groups["meta"]["followers"] = {str(n): {"lag": 0} for n in others}
         mode = {"mode": "linearizable", "maxStalenessMs": None}
         return {"node": node, "epoch": self.epoch, "consistency": mode, "groups": groups}
 
@@ -139,7 +143,22 @@ class FakeStore:
             self._bump()
 
     def _create_replica(self, node: int, body: dict[str, Any]) -> dict[str, Any]:
-        self.groups[body["shard"]].hosts.add(node)
+        if body["shard"] == 0:
+            self.meta_hosts.add(node)
+        else:
+            self.groups[body["shard"]].hosts.add(node)
+        return {}
+
+    def _meta_conf(self, node: int, action: str, target: int) -> dict[str, Any]:
+        self._meta(node)
+        if action == "promote":
+            assert target in self.meta_learners
+            self.meta_learners.discard(target)
+            self.meta_voters.add(target)
+        else:
+            assert target != self.meta_leader
+            self.meta_voters.discard(target)
+            self.meta_learners.discard(target)
         return {}
 
     def _add_learner(self, node: int, body: dict[str, Any]) -> dict[str, Any]:
@@ -154,6 +173,8 @@ class FakeStore:
         return {}
 
     def _promote(self, node: int, body: dict[str, Any]) -> dict[str, Any]:
+        if body["shard"] == 0:
+            return self._meta_conf(node, "promote", body["node"])
         g = self._leader_of(node, body["shard"])
         target = body["node"]
         assert g.behind.get(target, 0) <= 0, "promoted before it caught up"
@@ -163,6 +184,8 @@ class FakeStore:
         return {}
 
     def _remove_replica(self, node: int, body: dict[str, Any]) -> dict[str, Any]:
+        if body["shard"] == 0:
+            return self._meta_conf(node, "remove", body["node"])
         g = self._leader_of(node, body["shard"])
         target = body["node"]
         if target == g.leader:
@@ -199,10 +222,12 @@ class FakeStore:
     def _add_node(self, node: int, body: dict[str, Any]) -> dict[str, Any]:
         self._meta(node)
         assert body["api"] == self.names.api_url(body["node"])
+        assert body["node"] in self.meta_hosts, "added before it hosts the metadata group"
         if body["node"] not in self.members:
             self.members.add(body["node"])
-            self.meta_learners.add(body["node"])
             self._bump()
+        if body["node"] not in self.meta_voters:
+            self.meta_learners.add(body["node"])
         return {}
 
     def _remove_node(self, node: int, body: dict[str, Any]) -> dict[str, Any]:
@@ -218,6 +243,16 @@ class FakeStore:
             self.members.discard(gone)
             self._bump()
         return {}
+
+    def lose_volume(self, node: int) -> None:
+        """The node's pod comes back on an empty volume: it holds no group at all."""
+        for g in self.groups.values():
+            g.hosts.discard(node)
+            if g.leader == node:
+                g.leader = min(g.voters - {node})
+        self.meta_hosts.discard(node)
+        if self.meta_leader == node:
+            self.meta_leader = min(self.meta_voters - {node})
 
     # --- checks --------------------------------------------------------------------------
     def _check_invariants(self) -> None:

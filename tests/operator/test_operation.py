@@ -61,9 +61,10 @@ def converge(
     raise AssertionError(f"no convergence after {rounds} rounds: {done[-1]}")
 
 
-def assert_settled(store: FakeStore, nodes: set[int]) -> None:
+def assert_settled(store: FakeStore, nodes: set[int], floor: int | None = None) -> None:
+    """`floor`: the fewest voters a shard may have had on the way (default: rf)."""
     assert store.members == nodes
-    assert store.min_voters >= store.rf, "a shard lost a voter during a move"
+    assert store.min_voters >= (floor or store.rf), "a shard lost a voter during a move"
     for s, g in store.groups.items():
         assert len(g.voters) == store.rf and g.voters <= nodes, (s, g)
         assert not g.learners and g.hosts == g.voters, (s, g)
@@ -123,9 +124,32 @@ def test_an_unreachable_node_that_is_not_gone_yet_holds_moves_back() -> None:
             0.5,
         )  # type: ignore[arg-type]
     )
-    assert not any(c.startswith(("create-replica", "add-learner")) for c in store.calls)
+    moves = [c for c in store.calls if c.startswith(("create-replica", "add-learner"))]
+    assert all("'shard': 0" in c for c in moves), moves  # only node 4's metadata replica
     assert 4 in store.members  # joining still happens
     assert r.journal is None or r.journal.move is None
+
+
+def test_a_node_back_on_an_empty_volume_is_removed_and_given_replicas_again() -> None:
+    store = FakeStore(3, 8, 3, NAMES)
+    store.lose_volume(2)
+    converge(store, spec(nodes=3, shards=8))
+    # Node 2's empty copies are removed (2 real voters remain) before new ones are added.
+    assert_settled(store, {1, 2, 3}, floor=2)
+    assert store.meta_voters == {1, 2, 3} and 2 in store.meta_hosts
+    assert any(c.startswith("remove-replica") and "'node': 2" in c for c in store.calls)
+
+
+def test_new_nodes_become_metadata_voters_up_to_five() -> None:
+    store = FakeStore(3, 4, 3, NAMES)
+    store.running |= {4, 5, 6}
+    store.meta_hosts -= {4, 5, 6}  # new pods of an existing store start without it
+    converge(store, spec(nodes=6, shards=4))
+    assert len(store.meta_voters) == 5 and store.meta_voters | store.meta_learners == set(
+        range(1, 7)
+    )
+    converge(store, spec(nodes=3, shards=4))
+    assert store.meta_voters <= {1, 2, 3} and store.members == {1, 2, 3}
 
 
 def test_paused_rebalance_starts_no_move() -> None:
@@ -136,7 +160,12 @@ def test_paused_rebalance_starts_no_move() -> None:
         operation.run_round(store, NAMES, s, planner(s), list(range(1, 6)), None, _now, 0.5)
     )  # type: ignore[arg-type]
     assert store.members == {1, 2, 3, 4, 5}
-    assert not any(c.startswith(("create-replica", "add-learner", "transfer")) for c in store.calls)
+    moved = [
+        c
+        for c in store.calls
+        if c.startswith(("create-replica", "add-learner", "transfer")) and "'shard': 0" not in c
+    ]
+    assert not moved, moved  # the new nodes joined, but no shard replica or leader moved
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])

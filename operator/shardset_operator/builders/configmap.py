@@ -1,4 +1,6 @@
-"""ConfigMap <name>-config: the bootstrap shard map and the read consistency."""
+"""ConfigMap <name>-config: the bootstrap shard map, the read consistency, and once the
+store exists, the `store-created` marker: a node that finds it but has an empty volume
+lost its data, and rejoins instead of bootstrapping (shardset_node --store-created-file)."""
 
 from __future__ import annotations
 
@@ -8,8 +10,13 @@ from shardset_operator.bootstrap import BOOTSTRAP_KEY
 from shardset_operator.consistency import ReadSetting
 from shardset_operator.naming import Names
 
+STORE_CREATED_KEY = "store-created"
 
-def configmap(names: Names, bootstrap_json: str, reads: ReadSetting) -> dict[str, Any]:
+
+def configmap(
+    names: Names, bootstrap_json: str, reads: ReadSetting, created: bool = False
+) -> dict[str, Any]:
+    marker = {STORE_CREATED_KEY: "true"} if created else {}
     return {
         "apiVersion": "v1",
         "kind": "ConfigMap",
@@ -18,5 +25,5 @@ def configmap(names: Names, bootstrap_json: str, reads: ReadSetting) -> dict[str
             "namespace": names.namespace,
             "labels": names.labels(),
         },
-        "data": {BOOTSTRAP_KEY: bootstrap_json, **reads.configmap_data()},
+        "data": {BOOTSTRAP_KEY: bootstrap_json, **reads.configmap_data(), **marker},
     }

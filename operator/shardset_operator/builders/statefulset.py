@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from shardset_operator.bootstrap import BOOTSTRAP_KEY
+from shardset_operator.builders.configmap import STORE_CREATED_KEY
 from shardset_operator.consistency import CONSISTENCY_KEY, STALENESS_KEY
 from shardset_operator.models import ShardSetSpec
 from shardset_operator.naming import API_PORT, RAFT_PORT, Names
@@ -45,6 +46,9 @@ def node_args() -> list[str]:
         "$(SHARDSET_CONSISTENCY)",
         # Pods beyond the bootstrap map are new nodes: they wait to be added.
         "--allow-join",
+        # A pod whose volume was lost finds this once the store exists, and rejoins.
+        "--store-created-file",
+        f"{CONFIG_DIR}/{STORE_CREATED_KEY}",
     ]
 
 

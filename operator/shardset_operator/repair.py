@@ -1,0 +1,129 @@
+"""Membership repairs (pure): replicas a node lost with its volume, and the metadata
+group's members.
+
+A node whose volume was lost comes back empty and rejoins (it does not bootstrap: its
+empty log must never count as a voter's). The groups still list it as a voter of
+shards it no longer holds; it is removed from them (the rest of each group is a
+majority) and the rebalancer then adds replicas back, as learners first. Its copy of
+the metadata group is handled the same way: removed, re-created empty, re-added as a
+learner. Learners of the metadata group are promoted until it has
+min(META_VOTERS, nodes) voters, so it survives as many failures as the shards do.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from shardset_node.shardmap import NodeAddress
+from shardset_operator.members import MemberPlan
+from shardset_operator.moves import CATCH_UP_LAG, META, ShardView, Step, call
+
+META_VOTERS = 5  # as the node keeps it (shardset_node.node.META_VOTERS)
+
+
+@dataclass(frozen=True)
+class MetaView:
+    leader: int | None
+    voters: frozenset[int] = frozenset()
+    learners: frozenset[int] = frozenset()
+    hosts: frozenset[int] = frozenset()
+    lag: Mapping[int, int] = field(default_factory=dict)
+
+    @property
+    def members(self) -> frozenset[int]:
+        return self.voters | self.learners
+
+
+def meta_view(reports: Mapping[int, Mapping[str, Any] | None]) -> MetaView:
+    hosts = set()
+    leader: tuple[int, Mapping[str, Any]] | None = None
+    for node, report in reports.items():
+        groups = (report or {}).get("groups") or {}
+        entry = groups.get("meta")
+        if not isinstance(entry, Mapping):
+            continue
+        hosts.add(node)
+        if entry.get("role") == "leader":
+            leader = (node, entry)
+    if leader is None:
+        return MetaView(None, hosts=frozenset(hosts))
+    node, entry = leader
+    followers = entry.get("followers") or {}
+    return MetaView(
+        node,
+        frozenset(int(n) for n in entry.get("voters", [])),
+        frozenset(int(n) for n in entry.get("learners", [])),
+        frozenset(hosts),
+        {int(n): int(f.get("lag", 0)) for n, f in followers.items()},
+    )
+
+
+def join_step(node: int, meta: MetaView, address: NodeAddress) -> Step:
+    """Make `node` a member of the store (and of the metadata group, as a learner)."""
+    if node not in meta.hosts and node not in meta.members:
+        return call("create-replica", node, {"shard": 0}, f"create node {node}'s metadata replica")
+    body = {"node": node, "peer": address.peer, "api": address.api}
+    return call("add-node", META, body, f"add node {node} to the store")
+
+
+def lost_replica_step(
+    views: Mapping[int, ShardView], answering: Collection[int], busy: tuple[int, int] | None
+) -> Step | None:
+    """A member of a group that answers the operator but holds no copy of the group
+    (its volume was lost): remove it, so the group can be given a real replica.
+    `busy`: (shard, target) of the move in progress, whose target is still being made."""
+    for s, v in sorted(views.items()):
+        if v.leader is None:
+            continue
+        for n in sorted(v.members - v.hosts):
+            if n in answering and (s, n) != busy:
+                return call(
+                    "remove-replica",
+                    v.leader,
+                    {"shard": s, "node": n},
+                    f"remove node {n} from shard {s}: it lost its copy",
+                )
+    return None
+
+
+def meta_step(
+    meta: MetaView,
+    plan: MemberPlan,
+    answering: Collection[int],
+    addresses: Mapping[int, NodeAddress],
+) -> Step | None:
+    if meta.leader is None:
+        return None
+    for n in plan.targets:
+        if n not in answering or n in meta.hosts:
+            continue
+        if n in meta.members:
+            return call(
+                "remove-replica",
+                META,
+                {"shard": 0, "node": n},
+                f"remove node {n} from the metadata group: it lost its copy",
+            )
+        return join_step(n, meta, addresses[n])
+    for n in plan.targets:
+        if n in answering and n in meta.hosts and n not in meta.members and n in addresses:
+            return join_step(n, meta, addresses[n])
+    wanted = min(META_VOTERS, len(plan.targets))
+    serving = meta.voters & set(plan.targets)
+    if len(serving) < wanted:
+        for n in sorted(meta.learners & set(plan.targets)):
+            if meta.lag.get(n, CATCH_UP_LAG + 1) <= CATCH_UP_LAG:
+                return call(
+                    "promote", META, {"shard": 0, "node": n}, f"make node {n} a metadata voter"
+                )
+    for n in sorted(meta.voters - set(plan.targets)):
+        if n not in answering and len(serving) >= wanted and n != meta.leader:
+            return call(
+                "remove-replica",
+                META,
+                {"shard": 0, "node": n},
+                f"remove gone node {n} from the metadata group",
+            )
+    return None
