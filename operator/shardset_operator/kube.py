@@ -38,6 +38,7 @@ class PodState:
     name: str
     ready: bool
     terminating: bool
+    revision: str | None = None  # controller-revision-hash: the template it runs
 
 
 @dataclass(frozen=True)
@@ -49,6 +50,8 @@ class StatefulSetState:
     update_revision: str | None
     observed_generation: int | None
     generation: int | None
+    partition: int = 0  # rollingUpdate.partition: ordinals below it keep the old template
+    annotations: dict[str, str] | None = None
 
 
 class Kube:
@@ -117,6 +120,8 @@ class Kube:
             update_revision=st.update_revision if st else None,
             observed_generation=st.observed_generation if st else None,
             generation=sts.metadata.generation,
+            partition=_partition(sts),
+            annotations=dict(sts.metadata.annotations or {}),
         )
 
     async def pods(self, namespace: str, selector: str) -> list[PodState]:
@@ -156,7 +161,14 @@ def _pod_state(pod: Any) -> PodState:
         name=pod.metadata.name,
         ready=ready,
         terminating=pod.metadata.deletion_timestamp is not None,
+        revision=(pod.metadata.labels or {}).get("controller-revision-hash"),
     )
+
+
+def _partition(sts: Any) -> int:
+    strategy = sts.spec.update_strategy
+    rolling = strategy.rolling_update if strategy is not None else None
+    return int(rolling.partition or 0) if rolling is not None else 0
 
 
 def _api_message(e: ApiException) -> str:

@@ -33,6 +33,7 @@ class Seen:
     statefulset: StatefulSetState | None
     ready_nodes: int
     nodes: NodeViews
+    pods: tuple[PodState, ...] = ()
 
     @property
     def reports(self) -> Mapping[int, dict[str, Any] | None]:
@@ -107,4 +108,4 @@ async def observe(kube: Kube, nodes: NodeClient, names: Names, count: int) -> Se
     )
     ids = range(1, max(count, sts.replicas if sts is not None else 0) + 1)
     views = await poll_nodes(nodes, names, ids)
-    return Seen(sts, ready_count(pods, names, count), views)
+    return Seen(sts, ready_count(pods, names, count), views, tuple(pods))

@@ -24,12 +24,15 @@ from shardset_operator.health import shard_health
 from shardset_operator.kube import Kube, KubeError
 from shardset_operator.members import gone_nodes, plan_members
 from shardset_operator.models import Journal, ShardSet, ShardSetStatus, Unreachable
-from shardset_operator.naming import Names
+from shardset_operator.moves import views_of
+from shardset_operator.naming import Names, node_id_of_pod
 from shardset_operator.nodeclient import NodeCallError, NodeClient
-from shardset_operator.observe import NodeViews, observe, rollout
+from shardset_operator.observe import NodeViews, Seen, observe, rollout
 from shardset_operator.operation import planner, run_round
+from shardset_operator.repair import meta_view
 from shardset_operator.shape import Shape, plan_shape
 from shardset_operator.status import Observation, compute_status, with_failure
+from shardset_operator.upgrade import TEMPLATE_HASH, RollState, plan_roll, template_hash
 
 
 @dataclass
@@ -49,7 +52,7 @@ class Outcome:
 
 
 def desired_objects(
-    sset: ShardSet, names: Names, doc: str, image: str, shape: Shape
+    sset: ShardSet, names: Names, doc: str, image: str, shape: Shape, partition: int = 0
 ) -> list[dict[str, Any]]:
     """Every owned object, in the order they are applied (config before the pods).
 
@@ -61,7 +64,7 @@ def desired_objects(
         peers_service(names),
         client_service(names),
         pdb(names, shape.replication),
-        statefulset(names, sset.spec, image, shape.replicas),
+        statefulset(names, sset.spec, image, shape.replicas, partition),
     ]
 
 
@@ -125,10 +128,16 @@ async def converge(body: dict[str, Any], ctx: Context) -> Outcome:
         running = seen.statefulset.replicas if seen.statefulset is not None else 0
         size = members_plan.statefulset_replicas if live is not None else max(size, running)
 
-    # Apply: whole objects, so a rerun after an interruption converges the same way.
+    # A changed pod template rolls one node at a time, leaderships moved first.
     image = sset.spec.image or ctx.node_image
+    desired_hash = template_hash(statefulset(names, sset.spec, image, size))
+    views = views_of(seen.reports, replicas)
+    roll = plan_roll(roll_state(seen, names), desired_hash, views, meta_view(seen.reports))
+
+    # Apply: whole objects, so a rerun after an interruption converges the same way.
     config_applied = False
-    for obj in desired_objects(sset, names, doc, image, replace(shape, replicas=size)):
+    sized = replace(shape, replicas=size)
+    for obj in desired_objects(sset, names, doc, image, sized, roll.partition):
         kopf.adopt(obj, owner=body)  # type: ignore[arg-type]
         try:
             await ctx.kube.apply(obj)
@@ -138,10 +147,10 @@ async def converge(body: dict[str, Any], ctx: Context) -> Outcome:
         config_applied = config_applied or obj["kind"] == "ConfigMap"
     if consistency_changed and failure is None:
         notes.append(("ConsistencyChanging", f"reads switching to {reads.mode}"))
-    statefulset = seen.statefulset
+    applied = seen.statefulset
     if failure is None:
         try:  # as applied: the rollout it starts, if any, belongs to this status
-            statefulset = await ctx.kube.statefulset(names.namespace, names.statefulset)
+            applied = await ctx.kube.statefulset(names.namespace, names.statefulset)
         except KubeError as e:
             failure = str(e)
 
@@ -163,9 +172,18 @@ async def converge(body: dict[str, Any], ctx: Context) -> Outcome:
             reports[node] = reads
             notes.append(("ConsistencyApplied", f"node {node} now reads {reads.mode}"))
 
-    # The one operation in progress (scaling, rebalancing, failover), a round of it.
+    if roll.step is not None and failure is None:
+        try:
+            await ctx.nodes.admin(names.api_url(roll.step.at), roll.step.action, roll.step.body)
+            notes.append(("LeadershipMoved", roll.step.text))
+        except NodeCallError as e:
+            switch_errors.append(f"{roll.step.text}: {e}")
+
+    # The one operation in progress (scaling, rebalancing, failover), a round of it;
+    # not while pods restart for a new template.
     journal, waiting, last_operation = sset.status.journal, None, sset.status.last_operation
-    if failure is None and sset.status.bootstrapped and not shape.refusals and live is not None:
+    ready_for_work = sset.status.bootstrapped and not shape.refusals and roll.progress is None
+    if failure is None and ready_for_work and live is not None:
         ids = list(range(1, max(size, max(members, default=0)) + 1))
         plan_of = planner(sset.spec.nodes, gone, live.epoch)
         done = await run_round(ctx.nodes, names, sset.spec, plan_of, ids, journal, _now)
@@ -183,7 +201,7 @@ async def converge(body: dict[str, Any], ctx: Context) -> Outcome:
         consistency=consistency_status(reads, reports, list(range(1, size + 1))),
         consistency_target=reads.mode,
         bootstrap_written=config_applied or written is not None,
-        rollout=rollout(statefulset),
+        rollout=roll.progress or rollout(applied),
         refusals=shape.refusals,
         consistency_errors=tuple(switch_errors or errors),
         failure=failure,
@@ -201,6 +219,24 @@ async def converge(body: dict[str, Any], ctx: Context) -> Outcome:
         }
     )
     return Outcome(status=status, notes=notes, failure=failure)
+
+
+def roll_state(seen: Seen, names: Names) -> RollState | None:
+    sts = seen.statefulset
+    if sts is None:
+        return None
+    pods = {}
+    for pod in seen.pods:
+        node = node_id_of_pod(pod.name, names)
+        if node is not None:
+            pods[node] = (pod.revision, pod.ready and not pod.terminating)
+    return RollState(
+        replicas=sts.replicas,
+        partition=sts.partition,
+        applied_hash=(sts.annotations or {}).get(TEMPLATE_HASH),
+        update_revision=sts.update_revision,
+        pods=pods,
+    )
 
 
 def _now() -> datetime:

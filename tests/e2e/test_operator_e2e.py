@@ -236,6 +236,12 @@ def test_minimal_example_becomes_ready(inst: Install) -> None:
 def run_in_cluster(inst: Install, args: list[str], timeout: int = 300) -> dict[str, Any]:
     """Runs workload.py in a pod of the node image against the client Service; returns
     its JSON result (read from the pod's log)."""
+    return result_of(inst, start_in_cluster(inst, args), timeout)
+
+
+def start_in_cluster(inst: Install, args: list[str]) -> str:
+    """Starts workload.py in a pod of the node image against the client Service; returns
+    the pod's name (result_of waits for it)."""
     app = inst.app
     configmap = app(
         "create",
@@ -282,6 +288,11 @@ def run_in_cluster(inst: Install, args: list[str], timeout: int = 300) -> dict[s
             },
         }
     )
+    return pod
+
+
+def result_of(inst: Install, pod: str, timeout: int = 300) -> dict[str, Any]:
+    app = inst.app
     phase = wait_until(
         f"pod {pod} to finish",
         lambda: (
@@ -301,7 +312,21 @@ def run_in_cluster(inst: Install, args: list[str], timeout: int = 300) -> dict[s
 def test_workload_through_client_service_is_linearizable(inst: Install) -> None:
     result = run_in_cluster(inst, ["workload", "--clients", "4", "--ops", "60", "--keys", "6"])
     raw = result["history"]
-    history = [
+    history = history_of(result)
+    answered = [o for o in raw if o["complete"] is not None]
+    errors = [o["error"] for o in raw if o["complete"] is None]
+    # a healthy store answers (nearly) everything; the checker is meaningless on nothing
+    assert len(raw) == 240 and len(answered) >= 228, f"{len(answered)}/240 answered: {errors[:5]}"
+    assert {o["kind"] for o in answered} == {"put", "get", "cas"}
+    assert any(o["kind"] == "cas" and o["result"] is True for o in answered)
+    assert {o["consistency"] for o in answered if o["kind"] == "get"} == {"linearizable"}
+    verdict = check_kv(history)
+    assert verdict.ok and not verdict.unknown, verdict.explanation
+
+
+def history_of(result: dict[str, Any]) -> list[Op]:
+    """The workload's history as the linearizability checker's operations."""
+    return [
         Op(
             client=o["client"],
             kind=o["kind"],
@@ -312,17 +337,8 @@ def test_workload_through_client_service_is_linearizable(inst: Install) -> None:
             complete=o["complete"],
             result=o.get("result"),
         )
-        for o in raw
+        for o in result["history"]
     ]
-    answered = [o for o in raw if o["complete"] is not None]
-    errors = [o["error"] for o in raw if o["complete"] is None]
-    # a healthy store answers (nearly) everything; the checker is meaningless on nothing
-    assert len(raw) == 240 and len(answered) >= 228, f"{len(answered)}/240 answered: {errors[:5]}"
-    assert {o["kind"] for o in answered} == {"put", "get", "cas"}
-    assert any(o["kind"] == "cas" and o["result"] is True for o in answered)
-    assert {o["consistency"] for o in answered if o["kind"] == "get"} == {"linearizable"}
-    verdict = check_kv(history)
-    assert verdict.ok and not verdict.unknown, verdict.explanation
 
 
 def test_live_consistency_change(inst: Install) -> None:

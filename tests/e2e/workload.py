@@ -67,8 +67,11 @@ async def client_loop(ns: argparse.Namespace, cid: int, history: list[dict[str, 
     keys = [f"{ns.prefix}-{i}" for i in range(ns.keys)]
     seen: dict[str, str | None] = {}
     client = Client([ns.endpoint], timeout=ns.timeout, attempts=12)
+    stop_at = time.monotonic() + ns.seconds if ns.seconds else None
     try:
         for n in range(ns.ops):
+            if stop_at is not None and time.monotonic() > stop_at:
+                break
             key = rng.choice(keys)
             roll = rng.random()
             kind = "put" if roll < 0.4 else "get" if roll < 0.75 else "cas"
@@ -91,6 +94,16 @@ async def workload(ns: argparse.Namespace) -> dict[str, Any]:
     history: list[dict[str, Any]] = []
     start = time.monotonic()
     await asyncio.gather(*(client_loop(ns, cid, history) for cid in range(ns.clients)))
+    if ns.final_reads:
+        # One more read of every key once the clients are done: a lost acknowledged
+        # write shows up as a read the checker cannot explain.
+        client = Client([ns.endpoint], timeout=ns.timeout, attempts=30)
+        try:
+            for i in range(ns.keys):
+                op, _ = await one(client, ns.clients, "get", f"{ns.prefix}-{i}", "", None, 30.0)
+                history.append(op)
+        finally:
+            await client.close()
     return {"history": history, "seconds": time.monotonic() - start}
 
 
@@ -120,6 +133,8 @@ def main(argv: list[str] | None = None) -> int:
     w.add_argument("--keys", type=int, default=6)
     w.add_argument("--prefix", default="e2e")
     w.add_argument("--seed", type=int, default=1)
+    w.add_argument("--seconds", type=float, default=0, help="stop after this long (0: no limit)")
+    w.add_argument("--final-reads", action="store_true", help="read every key at the end")
     r = sub.add_parser("read")
     r.add_argument("--key", required=True)
     ns = p.parse_args(argv)

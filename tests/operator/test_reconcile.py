@@ -48,10 +48,12 @@ class FakeKube:
         if sts is None:
             return None
         n = sts["spec"]["replicas"]
-        return StatefulSetState(n, self.ready, n, "r1", "r1", 1, 1)
+        partition = sts["spec"]["updateStrategy"]["rollingUpdate"]["partition"]
+        annotations = sts["metadata"]["annotations"]
+        return StatefulSetState(n, self.ready, n, "r1", "r1", 1, 1, partition, annotations)
 
     async def pods(self, namespace: str, selector: str) -> list[PodState]:
-        return [PodState(f"kv-{i}", i < self.ready, False) for i in range(3)]
+        return [PodState(f"kv-{i}", i < self.ready, False, "r1") for i in range(3)]
 
 
 class FakeNodes:

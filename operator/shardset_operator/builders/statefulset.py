@@ -16,6 +16,7 @@ from shardset_operator.builders.configmap import STORE_CREATED_KEY
 from shardset_operator.consistency import CONSISTENCY_KEY, STALENESS_KEY
 from shardset_operator.models import ShardSetSpec
 from shardset_operator.naming import API_PORT, RAFT_PORT, Names
+from shardset_operator.upgrade import TEMPLATE_HASH, template_hash
 
 DATA_DIR = "/data"
 CONFIG_DIR = "/etc/shardset"
@@ -166,8 +167,19 @@ def _volume_claim(names: Names, spec: ShardSetSpec) -> dict[str, Any]:
     return {"metadata": {"name": "data", "labels": names.selector()}, "spec": claim}
 
 
-def statefulset(names: Names, spec: ShardSetSpec, image: str, replicas: int) -> dict[str, Any]:
-    """`replicas` is decided by the shape planner (it may differ from spec.nodes)."""
+def statefulset(
+    names: Names, spec: ShardSetSpec, image: str, replicas: int, partition: int = 0
+) -> dict[str, Any]:
+    """`replicas` comes from the store's membership (members.py), `partition` from the
+    rolling planner (upgrade.py); the template's hash is kept in an annotation."""
+    obj = _statefulset(names, spec, image, replicas, partition)
+    obj["metadata"]["annotations"] = {TEMPLATE_HASH: template_hash(obj)}
+    return obj
+
+
+def _statefulset(
+    names: Names, spec: ShardSetSpec, image: str, replicas: int, partition: int
+) -> dict[str, Any]:
     retention = "Retain" if spec.storage.retain_on_delete else "Delete"
     return {
         "apiVersion": "apps/v1",
@@ -182,7 +194,12 @@ def statefulset(names: Names, spec: ShardSetSpec, image: str, replicas: int) -> 
             "serviceName": names.peers_service,
             # Every node of a new store must start together to elect the first leaders.
             "podManagementPolicy": "Parallel",
-            "updateStrategy": {"type": "RollingUpdate"},
+            # The operator releases one pod at a time by lowering the partition
+            # (upgrade.py), after moving its leaderships away.
+            "updateStrategy": {
+                "type": "RollingUpdate",
+                "rollingUpdate": {"partition": partition},
+            },
             "selector": {"matchLabels": names.selector()},
             "persistentVolumeClaimRetentionPolicy": {
                 "whenDeleted": retention,

@@ -1,0 +1,114 @@
+"""Rolling changes of the pod template (image, resources, ...), one node at a time (pure).
+
+The StatefulSet's rolling update is held with its `partition` (pods with an ordinal
+below it keep the old template) and released one pod at a time, highest ordinal first,
+only when: every pod is ready, every shard is led and no replica is behind, and the
+next pod leads nothing (its leaderships are transferred away first, so its shards
+never wait for an election). The pod is then restarted by the StatefulSet controller;
+the next one waits until it is back, ready and caught up. A node's own SIGTERM handler
+transfers leadership too (for kubectl drain and other evictions, which the
+PodDisruptionBudget paces).
+
+The partition is the only state, and it lives in the StatefulSet: rerun at any point,
+the plan reads it back. A changed template is recognised by a hash of it kept in an
+annotation, so the very apply that changes it already holds every pod.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from shardset_operator.moves import CATCH_UP_LAG, ShardView, Step, call
+from shardset_operator.repair import MetaView
+
+TEMPLATE_HASH = "shardset.io/template-hash"
+
+
+def template_hash(statefulset: Mapping[str, Any]) -> str:
+    template = statefulset["spec"]["template"]
+    return hashlib.sha256(json.dumps(template, sort_keys=True).encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class RollState:
+    """The StatefulSet and its pods as observed."""
+
+    replicas: int
+    partition: int
+    applied_hash: str | None  # the template hash the last apply recorded
+    update_revision: str | None
+    pods: Mapping[int, tuple[str | None, bool]]  # node id -> (revision, ready)
+
+
+@dataclass(frozen=True)
+class RollPlan:
+    partition: int
+    step: Step | None = None  # a leadership transfer to make before releasing a pod
+    progress: str | None = None  # what the roll is doing, in words; None: no roll
+
+
+def plan_roll(
+    state: RollState | None,
+    desired_hash: str,
+    views: Mapping[int, ShardView],
+    meta: MetaView,
+) -> RollPlan:
+    if state is None:
+        return RollPlan(0)  # a new store: every pod starts at once
+    if state.applied_hash != desired_hash:
+        return RollPlan(state.replicas, progress="new pod template: holding every pod")
+    ids = range(1, state.replicas + 1)
+    stale = [n for n in ids if state.pods.get(n, (None, False))[0] != state.update_revision]
+    if not stale or state.update_revision is None:
+        return RollPlan(0)
+    nxt = max(stale)
+    done = state.replicas - len(stale)
+    where = f"{done}/{state.replicas} nodes on the new template"
+    if state.partition <= nxt - 1:
+        return RollPlan(state.partition, progress=f"restarting node {nxt}; {where}")
+    wait = _gate(state, views)
+    if wait is not None:
+        return RollPlan(state.partition, progress=f"{wait}; {where}")
+    transfer = _leadership_off(nxt, views, meta)
+    if transfer is not None:
+        return RollPlan(state.partition, transfer, f"{transfer.text}; {where}")
+    return RollPlan(nxt - 1, progress=f"restarting node {nxt}; {where}")
+
+
+def _gate(state: RollState, views: Mapping[int, ShardView]) -> str | None:
+    """Why the next pod must not restart yet, or None."""
+    unready = sorted(n for n, (_, ready) in state.pods.items() if not ready)
+    missing = sorted(set(range(1, state.replicas + 1)) - set(state.pods))
+    if unready or missing:
+        return f"waiting for nodes {unready + missing} to be ready"
+    leaderless = sorted(s for s, v in views.items() if v.leader is None)
+    if leaderless:
+        return f"waiting for shards {leaderless} to elect a leader"
+    behind = sorted(
+        f"{n} on shard {s}"
+        for s, v in views.items()
+        for n in v.voters
+        if v.lag.get(n, CATCH_UP_LAG + 1) > CATCH_UP_LAG
+    )
+    if behind:
+        return f"waiting for replicas to catch up: node {', node '.join(behind)}"
+    return None
+
+
+def _leadership_off(node: int, views: Mapping[int, ShardView], meta: MetaView) -> Step | None:
+    for s, v in sorted(views.items()):
+        if v.leader == node:
+            others = sorted(v.voters - {node}, key=lambda n: (v.lag.get(n, 0), n))
+            if others:
+                text = f"move leadership of shard {s} off node {node} (to {others[0]})"
+                return call("transfer-leader", node, {"shard": s, "to": others[0]}, text)
+    if meta.leader == node:
+        others = sorted(meta.voters - {node}, key=lambda n: (meta.lag.get(n, 0), n))
+        if others:
+            text = f"move metadata leadership off node {node} (to {others[0]})"
+            return call("transfer-leader", node, {"shard": 0, "to": others[0]}, text)
+    return None
