@@ -125,8 +125,18 @@ def _degraded(obs: Observation, bootstrapped: bool) -> tuple[ConditionStatus, st
     bad = [h for h in obs.shards.values() if not h.healthy]
     if not bad:
         return "False", "AllShardsHealthy", f"{len(obs.shards)} shards led and fully replicated"
-    reason = "ShardsLeaderless" if any(h.leaderless for h in bad) else "ShardsUnderReplicated"
-    message = "; ".join(h.describe() for h in bad)
+    lost = [h for h in bad if h.quorum_lost]
+    if lost:
+        reason = "QuorumLost"
+        message = "; ".join(
+            f"shard {h.shard} lost a majority of its voters {list(h.voters)} "
+            f"(answering: {list(h.responsive_voters) or 'none'})"
+            for h in lost
+        )
+        message += ": its writes and linearizable reads are refused until they return"
+    else:
+        reason = "ShardsLeaderless" if any(h.leaderless for h in bad) else "ShardsUnderReplicated"
+        message = "; ".join(h.describe() for h in bad)
     if obs.unreachable:
         message += "; " + _ids("unreachable nodes", list(obs.unreachable))
     return "True", reason, message

@@ -13,10 +13,14 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 import uuid
 from pathlib import Path
 
 import pytest
+
+# Test modules share helpers by importing each other (pytest runs with importlib mode).
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 REPO = Path(__file__).resolve().parents[2]
 CACHE = Path(os.environ.get("SHARDSET_CACHE", Path.home() / ".cache" / "shardset"))

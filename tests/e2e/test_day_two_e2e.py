@@ -16,6 +16,7 @@ import json
 import os
 import subprocess
 import time
+from collections import Counter
 from typing import Any
 
 import pytest
@@ -99,6 +100,21 @@ def node_statuses(inst: Install, count: int) -> dict[int, dict[str, Any]]:
     return {int(k): v for k, v in json.loads(raw).items()}
 
 
+def replace_pod(inst: Install, pod: str) -> None:
+    """Delete `pod` and wait until the StatefulSet's new pod of that name is Ready."""
+    old = inst.app.json("get", "pod", pod)["metadata"]["uid"]
+    inst.app("delete", "pod", pod, "--wait=false")
+
+    def back() -> bool:
+        got = inst.app.json("get", "pods", "--field-selector", f"metadata.name={pod}")["items"]
+        if not got or got[0]["metadata"]["uid"] == old:
+            return False
+        conds = got[0].get("status", {}).get("conditions", [])
+        return any(c["type"] == "Ready" and c["status"] == "True" for c in conds)
+
+    wait_until(f"pod {pod} to be replaced and Ready", back, READY_TIMEOUT)
+
+
 def start_workload(inst: Install, prefix: str, seconds: int = WORKLOAD_SECONDS) -> str:
     return start_in_cluster(
         inst,
@@ -118,6 +134,7 @@ def start_workload(inst: Install, prefix: str, seconds: int = WORKLOAD_SECONDS) 
             str(seconds),
             "--final-reads",
         ],
+        store=NAME,
     )
 
 
@@ -127,8 +144,16 @@ def check_workload(inst: Install, pod: str, scenario: str) -> dict[str, float]:
     writes = sorted(o.complete for o in history if o.kind != "get" and o.complete is not None)
     gap = max((b - a for a, b in itertools.pairwise(writes)), default=0.0)
     failed = sum(o.complete is None for o in history)
+    errors = Counter(o.get("error", "")[:120] for o in result["history"] if o["complete"] is None)
+    log(f"{scenario}: unanswered operations by error: {dict(errors)}")
     finals = history[-16:]
-    assert all(o.kind == "get" and o.complete is not None for o in finals), finals
+    assert all(o.kind == "get" and o.complete is not None for o in finals), (
+        f"{scenario}: final reads failed: {result['history'][-16:]}"
+    )
+    # The store must really have served the workload while the scenario ran.
+    assert len(writes) >= 100 and failed <= len(history) // 10, (
+        f"{scenario}: {len(writes)} acknowledged writes, {failed}/{len(history)} unanswered"
+    )
     verdict = check_kv(history)
     assert verdict.ok and not verdict.unknown, f"{scenario}: {verdict.explanation}"
     facts = {
@@ -164,9 +189,8 @@ def test_delete_the_pod_leading_most_shards(inst: Install) -> None:
     }
     victim = max(led, key=lambda n: (led[n], -n))
     started = time.monotonic()
-    inst.app("delete", "pod", f"{NAME}-{victim - 1}", "--wait=false")
+    replace_pod(inst, f"{NAME}-{victim - 1}")
     log(f"deleted pod {NAME}-{victim - 1} (node {victim}, leading {led[victim]} shards)")
-    time.sleep(3)
     took = wait_settled(inst, [1, 2, 3])
     log(f"failover: store Ready and idle again {time.monotonic() - started:.0f}s after the delete")
     facts = check_workload(inst, pod, "delete leader-heavy pod")
@@ -179,7 +203,7 @@ def test_delete_a_pod_and_its_volume(inst: Install) -> None:
     claim = f"data-{NAME}-1"
     started = time.monotonic()
     inst.app("delete", "pvc", claim, "--wait=false")
-    inst.app("delete", "pod", f"{NAME}-1", "--wait=false")
+    replace_pod(inst, f"{NAME}-1")
     log(f"deleted pod {NAME}-1 and its volume claim {claim}")
 
     def rejoined() -> bool:

@@ -239,9 +239,9 @@ def run_in_cluster(inst: Install, args: list[str], timeout: int = 300) -> dict[s
     return result_of(inst, start_in_cluster(inst, args), timeout)
 
 
-def start_in_cluster(inst: Install, args: list[str]) -> str:
-    """Starts workload.py in a pod of the node image against the client Service; returns
-    the pod's name (result_of waits for it)."""
+def start_in_cluster(inst: Install, args: list[str], store: str | None = None) -> str:
+    """Starts workload.py in a pod of the node image against the client Service of
+    `store` (default: the example's); returns the pod's name (result_of waits for it)."""
     app = inst.app
     configmap = app(
         "create",
@@ -274,7 +274,7 @@ def start_in_cluster(inst: Install, args: list[str]) -> str:
                             "python",
                             "/e2e/workload.py",
                             "--endpoint",
-                            f"http://{inst.name}:8000",
+                            f"http://{store or inst.name}:8000",
                             *args,
                         ],
                         "volumeMounts": [{"name": "code", "mountPath": "/e2e"}],

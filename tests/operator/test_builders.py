@@ -8,7 +8,7 @@ import kopf
 import pytest
 
 from shardset_operator.bootstrap import BOOTSTRAP_KEY, bootstrap_document, first_map
-from shardset_operator.builders.configmap import configmap
+from shardset_operator.builders.configmap import STORE_CREATED_KEY, configmap
 from shardset_operator.builders.pdb import max_unavailable, pdb
 from shardset_operator.builders.services import client_service, peers_service
 from shardset_operator.builders.statefulset import default_affinity, node_args, statefulset
@@ -71,6 +71,15 @@ def test_consistency_change_does_not_change_the_pod_template() -> None:
     a = statefulset(NAMES, spec(consistency={"mode": "linearizable"}), "img", 3)
     b = statefulset(NAMES, spec(consistency={"mode": "bounded", "maxStalenessMs": 250}), "img", 3)
     assert a == b
+
+
+def test_the_store_created_marker_reaches_the_pods() -> None:
+    pod = statefulset(NAMES, spec(), "img", 3)["spec"]["template"]["spec"]
+    [config] = [v["configMap"] for v in pod["volumes"] if "configMap" in v]
+    assert {"key": STORE_CREATED_KEY, "path": STORE_CREATED_KEY} in config["items"]
+    assert config["optional"] is True  # absent until the store exists
+    args = pod["containers"][0]["args"]
+    assert args[args.index("--store-created-file") + 1].endswith(STORE_CREATED_KEY)
 
 
 def test_retention_policy_follows_retain_on_delete() -> None:

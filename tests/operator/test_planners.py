@@ -227,6 +227,22 @@ def test_bootstrapped_stays_true_when_shards_lose_leaders_later() -> None:
     assert _cond(st, "Ready")[:2] == ("False", "NodesNotReady")
 
 
+def test_a_shard_with_a_majority_of_voters_down_is_reported_as_quorum_lost() -> None:
+    before = compute_status(ShardSetStatus(), _obs(), NOW)
+    reports = _three_healthy()
+    reports[1] = reports[2] = None  # 2 of each shard's 3 voters down
+    obs = _obs(ready_nodes=1, answered=1, shards=shard_health(reports, [1, 2], 3))
+    st = compute_status(before, obs, NOW)
+    status, reason, message = _cond(st, "Degraded")
+    assert (status, reason) == ("True", "QuorumLost")
+    assert "lost a majority of its voters [1, 2, 3] (answering: [3])" in message
+    # One voter down is not a lost quorum.
+    reports = _three_healthy()
+    reports[2] = None
+    one = compute_status(before, _obs(shards=shard_health(reports, [1, 2], 3)), NOW)
+    assert _cond(one, "Degraded")[1] != "QuorumLost"
+
+
 def test_consistency_switch_in_progress_is_progressing_with_errors_named() -> None:
     before = compute_status(ShardSetStatus(), _obs(), NOW)
     want = ReadSetting("lease", None)

@@ -140,9 +140,17 @@ def _pod_spec(names: Names, spec: ShardSetSpec, image: str) -> dict[str, Any]:
         "volumes": [
             {
                 "name": "config",
+                # The bootstrap map and, once the store exists, its store-created
+                # marker (written after the pods started: a mounted ConfigMap
+                # follows changes, an env var or a fixed item list would not).
                 "configMap": {
                     "name": names.configmap,
-                    "items": [{"key": BOOTSTRAP_KEY, "path": BOOTSTRAP_KEY}],
+                    "items": [
+                        {"key": BOOTSTRAP_KEY, "path": BOOTSTRAP_KEY},
+                        {"key": STORE_CREATED_KEY, "path": STORE_CREATED_KEY},
+                    ],
+                    # store-created is absent until the store exists
+                    "optional": True,
                 },
             },
             {"name": "tmp", "emptyDir": {}},
