@@ -238,7 +238,10 @@ async def run_round(
             out.notes.append(("MoveDone", _describe(planned.move)))
             done = {"move": None, "moves_done": out.journal.moves_done + 1}
             out.journal = out.journal.model_copy(update=done)
-            continue
+            # One move per round: its progress reaches status and events before the
+            # next one starts (the next reconcile goes on).
+            out.waiting = f"{_describe(planned.move)}; next move at the next reconcile"
+            return out
         if step.kind == "wait":
             out.waiting = step.text
         else:
