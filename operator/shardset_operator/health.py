@@ -39,8 +39,10 @@ class ShardHealth:
     def quorum_lost(self) -> bool:
         """No leader, and too few of its voters answer to elect one: it stays down
         until they come back, or until an explicit recovery (docs/operations.md)."""
-        return self.leaderless and bool(self.voters) and (
-            2 * len(self.responsive_voters) <= len(self.voters)
+        return (
+            self.leaderless
+            and bool(self.voters)
+            and (2 * len(self.responsive_voters) <= len(self.voters))
         )
 
     @property

@@ -131,7 +131,8 @@ class ShardSetSpec(_Model):
         ge=1,
         le=1024,
         description=(
-            "Number of shards (Raft groups) the key space is split into at creation. Immutable."
+            "Number of shards (Raft groups) the key space is split into. It can grow: "
+            "shards are split online, half of the widest slot range at a time."
         ),
     )
     replication_factor: int = Field(
@@ -321,8 +322,9 @@ CEL_RULES: dict[str, list[dict[str, str]]] = {
     ],
     "spec.shards": [
         {
-            "rule": "self == oldSelf",
-            "message": "shards is immutable (the operator does not split shards yet)",
+            "rule": "self >= oldSelf",
+            "message": "shards can only grow (slots are split into new shards; merging "
+            "shards is not supported)",
         },
     ],
     "spec.consistency": [

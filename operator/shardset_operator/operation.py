@@ -38,6 +38,7 @@ from shardset_operator.nodeclient import NodeCallError, NodeClient
 from shardset_operator.observe import NodeViews, poll_nodes
 from shardset_operator.rebalance import Move, PlanError, load, plan_moves
 from shardset_operator.repair import join_step, lost_replica_step, meta_step, meta_view
+from shardset_operator.splits import Split, plan_split
 
 log = structlog.get_logger(__name__)
 
@@ -107,6 +108,9 @@ def plan_step(
         operation = journal.operation if journal is not None else "repair membership"
         return Planned(operation, repair)
     move = resumed or _excess(views, plan, spec.replication_factor)
+    split = plan_split(live, spec.shards)
+    if move is None and split is not None and not spec.rebalance.paused and not plan.unreachable:
+        return Planned(f"split shards to {spec.shards}", _split_step(split, views))
     if move is None and not spec.rebalance.paused and not plan.unreachable:
         try:
             moves = plan_moves(live.replicas, plan.targets, spec.replication_factor, 1)
@@ -181,6 +185,21 @@ def _operation(spec: ShardSetSpec, plan: MemberPlan, journal: Journal | None) ->
     if plan.leaving:
         return f"scale down to {spec.nodes} nodes"
     return "rebalance replicas"
+
+
+def _split_step(split: Split, views: dict[int, ShardView]) -> Step:
+    leader = views[split.shard].leader
+    if leader is None:
+        return wait(f"shard {split.shard} has no leader to split")
+    body = {
+        "shard": split.shard,
+        "new_shard": split.new_shard,
+        "start": split.start,
+        "end": split.end,
+    }
+    slots = f"[{split.start}, {split.end})"
+    text = f"split slots {slots} of shard {split.shard} into shard {split.new_shard}"
+    return call("split-shard", leader, body, text)
 
 
 def _remove_node(node: int, seen: NodeViews) -> Step:

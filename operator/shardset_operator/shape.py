@@ -1,9 +1,9 @@
-"""The store's shape (shards, replication) and which changes to it are refused.
+"""The store's shape and which changes to it are refused.
 
-Node count changes are carried out (members.py, operation.py). The replication factor
-and the shard count of a running store cannot change yet: such a change is refused in
-the Progressing condition and nothing is touched, so it is visible and nothing
-half-happens.
+Node count changes are carried out (members.py, operation.py), and so is a growing
+shard count (splits.py; a CEL rule refuses a shrinking one). The replication factor
+of a running store cannot change yet: such a change is refused in the Progressing
+condition and nothing is touched, so it is visible and nothing half-happens.
 """
 
 from __future__ import annotations
@@ -43,14 +43,6 @@ def plan_shape(spec: ShardSetSpec, recorded: ShardMap | None) -> Shape:
                 f"spec.replicationFactor is {spec.replication_factor} but the store was "
                 f"created with {replication}; this operator version cannot change it "
                 f"(set it back to {replication})",
-            )
-        )
-    shards = len(recorded.replicas)
-    if spec.shards != shards:
-        refusals.append(
-            Refusal(
-                "ShardCountChangeNotSupported",
-                f"spec.shards is {spec.shards} but the store was created with {shards}",
             )
         )
     return Shape(replicas=spec.nodes, replication=replication, refusals=tuple(refusals))

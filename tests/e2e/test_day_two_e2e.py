@@ -1,6 +1,6 @@
 """Day two on a real cluster: failover, a lost volume, scaling up and down with an
 operator restart in the middle, a refused scale-down below the replication factor,
-and a rolling image change.
+more shards split online, and a rolling image change.
 
 One ShardSet (3 nodes, 8 shards, replication 3) serves every scenario in turn. During
 each one, a workload runs from inside the cluster through the client Service; its
@@ -40,7 +40,6 @@ pytestmark = pytest.mark.e2e
 __all__ = ["inst"]  # the module-scoped installation fixture, imported for its tests
 
 NAME = "dt"
-SHARDS = 8
 WORKLOAD_SECONDS = int(os.environ.get("E2E_DAY_TWO_WORKLOAD_S", "60"))
 
 
@@ -61,13 +60,16 @@ def conditions(st: dict[str, Any]) -> dict[str, str]:
 
 
 def settled(inst: Install, members: list[int]) -> dict[str, Any] | None:
-    """The status once the store is Ready, idle and has exactly `members`."""
-    st = status(inst)
+    """The status once the store is Ready, idle, has exactly `members` and every shard
+    of the spec healthy."""
+    obj = sset(inst)
+    st = obj.get("status", {})
     ok = (
         conditions(st).get("Ready") == "True"
         and st.get("members") == members
         and not st.get("journal")
-        and st.get("shards", {}).get("healthy") == SHARDS
+        and st.get("shards", {}).get("healthy") == obj["spec"]["shards"]
+        and st.get("shards", {}).get("total") == obj["spec"]["shards"]
     )
     return st if ok else None
 
@@ -172,7 +174,7 @@ def test_day_two_store_becomes_ready(inst: Install) -> None:
             "apiVersion": "shardset.io/v1alpha1",
             "kind": "ShardSet",
             "metadata": {"name": NAME},
-            "spec": {"nodes": 3, "shards": SHARDS, "replicationFactor": 3},
+            "spec": {"nodes": 3, "shards": 8, "replicationFactor": 3},
         }
     )
     took = wait_settled(inst, [1, 2, 3])
@@ -269,19 +271,7 @@ def test_scale_up_to_five_with_an_operator_restart_then_back_to_three(inst: Inst
 
 def test_scale_below_the_replication_factor_is_refused(inst: Install) -> None:
     r = subprocess.run(
-        [
-            inst.k.binary,
-            "--kubeconfig",
-            inst.k.kubeconfig,
-            "-n",
-            inst.app.namespace,
-            "patch",
-            "sset",
-            NAME,
-            "--type=merge",
-            "-p",
-            json.dumps({"spec": {"nodes": 2}}),
-        ],
+        [*kubectl_cmd(inst), "patch", "sset", NAME, "--type=merge", "-p", '{"spec":{"nodes":2}}'],
         capture_output=True,
         text=True,
         timeout=60,
@@ -290,6 +280,31 @@ def test_scale_below_the_replication_factor_is_refused(inst: Install) -> None:
     assert r.returncode != 0 and "replicationFactor must not exceed nodes" in r.stderr, r
     assert sset(inst)["spec"]["nodes"] == 3
     assert inst.app.json("get", "statefulset", NAME)["spec"]["replicas"] == 3
+
+
+def test_more_shards_are_split_online(inst: Install) -> None:
+    pod = start_workload(inst, "split")
+    time.sleep(5)
+    started = time.monotonic()
+    inst.app("patch", "sset", NAME, "--type=merge", "-p", json.dumps({"spec": {"shards": 12}}))
+    wait_settled(inst, [1, 2, 3])
+    st = status(inst)
+    log(f"shards 8 -> 12 done in {time.monotonic() - started:.0f}s: {st.get('lastOperation')}")
+    assert st["shards"]["total"] == 12
+    check_workload(inst, pod, "shards 8 -> 12")
+    # Fewer shards is refused by the API server: merging is not supported.
+    r = subprocess.run(
+        [*kubectl_cmd(inst), "patch", "sset", NAME, "--type=merge", "-p", '{"spec":{"shards":8}}'],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert r.returncode != 0 and "shards can only grow" in r.stderr, r
+
+
+def kubectl_cmd(inst: Install) -> list[str]:
+    return [inst.k.binary, "--kubeconfig", inst.k.kubeconfig, "-n", inst.app.namespace]
 
 
 def test_rolling_image_change(inst: Install) -> None:

@@ -46,9 +46,11 @@ def names_of(cluster: LocalCluster) -> LocalNames:
     return LocalNames("local", "test", ports)
 
 
-async def drive(cluster: LocalCluster, nodes: int, timeout: float = 180.0) -> list[str]:
+async def drive(
+    cluster: LocalCluster, nodes: int, timeout: float = 180.0, shards: int = SHARDS
+) -> list[str]:
     """Rounds of the operator's driver until its operation is done; the notes it made."""
-    spec = ShardSetSpec.model_validate({"nodes": nodes, "shards": SHARDS})
+    spec = ShardSetSpec.model_validate({"nodes": nodes, "shards": shards})
     names = names_of(cluster)
     journal: Journal | None = None
     notes: list[str] = []
@@ -70,7 +72,7 @@ async def drive(cluster: LocalCluster, nodes: int, timeout: float = 180.0) -> li
             journal = r.journal
             if journal is None and r.waiting is None:
                 return notes
-            log(f"round: {journal.step if journal else r.waiting}")
+            log(f"round: {r.waiting or (journal.step if journal else '')}")
     raise AssertionError(f"scaling to {nodes} nodes did not finish in {timeout}s: {journal}")
 
 
@@ -157,6 +159,30 @@ def test_node_back_on_an_empty_volume_rejoins_and_gets_its_replicas_back(
         st2 = (await statuses(cluster))[2]
         assert sorted(g for g in st2["groups"] if g != "meta") == [str(s) for s in lay.shards]
         assert 2 in st2["groups"]["meta"]["voters"], st2["groups"]["meta"]
+        await wl.stop()
+        log(f"client errors: {dict(wl.errors)}; ops: {len(wl.history)}")
+        await check_end_state(cluster, keys, wl.history)
+
+    run(scenario())
+
+
+def test_more_shards_split_online_under_a_workload(cluster_factory: Any) -> None:
+    """spec.shards 4 -> 6: the driver splits the widest slot ranges into new shards
+    while clients write; every key stays readable and the history linearizable."""
+    cluster = cluster_factory()
+
+    async def scenario() -> None:
+        lay = await layout(cluster)
+        keys = lay.keys("k", per_shard=4)
+        wl = Workload(cluster.endpoints, keys, clients=4, max_seconds=240.0)
+        wl.start()
+        await asyncio.sleep(2.0)
+        t0 = time.monotonic()
+        notes = await drive(cluster, 3, shards=6)
+        log(f"split 4 -> 6 shards took {time.monotonic() - t0:.1f}s: {notes}")
+        m = await shardmap(cluster)
+        assert sorted(int(s) for s in m["replicas"]) == [1, 2, 3, 4, 5, 6], m
+        await asyncio.sleep(3.0)  # the workload goes on against the new shards
         await wl.stop()
         log(f"client errors: {dict(wl.errors)}; ops: {len(wl.history)}")
         await check_end_state(cluster, keys, wl.history)

@@ -213,6 +213,19 @@ class FakeStore:
         self.groups[body["shard"]].hosts.discard(node)
         return {}
 
+    def _split_shard(self, node: int, body: dict[str, Any]) -> dict[str, Any]:
+        g = self._leader_of(node, body["shard"])
+        new, start, end = body["new_shard"], body["start"], body["end"]
+        assert new not in self.groups
+        [owned] = [r for r in self.slots if r[2] == body["shard"] and r[0] <= start < end <= r[1]]
+        self.slots.remove(owned)
+        pieces = [[owned[0], start, owned[2]], [start, end, new], [end, owned[1], owned[2]]]
+        self.slots = sorted(self.slots + [p for p in pieces if p[0] < p[1]])
+        self.groups[new] = Group(g.leader, set(g.voters), hosts=set(g.voters))
+        self.recorded[new] = sorted(g.voters)
+        self._bump()
+        return {}
+
     def _record_replicas(self, node: int, body: dict[str, Any]) -> dict[str, Any]:
         self._meta(node)
         self.recorded[body["shard"]] = sorted(body["voters"])

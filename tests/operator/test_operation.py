@@ -152,6 +152,16 @@ def test_new_nodes_become_metadata_voters_up_to_five() -> None:
     assert store.meta_voters <= {1, 2, 3} and store.members == {1, 2, 3}
 
 
+def test_more_shards_are_split_off_online_then_spread() -> None:
+    store = FakeStore(3, 4, 3, NAMES)
+    store.running |= {4}
+    converge(store, spec(nodes=4, shards=7))
+    assert sorted(store.groups) == [1, 2, 3, 4, 5, 6, 7]
+    widths = sorted(b - a for a, b, _ in store.slots)
+    assert sum(widths) == 16384 and widths[-1] - widths[0] <= 16384 // 4, widths
+    assert_settled(store, {1, 2, 3, 4})
+
+
 def test_paused_rebalance_starts_no_move() -> None:
     store = FakeStore(3, 8, 3, NAMES)
     store.running |= {4, 5}
