@@ -17,6 +17,8 @@ from typing import Any
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
+from shardset_operator.models import GROUP, PLURAL, VERSION
+
 FIELD_MANAGER = "shardset-operator"
 APPLY = "application/apply-patch+yaml"
 
@@ -59,6 +61,7 @@ class Kube:
         self.core = client.CoreV1Api()
         self.apps = client.AppsV1Api()
         self.policy = client.PolicyV1Api()
+        self.custom = client.CustomObjectsApi()
 
     async def _call(
         self, what: str, fn: Callable[..., Any], *args: Any, missing_ok: bool = False, **kw: Any
@@ -88,6 +91,19 @@ class Kube:
             field_manager=FIELD_MANAGER,
             force=True,
             _content_type=APPLY,
+        )
+
+    async def patch_shardset_status(self, namespace: str, name: str, body: dict[str, Any]) -> None:
+        """A merge patch of a ShardSet's status (progress shown while a reconcile runs)."""
+        await self._call(
+            f"patch status of ShardSet {namespace}/{name}",
+            self.custom.patch_namespaced_custom_object_status,
+            GROUP,
+            VERSION,
+            namespace,
+            PLURAL,
+            name,
+            {"status": body},
         )
 
     async def configmap_data(self, namespace: str, name: str) -> dict[str, str] | None:

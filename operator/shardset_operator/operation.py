@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -235,8 +235,10 @@ async def run_round(
     journal: Journal | None,
     now: Callable[[], datetime],
     budget_s: float = ROUND_SECONDS,
+    progress: Callable[[Journal], Awaitable[None]] | None = None,
 ) -> Round:
-    """Steps until the work is done, a step must wait past the budget, or a call fails."""
+    """Steps until the work is done, a step must wait past the budget, or a call fails.
+    `progress` is told the journal after every finished move (to show it in status)."""
     deadline = time.monotonic() + budget_s
     out = Round(journal)
     while True:
@@ -257,10 +259,9 @@ async def run_round(
             out.notes.append(("MoveDone", _describe(planned.move)))
             done = {"move": None, "moves_done": out.journal.moves_done + 1}
             out.journal = out.journal.model_copy(update=done)
-            # One move per round: its progress reaches status and events before the
-            # next one starts (the next reconcile goes on).
-            out.waiting = f"{_describe(planned.move)}; next move at the next reconcile"
-            return out
+            if progress is not None:
+                await progress(out.journal)
+            continue
         if step.kind == "wait":
             out.waiting = step.text
         else:

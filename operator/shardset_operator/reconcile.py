@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import kopf
+import structlog
 
 from shardset_node.shardmap import ShardMap
 from shardset_operator import bootstrap
@@ -33,6 +34,8 @@ from shardset_operator.repair import meta_view
 from shardset_operator.shape import Shape, plan_shape
 from shardset_operator.status import Observation, compute_status, with_failure
 from shardset_operator.upgrade import TEMPLATE_HASH, RollState, plan_roll, template_hash
+
+log = structlog.get_logger(__name__)
 
 
 @dataclass
@@ -186,7 +189,17 @@ async def converge(body: dict[str, Any], ctx: Context) -> Outcome:
     if failure is None and ready_for_work and live is not None:
         ids = list(range(1, max(size, max(members, default=0)) + 1))
         plan_of = planner(sset.spec.nodes, gone, live.epoch)
-        done = await run_round(ctx.nodes, names, sset.spec, plan_of, ids, journal, _now)
+
+        async def progress(j: Journal) -> None:
+            body = {"journal": j.model_dump(by_alias=True, exclude_none=True, mode="json")}
+            try:
+                await ctx.kube.patch_shardset_status(names.namespace, names.name, body)
+            except KubeError as e:  # progress display only: the round goes on
+                log.warning("progress not shown in status", error=str(e))
+
+        done = await run_round(
+            ctx.nodes, names, sset.spec, plan_of, ids, journal, _now, progress=progress
+        )
         journal, waiting = done.journal, done.waiting
         last_operation = done.finished or last_operation
         notes.extend(done.notes)

@@ -37,6 +37,9 @@ class FakeKube:
         self.calls.append(f"apply {kind} {name}")
         self.objects[(kind, name)] = copy.deepcopy(obj)
 
+    async def patch_shardset_status(self, namespace: str, name: str, body: dict[str, Any]) -> None:
+        self.calls.append(f"patch status {sorted(body)}")
+
     async def configmap_data(self, namespace: str, name: str) -> dict[str, str] | None:
         if self.fail_kind == "read":
             raise KubeError(f"read ConfigMap {namespace}/{name}: 403 Forbidden")

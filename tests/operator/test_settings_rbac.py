@@ -68,6 +68,7 @@ CALLS = {
     "list_namespaced_pod": ("", "pods", "list"),
     "list_namespaced_persistent_volume_claim": ("", "persistentvolumeclaims", "list"),
     "delete_namespaced_persistent_volume_claim": ("", "persistentvolumeclaims", "delete"),
+    "patch_namespaced_custom_object_status": ("shardset.io", "shardsets/status", "patch"),
 }
 
 
