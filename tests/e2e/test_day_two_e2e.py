@@ -23,7 +23,6 @@ import pytest
 from test_operator_e2e import (  # the shared installation and helpers
     NODE_IMAGE,
     READY_TIMEOUT,
-    REPO,
     Install,
     history_of,
     inst,
@@ -307,12 +306,20 @@ def kubectl_cmd(inst: Install) -> list[str]:
     return [inst.k.binary, "--kubeconfig", inst.k.kubeconfig, "-n", inst.app.namespace]
 
 
+def tag_in_cluster(image: str, tag: str) -> None:
+    """A second tag of `image` in the local cluster's containerd (no registry here)."""
+    state = os.environ.get("SHARDSET_STATE", "/var/lib/shardset-cluster")
+    sock = f"{state}/run/containerd.sock"
+    if not os.path.exists(sock):
+        pytest.skip(f"no local cluster containerd at {sock} to tag {image} as {tag}")
+    names = [f"docker.io/{image}", f"docker.io/{tag}"]
+    ctr = ["ctr", "-a", sock, "-n", "k8s.io", "images", "tag", "--force", *names]
+    subprocess.run(ctr, check=True, capture_output=True, timeout=60)
+
+
 def test_rolling_image_change(inst: Install) -> None:
     tag = f"{NODE_IMAGE.rsplit(':', 1)[0]}:e2e-roll"
-    subprocess.run(["docker", "tag", NODE_IMAGE, tag], check=True, timeout=60)
-    subprocess.run(
-        [str(REPO / "hack" / "cluster" / "load-images.sh"), tag], check=True, timeout=600
-    )
+    tag_in_cluster(NODE_IMAGE, tag)
     pod = start_workload(inst, "roll", seconds=WORKLOAD_SECONDS * 2)
     time.sleep(5)
     started = time.monotonic()
