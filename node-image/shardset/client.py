@@ -80,6 +80,9 @@ class _Route:
         raise ShardsetError(f"no shard owns slot {slot} in shard map epoch {self.epoch}")
 
 
+CONNECT_TIMEOUT_S = 1.0  # a TCP connect to a live node takes milliseconds
+
+
 class Client:
     def __init__(
         self,
@@ -115,7 +118,12 @@ class Client:
 
     def _http(self) -> aiohttp.ClientSession:
         if self._session is None:
-            self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.timeout))
+            # A node that is gone (a pod deleted on scale-down, its address unrouted)
+            # fails the connect instead of eating the whole request timeout.
+            limit = aiohttp.ClientTimeout(
+                total=self.timeout, sock_connect=min(CONNECT_TIMEOUT_S, self.timeout)
+            )
+            self._session = aiohttp.ClientSession(timeout=limit)
         return self._session
 
     # --- public operations --------------------------------------------------------
