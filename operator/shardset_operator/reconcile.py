@@ -7,6 +7,7 @@ the cluster and the nodes. Nothing is kept in memory between runs.
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
@@ -28,12 +29,18 @@ from shardset_operator.models import Journal, ShardSet, ShardSetStatus, Unreacha
 from shardset_operator.moves import views_of
 from shardset_operator.naming import Names, node_id_of_pod
 from shardset_operator.nodeclient import NodeCallError, NodeClient
-from shardset_operator.observe import NodeViews, Seen, observe, rollout
+from shardset_operator.observe import NodeViews, Seen, observe, poll_nodes, rollout
 from shardset_operator.operation import planner, run_round
 from shardset_operator.repair import meta_view
 from shardset_operator.shape import Shape, plan_shape
 from shardset_operator.status import Observation, compute_status, with_failure
-from shardset_operator.upgrade import TEMPLATE_HASH, RollState, plan_roll, template_hash
+from shardset_operator.upgrade import (
+    TEMPLATE_HASH,
+    RollPlan,
+    RollState,
+    plan_roll,
+    template_hash,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -135,7 +142,11 @@ async def converge(body: dict[str, Any], ctx: Context) -> Outcome:
     image = sset.spec.image or ctx.node_image
     desired_hash = template_hash(statefulset(names, sset.spec, image, size))
     views = views_of(seen.reports, replicas)
-    roll = plan_roll(roll_state(seen, names), desired_hash, views, meta_view(seen.reports))
+    state = roll_state(seen, names)
+    roll = plan_roll(state, desired_hash, views, meta_view(seen.reports))
+    if roll.step is not None:
+        roll, moved = await clear_leaderships(ctx, names, state, desired_hash, replicas, roll)
+        notes.extend(("LeadershipMoved", text) for text in moved)
 
     # Apply: whole objects, so a rerun after an interruption converges the same way.
     config_applied = False
@@ -174,13 +185,6 @@ async def converge(body: dict[str, Any], ctx: Context) -> Outcome:
                 continue
             reports[node] = reads
             notes.append(("ConsistencyApplied", f"node {node} now reads {reads.mode}"))
-
-    if roll.step is not None and failure is None:
-        try:
-            await ctx.nodes.admin(names.api_url(roll.step.at), roll.step.action, roll.step.body)
-            notes.append(("LeadershipMoved", roll.step.text))
-        except NodeCallError as e:
-            switch_errors.append(f"{roll.step.text}: {e}")
 
     # The one operation in progress (scaling, rebalancing, failover), a round of it;
     # not while pods restart for a new template.
@@ -232,6 +236,40 @@ async def converge(body: dict[str, Any], ctx: Context) -> Outcome:
         }
     )
     return Outcome(status=status, notes=notes, failure=failure)
+
+
+ROLL_TRANSFERS = 16  # leadership transfers one reconcile makes before releasing a pod
+TRANSFER_SETTLE_S = 0.3  # a transfer completes within a heartbeat round or two
+
+
+async def clear_leaderships(
+    ctx: Context,
+    names: Names,
+    state: RollState | None,
+    desired_hash: str,
+    replicas: dict[int, tuple[int, ...]],
+    roll: RollPlan,
+) -> tuple[RollPlan, list[str]]:
+    """Transfer the leaderships off the next pod to restart, re-planning after each,
+    so the pod can be released in this same reconcile."""
+    moved: list[str] = []
+    ids = sorted({n for holders in replicas.values() for n in holders})
+    for _ in range(ROLL_TRANSFERS):
+        step = roll.step
+        if step is None:
+            break
+        try:
+            await ctx.nodes.admin(names.api_url(step.at), step.action, step.body)
+        except NodeCallError as e:
+            log.warning("leadership transfer failed", step=step.text, error=str(e))
+            break
+        moved.append(step.text)
+        await asyncio.sleep(TRANSFER_SETTLE_S)
+        seen = await poll_nodes(ctx.nodes, names, ids)
+        roll = plan_roll(
+            state, desired_hash, views_of(seen.reports, replicas), meta_view(seen.reports)
+        )
+    return roll, moved
 
 
 def roll_state(seen: Seen, names: Names) -> RollState | None:

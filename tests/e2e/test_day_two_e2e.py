@@ -320,7 +320,7 @@ def tag_in_cluster(image: str, tag: str) -> None:
 def test_rolling_image_change(inst: Install) -> None:
     tag = f"{NODE_IMAGE.rsplit(':', 1)[0]}:e2e-roll"
     tag_in_cluster(NODE_IMAGE, tag)
-    pod = start_workload(inst, "roll", seconds=WORKLOAD_SECONDS * 2)
+    pod = start_workload(inst, "roll", seconds=WORKLOAD_SECONDS * 3)
     time.sleep(5)
     started = time.monotonic()
     inst.app("patch", "sset", NAME, "--type=merge", "-p", json.dumps({"spec": {"image": tag}}))
