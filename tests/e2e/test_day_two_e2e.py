@@ -336,7 +336,7 @@ def test_rolling_image_change(inst: Install) -> None:
             and s.get("readyReplicas") == 3
         )
 
-    wait_until("every pod to run the new image", rolled, READY_TIMEOUT)
+    wait_until("every pod to run the new image", rolled, 2 * READY_TIMEOUT)
     wait_settled(inst, [1, 2, 3])
     log(f"rolling image change done in {time.monotonic() - started:.0f}s")
     pods = inst.app.json("get", "pods", "-l", f"app.kubernetes.io/instance={NAME}")["items"]
