@@ -280,3 +280,20 @@ def test_without_a_trusted_shard_map_the_statefulset_is_never_shrunk(
     out = _run(kube, nodes, body)
     assert kube.objects[("StatefulSet", "kv")]["spec"]["replicas"] == 5
     assert out.status.members == [1, 2, 3, 4, 5]
+
+
+def test_a_new_pod_template_is_applied_with_every_pod_held(
+    world: tuple[FakeKube, FakeNodes],
+) -> None:
+    kube, nodes = world
+    _run(kube, nodes, _body(image="node:1"))
+    sts = kube.objects[("StatefulSet", "kv")]
+    assert sts["spec"]["updateStrategy"]["rollingUpdate"]["partition"] == 0
+    out = _run(kube, nodes, _body(image="node:2"))
+    sts = kube.objects[("StatefulSet", "kv")]
+    # The very apply that changes the template holds all 3 pods; the roll planner then
+    # releases them one at a time (test_upgrade.py).
+    assert sts["spec"]["template"]["spec"]["containers"][0]["image"] == "node:2"
+    assert sts["spec"]["updateStrategy"]["rollingUpdate"]["partition"] == 3
+    status, reason, message = _cond(out, "Progressing")
+    assert (status, reason) == ("True", "RollingOut") and "holding every pod" in message
