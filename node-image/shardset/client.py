@@ -338,19 +338,34 @@ class Client:
             await self._refresh_map()
 
     async def _refresh_map(self) -> None:
-        errors = []
-        urls = list(self._route.api.values()) + self.endpoints
-        for url in urls:
-            try:
-                async with self._http().get(f"{url}/v1/shardmap") as resp:
-                    if resp.status != 200:
-                        errors.append(f"{url}: HTTP {resp.status}")
-                        continue
-                    self._route = _parse_map(await resp.json())
-                    return
-            except (aiohttp.ClientError, TimeoutError) as e:
-                errors.append(f"{url}: {e.__class__.__name__}")
+        """Ask every known node and endpoint at once; the first answer wins. Asking one
+        after another would wait out each node that is gone (a scaled-down pod)."""
+        urls = list(dict.fromkeys([*self._route.api.values(), *self.endpoints]))
+        errors: list[str] = []
+        pending = {asyncio.ensure_future(self._fetch_map(url)): url for url in urls}
+        try:
+            while pending:
+                done, _ = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                for task in done:
+                    url = pending.pop(task)
+                    raw, error = task.result()
+                    if raw is not None:
+                        self._route = _parse_map(raw)
+                        return
+                    errors.append(f"{url}: {error}")
+        finally:
+            for task in pending:
+                task.cancel()
         raise ShardsetError("cannot fetch the shard map from any endpoint: " + "; ".join(errors))
+
+    async def _fetch_map(self, url: str) -> tuple[dict[str, Any] | None, str]:
+        try:
+            async with self._http().get(f"{url}/v1/shardmap") as resp:
+                if resp.status != 200:
+                    return None, f"HTTP {resp.status}"
+                return await resp.json(), ""
+        except (aiohttp.ClientError, TimeoutError) as e:
+            return None, e.__class__.__name__
 
 
 def _parse_map(raw: dict[str, Any]) -> _Route:
