@@ -28,6 +28,7 @@ from shardset_node.host import RaftHost
 from shardset_node.kvengine import KvEngine
 from shardset_node.machines import MetaMachine, ShardMachine, system_command
 from shardset_node.metrics import NodeMetrics
+from shardset_node.placement import SlotRange
 from shardset_node.raftstore import NodeStorage
 from shardset_node.reads import ReadPath
 from shardset_node.shardmap import NodeAddress, ShardMap, split_range
@@ -397,6 +398,8 @@ class Node:
             "map-split": self._admin_map_split,
             "consistency": self._admin_consistency,
             "add-node": self._admin_add_node,
+            "recover-shard": self._admin_recover,
+            "map-recover": self._admin_map_recover,
             "remove-node": self._admin_remove_node,
             "read-index": self._admin_read_index,
         }.get(action)
@@ -653,6 +656,85 @@ class Node:
             **(result if isinstance(result, dict) else {}),
         }
 
+    async def _admin_recover(self, body: dict[str, Any]) -> dict[str, Any]:
+        """On a surviving replica of a shard that lost its quorum for good: rebuild the
+        shard from this replica's applied state, as a new shard on `voters`.
+
+        Explicit and lossy by design: entries a lost majority committed but this
+        replica had not applied are gone. No Raft state is forced: a new group is made
+        (as for a split), the survivor's keys are ingested into it, the shard map hands
+        it the old shard's slots (new epoch), and the old group is dropped here, so a
+        lost replica that comes back holds a shard no route leads to any more.
+        """
+        shard, new = _int_field(body, "shard"), _int_field(body, "new_shard")
+        voters = _id_list(body, "voters")
+        m = self.meta.map
+        if new in m.replicas and not any(r.shard == shard for r in m.slots):
+            await self._drop_local(shard)  # already recovered: finish the cleanup
+            return {"shard": shard, "new_shard": new, "epoch": m.epoch, "changed": False}
+        g = self.host.groups.get(shard)
+        if g is None or not isinstance(g.machine, ShardMachine):
+            raise ApiError(404, "no_replica", f"node {self.id} holds no replica of shard {shard}")
+        if g.raft.leader != 0:
+            raise ApiError(
+                409,
+                "has_leader",
+                f"shard {shard} has a leader (node {g.raft.leader}): nothing to recover",
+            )
+        if new in m.replicas:
+            raise ApiError(409, "shard_exists", f"shard {new} already exists")
+        applied = g.raft.applied
+        ranges = [(r.start, r.end) for r in m.slots if r.shard == shard]
+        for node in voters:
+            await self._call(node, "create-replica", {"shard": new, "voters": voters})
+        for start, end in ranges:
+            data = base64.b64encode(g.machine.export_slots(start, end)).decode()
+            cmd = {"op": "ingest", "start": start, "end": end, "data": data}
+            await self._call_leader(new, voters, "system", {"shard": new, "command": cmd})
+        await self._call_meta("map-recover", {"shard": shard, "new_shard": new, "voters": voters})
+        await self._drop_local(shard)
+        log.warning(
+            "shard recovered from this replica",
+            shard=shard,
+            new_shard=new,
+            applied=applied,
+            last_index=g.raft.log.last_index(),
+        )
+        return {
+            "shard": shard,
+            "new_shard": new,
+            "survivor": self.id,
+            "recovered_index": applied,
+            "survivor_last_index": g.raft.log.last_index(),
+            "epoch": self.meta.map.epoch,
+            "changed": True,
+        }
+
+    async def _drop_local(self, shard: int) -> None:
+        for _ in range(50):  # until this node's map shows the shard gone
+            if shard not in self.meta.map.replicas:
+                await self._admin_drop({"shard": shard})
+                return
+            await asyncio.sleep(0.1)
+
+    async def _admin_map_recover(self, body: dict[str, Any]) -> dict[str, Any]:
+        """On the metadata leader: the slots of `shard` go to `new_shard`; `shard` leaves
+        the map."""
+        shard, new = _int_field(body, "shard"), _int_field(body, "new_shard")
+        voters = tuple(_id_list(body, "voters"))
+        meta = self._leader_group(META_GROUP, "map-recover")
+
+        def change(m: ShardMap) -> ShardMap | None:
+            if shard not in m.replicas:
+                return None
+            slots = tuple(
+                SlotRange(r.start, r.end, new if r.shard == shard else r.shard) for r in m.slots
+            )
+            replicas = {s: h for s, h in m.replicas.items() if s != shard} | {new: voters}
+            return m.with_changes(slots=slots, replicas=replicas)
+
+        return await self._change_map(meta, change)
+
     async def _admin_system(self, body: dict[str, Any]) -> dict[str, Any]:
         """Propose a slot-move command on a shard this node leads."""
         shard = _int_field(body, "shard")
@@ -709,6 +791,21 @@ class Node:
             self._http = aiohttp.ClientSession()  # one pool of connections for every call
         url = f"{self.meta.map.nodes[node].api}/v1/admin/{action}"
         limit = aiohttp.ClientTimeout(total=timeout)
+        try:
+            return await self._post(node, action, url, body, limit)
+        except (aiohttp.ClientError, TimeoutError) as e:
+            # A peer that is down is a retryable condition for the caller, not a crash.
+            raise ApiError(
+                503,
+                "peer_unreachable",
+                f"node {node} {action}: {type(e).__name__}: {e}",
+                retry_after=1,
+            ) from e
+
+    async def _post(
+        self, node: int, action: str, url: str, body: dict[str, Any], limit: aiohttp.ClientTimeout
+    ) -> dict[str, Any]:
+        assert self._http is not None
         async with self._http.post(url, json=body, timeout=limit) as r:
             answer = await r.json(content_type=None)
             if r.status != 200:

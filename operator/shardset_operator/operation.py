@@ -37,11 +37,19 @@ from shardset_operator.naming import Names
 from shardset_operator.nodeclient import NodeCallError, NodeClient
 from shardset_operator.observe import NodeViews, poll_nodes
 from shardset_operator.rebalance import Move, PlanError, load, plan_moves
-from shardset_operator.repair import join_step, lost_replica_step, meta_step, meta_view
+from shardset_operator.recovery import recovery_step
+from shardset_operator.repair import (
+    join_step,
+    lost_replica_step,
+    meta_step,
+    meta_view,
+    orphan_step,
+)
 from shardset_operator.splits import Split, plan_split
 
 log = structlog.get_logger(__name__)
 
+LOSS_WARNING = "writes the lost replicas had committed after that index are lost"
 ROUND_SECONDS = 25.0  # one reconcile's share of an operation; the next goes on
 POLL_SECONDS = 1.0  # between checks of a step that waits
 
@@ -87,8 +95,10 @@ def plan_step(
     seen: NodeViews,
     names: Names,
     journal: Journal | None,
+    recover: frozenset[int] = frozenset(),
 ) -> Planned | None:
-    """The next step of the store's work, or None when there is nothing to do (pure)."""
+    """The next step of the store's work, or None when there is nothing to do (pure).
+    `recover`: shards the user asked to recover (recovery.py)."""
     live = seen.live_map
     if live is None or not set(live.nodes) <= set(plan.targets) | set(plan.leaving):
         # No map, or one the membership plan did not trust: nothing is planned from it.
@@ -99,6 +109,11 @@ def plan_step(
         address = NodeAddress(names.peer_address(node), names.api_url(node))
         return Planned(f"scale up to {spec.nodes} nodes", join_step(node, meta, address))
     views = views_of(seen.reports, live.replicas)
+    rescue = recovery_step(
+        recover, live, views, seen.reports, plan.targets, spec.replication_factor
+    )
+    if rescue is not None:
+        return Planned("recover shards that lost their quorum", rescue)
     resumed = _resumed(journal, plan, live.replicas, seen)
     busy = (resumed.shard, resumed.target) if resumed is not None else None
     repair = lost_replica_step(views, seen.answering, busy) or meta_step(
@@ -121,7 +136,7 @@ def plan_step(
         left = _moves_left(live.replicas, plan, spec.replication_factor)
         step = next_step(move, views[move.shard])
         return Planned(_operation(spec, plan, journal), step, move, left)
-    cleanup = cleanup_step(views, frozenset())
+    cleanup = cleanup_step(views, frozenset()) or orphan_step(seen.reports, set(live.replicas))
     if cleanup is not None:
         return Planned(_operation(spec, plan, journal), cleanup)
     if spec.rebalance.paused:
@@ -236,6 +251,7 @@ async def run_round(
     now: Callable[[], datetime],
     budget_s: float = ROUND_SECONDS,
     progress: Callable[[Journal], Awaitable[None]] | None = None,
+    recover: frozenset[int] = frozenset(),
 ) -> Round:
     """Steps until the work is done, a step must wait past the budget, or a call fails.
     `progress` is told the journal after every finished move (to show it in status)."""
@@ -243,7 +259,7 @@ async def run_round(
     out = Round(journal)
     while True:
         seen = await poll_nodes(nodes, names, ids)
-        planned = plan_step(spec, plan_of(seen), seen, names, out.journal)
+        planned = plan_step(spec, plan_of(seen), seen, names, out.journal, recover)
         if planned is None:
             if out.journal is not None:
                 j = out.journal
@@ -270,6 +286,8 @@ async def run_round(
                 log.info("step done", shardset=names.name, step=step.text)
                 if step.action in ("add-node", "remove-node", "create-replica"):
                     out.notes.append(("StepDone", step.text))
+                if step.action == "recover-shard":
+                    out.notes.append(("ShardRecovered", f"{step.text}: {LOSS_WARNING}"))
                 continue
             out.waiting = failed
         out.journal = out.journal.model_copy(update={"step": out.waiting or step.text})

@@ -31,6 +31,7 @@ from shardset_operator.naming import Names, node_id_of_pod
 from shardset_operator.nodeclient import NodeCallError, NodeClient
 from shardset_operator.observe import NodeViews, Seen, observe, poll_nodes, rollout
 from shardset_operator.operation import planner, run_round
+from shardset_operator.recovery import requested
 from shardset_operator.repair import meta_view
 from shardset_operator.shape import Shape, plan_shape
 from shardset_operator.status import Observation, compute_status, with_failure
@@ -201,8 +202,17 @@ async def converge(body: dict[str, Any], ctx: Context) -> Outcome:
             except KubeError as e:  # progress display only: the round goes on
                 log.warning("progress not shown in status", error=str(e))
 
+        recover = requested(body.get("metadata", {}).get("annotations"))
         done = await run_round(
-            ctx.nodes, names, sset.spec, plan_of, ids, journal, _now, progress=progress
+            ctx.nodes,
+            names,
+            sset.spec,
+            plan_of,
+            ids,
+            journal,
+            _now,
+            progress=progress,
+            recover=recover,
         )
         journal, waiting = done.journal, done.waiting
         last_operation = done.finished or last_operation

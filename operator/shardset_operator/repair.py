@@ -127,3 +127,23 @@ def meta_step(
                 f"remove gone node {n} from the metadata group",
             )
     return None
+
+
+def orphan_step(
+    reports: Mapping[int, Mapping[str, Any] | None], live_shards: Collection[int]
+) -> Step | None:
+    """A replica of a shard the map no longer has (recovered elsewhere while this node
+    was away): drop it. Ids above the map's highest are shards being created (a split
+    or a recovery in progress) and are left alone."""
+    top = max(live_shards, default=0)
+    for node, report in sorted(reports.items()):
+        groups = (report or {}).get("groups") or {}
+        for gid in sorted(int(g) for g in groups if g.isdigit()):
+            if gid not in live_shards and gid < top:
+                return call(
+                    "drop-replica",
+                    node,
+                    {"shard": gid},
+                    f"drop node {node}'s replica of removed shard {gid}",
+                )
+    return None

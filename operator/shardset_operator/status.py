@@ -133,7 +133,12 @@ def _degraded(obs: Observation, bootstrapped: bool) -> tuple[ConditionStatus, st
             f"(answering: {list(h.responsive_voters) or 'none'})"
             for h in lost
         )
-        message += ": its writes and linearizable reads are refused until they return"
+        message += (
+            ": its writes and linearizable reads are refused until they return. If they "
+            "are gone for good, annotate the ShardSet with shardset.io/recover-shards="
+            f"{','.join(str(h.shard) for h in lost)} to rebuild from the most up-to-date "
+            "survivor (writes only the lost replicas held are lost; docs/operations.md)"
+        )
     else:
         reason = "ShardsLeaderless" if any(h.leaderless for h in bad) else "ShardsUnderReplicated"
         message = "; ".join(h.describe() for h in bad)

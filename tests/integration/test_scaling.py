@@ -47,9 +47,15 @@ def names_of(cluster: LocalCluster) -> LocalNames:
 
 
 async def drive(
-    cluster: LocalCluster, nodes: int, timeout: float = 180.0, shards: int = SHARDS
+    cluster: LocalCluster,
+    nodes: int,
+    timeout: float = 180.0,
+    shards: int = SHARDS,
+    recover: frozenset[int] = frozenset(),
+    until: Any = None,
 ) -> list[str]:
-    """Rounds of the operator's driver until its operation is done; the notes it made."""
+    """Rounds of the operator's driver until its operation is done (or `until()` holds);
+    the notes it made."""
     spec = ShardSetSpec.model_validate({"nodes": nodes, "shards": shards})
     names = names_of(cluster)
     journal: Journal | None = None
@@ -67,10 +73,11 @@ async def drive(
                 journal,
                 lambda: datetime.now(UTC),
                 budget_s=10.0,
+                recover=recover,
             )
             notes += [f"{reason}: {text}" for reason, text in r.notes]
             journal = r.journal
-            if journal is None and r.waiting is None:
+            if (journal is None and r.waiting is None) or (until is not None and await until()):
                 return notes
             log(f"round: {r.waiting or (journal.step if journal else '')}")
     raise AssertionError(f"scaling to {nodes} nodes did not finish in {timeout}s: {journal}")
@@ -80,8 +87,9 @@ async def statuses(cluster: LocalCluster) -> dict[int, dict[str, Any]]:
     out = {}
     async with aiohttp.ClientSession() as session:
         for n in cluster.nodes:
-            async with session.get(f"{n.api}/v1/status") as r:
-                out[n.id] = await r.json()
+            if cluster.running(n.id):
+                async with session.get(f"{n.api}/v1/status") as r:
+                    out[n.id] = await r.json()
     return out
 
 
@@ -190,8 +198,73 @@ def test_more_shards_split_online_under_a_workload(cluster_factory: Any) -> None
     run(scenario())
 
 
+def test_a_shard_that_lost_its_quorum_is_recovered_only_when_asked(tmp_path: Any) -> None:
+    """5 nodes, 4 shards, replication 3: two of one shard's three replicas are killed for
+    good. Without the request nothing happens; with it, the shard is rebuilt from the
+    survivor as a new shard, every acknowledged key reads back, writes work again, and
+    the killed nodes' stale copies are dropped when they return."""
+    from shardset import local
+    from shardset.client import Client
+
+    cluster = local.up(tmp_path / "c", 5, SHARDS, 3, remember=False, ready_timeout=60.0)
+    try:
+
+        async def scenario() -> None:
+            lay = await layout(cluster)
+            keys = lay.keys("q", per_shard=4)
+            async with Client(cluster.endpoints) as client:
+                for k in keys:
+                    await client.put(k, f"v-{k}".encode())
+            await asyncio.sleep(1.0)  # every replica applies them
+            shard = 1
+            holders = lay.replicas[shard]
+            gone = holders[:2]
+            for n in gone:
+                cluster.stop_node(n, kill=True)
+            log(f"killed nodes {gone}: shard {shard} keeps only node {holders[2]}")
+            await asyncio.sleep(2.0)
+            # Not asked: nothing is recovered.
+            await drive(cluster, 5, timeout=8.0, until=lambda: _true())
+            assert str(shard) in (await shardmap(cluster))["replicas"]
+
+            async def recovered() -> bool:
+                return str(shard) not in (await shardmap(cluster))["replicas"]
+
+            notes = await drive(cluster, 5, recover=frozenset({shard}), until=recovered)
+            log(f"recovery: {notes}")
+            assert any(n.startswith("ShardRecovered") for n in notes), notes
+            mine = [k for k in keys if lay.shard_of(k) == shard]  # others may be down too
+            async with Client(cluster.endpoints) as client:
+                for k in mine:
+                    got = await client.get(k)
+                    assert got.value == f"v-{k}".encode(), (k, got)
+                for k in mine:
+                    await client.put(k, b"after")
+            for n in gone:
+                cluster.start_node(n)
+            for n in gone:
+                await wait_answering(cluster.node(n).api)
+            await drive(cluster, 5)
+            st = await statuses(cluster)
+            assert all(str(shard) not in s["groups"] for s in st.values()), "stale copy kept"
+            async with Client(cluster.endpoints) as client:
+                for k in keys:
+                    want = b"after" if k in mine else f"v-{k}".encode()
+                    assert (await client.get(k)).value == want, k
+
+        run(scenario())
+    finally:
+        cluster.shutdown(kill=True)
+
+
+async def _true() -> bool:
+    return True
+
+
 async def shardmap(cluster: LocalCluster) -> dict[str, Any]:
-    url = f"{cluster.endpoints[0]}/v1/shardmap"
+    """The shard map as the first running node has it."""
+    up = next(n for n in cluster.nodes if cluster.running(n.id))
+    url = f"{up.api}/v1/shardmap"
     async with aiohttp.ClientSession() as session, session.get(url) as r:
         body: dict[str, Any] = await r.json()
         return body
