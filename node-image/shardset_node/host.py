@@ -40,6 +40,9 @@ class RaftHost:
         self._stopping = False
         self.rounds = 0
         self.syncs = 0
+        # Per group, the (term, vote) last made durable: a Ready whose hard state moved
+        # only its commit index needs no sync of its own (see _must_sync).
+        self._durable_term_vote: dict[int, tuple[int, int]] = {}
 
     def add(self, group: ReplicaGroup) -> None:
         group.wake = self._wake.set
@@ -100,10 +103,29 @@ class RaftHost:
                 rd = g.raft.ready()
                 g.storage.stage(rd)
                 readies.append((g, rd))
-        if any(rd.entries or rd.hard_state or rd.snapshot for _, rd in readies):
+        if any(self._must_sync(g, rd) for g, rd in readies):
             await self.sync()
             self.syncs += 1
+            for g, rd in readies:
+                if rd.hard_state is not None:
+                    self._durable_term_vote[g.id] = (rd.hard_state.term, rd.hard_state.vote)
         for g, rd in readies:
             g.finish(rd)
         if any(g.raft.has_ready() for g, _ in readies):
             self._wake.set()  # e.g. a leader that just committed has appends to send
+
+    def _must_sync(self, g: ReplicaGroup, rd: Ready) -> bool:
+        """Whether `rd` must be durable before its messages go out and it is applied.
+
+        New entries, a snapshot, or a new term or vote: yes (Raft's persistent state).
+        A hard state that differs only in its commit index: no, as in etcd's MustSync.
+        The commit index is volatile state in Raft (a restarted node learns it again
+        from the leader, and RaftLog starts at max(commit, snapshot index)); the record
+        is still staged and reaches the disk with the next sync. Entries it marks
+        committed are already durable on a majority, and an engine that applied them
+        ahead of the durable commit skips them on replay (machines.ShardMachine).
+        """
+        if rd.entries or rd.snapshot is not None:
+            return True
+        hs = rd.hard_state
+        return hs is not None and self._durable_term_vote.get(g.id) != (hs.term, hs.vote)
