@@ -33,6 +33,7 @@ import os
 import platform
 import re
 import signal
+import statistics
 import subprocess
 import sys
 import time
@@ -49,6 +50,7 @@ DOC = REPO / "docs" / "performance.md"
 BEGIN, END = "<!-- bench:results:begin -->", "<!-- bench:results:end -->"
 
 System = Etcd | Shardset
+OTHER_CPU_NOISY = 0.25  # cores used by processes outside the benchmark during its windows
 
 
 class Runner:
@@ -173,11 +175,18 @@ def summarize(
         "error_samples": [s for r in results for s in r.error_samples][:3],
         "cpu_s": cpu,
         "cpu_s_per_1k_ops": round(1000 * ours / max(1, len(lat) * elapsed / window), 3),
+        "server_cpu_ms_per_op": _per_op(cpu, system, len(lat) * elapsed / window),
+        "loadgen_cpu_ms_per_op": _per_op(cpu, "loadgen", len(lat) * elapsed / window),
         "entries_per_fsync": round(d_entries / d_fsyncs, 2) if d_fsyncs else None,
         "fsyncs_per_s": round(d_fsyncs / elapsed, 1),
         "other_cpu_s_per_s": round(max(0.0, (mach1 - mach0) - ours) / elapsed, 3),
     }
     return out
+
+
+def _per_op(cpu: dict[str, float], prefix: str, ops: float) -> float | None:
+    total = sum(v for k, v in cpu.items() if k.startswith(prefix + "-"))
+    return round(1000 * total / ops, 3) if ops >= 1 else None
 
 
 # --- the points -------------------------------------------------------------------------
@@ -367,16 +376,16 @@ def main() -> None:
     p.add_argument("--quick", action="store_true", help="a smoke run: 1 rep, short windows")
     p.add_argument("--reps", type=int, default=3)
     p.add_argument("--warmup", type=float, default=1.0)
-    p.add_argument("--measure", type=float, default=5.0)
+    p.add_argument("--measure", type=float, default=4.0)
     p.add_argument("--workers", type=int, default=4, help="load generator processes")
     p.add_argument("--serial-puts", type=int, default=10_000)
     p.add_argument("--clients", type=int, nargs="+", default=[1, 8, 64, 256])
-    p.add_argument("--rates", type=int, nargs="+", default=[250, 500, 1000])
+    p.add_argument("--rates", type=int, nargs="+", default=[250, 1000])
     p.add_argument("--read-clients", type=int, nargs="+", default=[64, 256])
     p.add_argument("--mix-clients", type=int, default=64)
     p.add_argument("--scaling-clients", type=int, default=256)
     p.add_argument("--shards", type=int, default=4, help="Shardset's shards in the comparison")
-    p.add_argument("--pysyncobj-rates", type=int, nargs="+", default=[2000, 4000, 8000, 16000])
+    p.add_argument("--pysyncobj-rates", type=int, nargs="+", default=[1500, 3000, 6000])
     p.add_argument("--no-pysyncobj", action="store_true")
     p.add_argument("--no-scaling", action="store_true")
     p.add_argument("--base", type=Path, default=REPO / "bench" / ".work")
@@ -385,7 +394,7 @@ def main() -> None:
     ns = p.parse_args()
     if ns.quick:
         ns.reps, ns.measure, ns.warmup, ns.serial_puts = 1, 1.5, 0.5, 300
-        ns.pysyncobj_rates = [2000, 8000]
+        ns.pysyncobj_rates = [1500, 6000]
     began = time.time()
     ns.base = ns.base.resolve()
     ns.base.mkdir(parents=True, exist_ok=True)
@@ -458,6 +467,12 @@ def main() -> None:
             except Exception as e:
                 print(f"cleanup: {e!r}", file=sys.stderr)
     report["noisy"] = stats.noisy(report["probe_before"], report["probe_after"])
+    other = other_cpu(report)
+    report["other_cpu_cores_median"] = other
+    if other is not None and other > OTHER_CPU_NOISY:
+        report["noisy"].append(
+            f"other processes used {other} of the {os.cpu_count()} cores (median over windows)"
+        )
     report["targets"] = targets(report)
     report.update({f"{k}_ratio": v["ratio"] for k, v in report["targets"].items()})
     report["elapsed_s"] = round(time.time() - began, 1)
@@ -512,6 +527,16 @@ def machine(base: Path) -> dict[str, Any]:
         "filesystem": fs[-1].split()[1] if len(fs) > 1 else "?",
         "nice": os.nice(0),
     }
+
+
+def other_cpu(report: dict[str, Any]) -> float | None:
+    vals = [
+        rep["other_cpu_s_per_s"]
+        for row in report.get("points", [])
+        for name in ("shardset", "etcd")
+        for rep in row[name]["reps"]
+    ]
+    return round(statistics.median(vals), 2) if vals else None
 
 
 def _best(rows: list[dict[str, Any]], kind: str, op: str, system: str) -> float | None:
@@ -586,7 +611,9 @@ def render_markdown(report: dict[str, Any]) -> str:
     lines.append(
         f"Machine: {report['machine']['cpus']} CPUs, {report['machine']['filesystem']}; "
         f"fsync p50 {pb.get('fsync_p50_ms')} -> {pa.get('fsync_p50_ms')} ms, loopback RTT p50 "
-        f"{pb.get('rtt_p50_us')} -> {pa.get('rtt_p50_us')} us (before -> after). "
+        f"{pb.get('rtt_p50_us')} -> {pa.get('rtt_p50_us')} us (before -> after); other "
+        f"processes' CPU during the windows: {report.get('other_cpu_cores_median')} cores "
+        "(median). "
         + (
             "**Noisy run**: " + "; ".join(report["noisy"])
             if report.get("noisy")
@@ -614,6 +641,7 @@ def render_markdown(report: dict[str, Any]) -> str:
     other = [
         ("fsyncs per acknowledged write (strace, all 3 members)", _fsync_line(report)),
         ("entries per fsync (peak write point, summed over members)", _epf_line(report)),
+        ("CPU ms per op, servers / load generator (median of reps)", _cpu_line(report)),
         (
             "read-back",
             json.dumps(
@@ -647,6 +675,20 @@ def _fsync_line(report: dict[str, Any]) -> str:
             + ", ".join(f"{r['fsyncs_per_write']} at {r['clients']} client(s)" for r in runs)
         )
     return "; ".join(parts)
+
+
+def _cpu_line(report: dict[str, Any]) -> str:
+    parts = []
+    for row in report.get("points", []):
+        if row["kind"] not in ("serial", "closed", "read") or row.get("clients") not in (1, 256):
+            continue
+        cells = []
+        for n in ("shardset", "etcd"):
+            srv = stats.median(r.get("server_cpu_ms_per_op") for r in row[n]["reps"])
+            lg = stats.median(r.get("loadgen_cpu_ms_per_op") for r in row[n]["reps"])
+            cells.append(f"{n} {stats.fmt(srv, 2)} / {stats.fmt(lg, 2)}")
+        parts.append(f"{row['point']}: " + ", ".join(cells))
+    return "; ".join(parts) or "-"
 
 
 def _epf_line(report: dict[str, Any]) -> str:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import multiprocessing as mp
 import signal
+import statistics
 import subprocess
 import threading
 import time
@@ -32,9 +33,10 @@ from bench import stats
 from bench.loadgen import make_key, value_of
 from bench.systems import free_ports
 
-RATES = [2000, 4000, 8000, 16000]  # offered calls per second, all three nodes together
+RATES = [1500, 3000, 6000]  # offered calls per second, all three nodes together
 BURST_S = 0.1
 GRACE_S = 1.5
+MEASURE_S = 3.0  # per point (each point starts a fresh cluster)
 
 
 def _node(conn: Connection, me: str, partners: list[str], journal: str | None, idx: int) -> None:
@@ -169,25 +171,35 @@ def run(base: Path, ns: Any, say: Callable[[str], None]) -> dict[str, Any]:
     rates = list(getattr(ns, "pysyncobj_rates", RATES))
     out: dict[str, Any] = {"shape": __doc__.split("\n\n")[1].replace("\n", " ")}
     runs: dict[str, dict[str, list[dict[str, Any]]]] = {}
-    for journal in (False, True):
-        name = "file_journal" if journal else "memory_journal"
-        procs, conns = _cluster(base, journal)
-        try:
-            time.sleep(1.0)
-            for rep in range(ns.reps):
-                for i, rate in enumerate(rates if rep % 2 == 0 else list(reversed(rates))):
+    measure = min(ns.measure, MEASURE_S)
+    # An overloaded PySyncObj cluster does not recover (its queues stay full and its
+    # leader starves), so each point gets a fresh cluster, the rates go up within a
+    # repetition, and a repetition stops at the first rate below 90% success.
+    for rep in range(ns.reps):
+        for journal in (False, True) if rep % 2 == 0 else (True, False):
+            name = "file_journal" if journal else "memory_journal"
+            for i, rate in enumerate(rates):
+                procs, conns = _cluster(base, journal)
+                try:
+                    time.sleep(0.5)
                     tag = f"{'f' if journal else 'm'}{rep}{i}"
-                    r = _point(conns, rate, ns.warmup, ns.measure, tag)
-                    runs.setdefault(name, {}).setdefault(str(rate), []).append(r)
-                    say(
-                        f"pysyncobj {name} offered {rate}/s: {r['ops_per_s']} ops/s "
-                        f"({r['succeeded']:.0%} of sent) p99 {r['p99_ms']}"
-                    )
-            if journal:
-                out["strace"] = _strace(conns, [int(p.pid) for p in procs], base)
-                say(f"pysyncobj strace: {out['strace']}")
-        finally:
-            _stop(procs, conns)
+                    r = _point(conns, rate, ns.warmup, measure, tag)
+                finally:
+                    _stop(procs, conns)
+                runs.setdefault(name, {}).setdefault(str(rate), []).append(r)
+                say(
+                    f"pysyncobj rep {rep} {name} offered {rate}/s: {r['ops_per_s']} ops/s "
+                    f"({r['succeeded']:.0%} of sent) p99 {r['p99_ms']}"
+                )
+                if r["succeeded"] < 0.9:
+                    break
+    procs, conns = _cluster(base, True)
+    try:
+        time.sleep(0.5)
+        out["strace"] = _strace(conns, [int(p.pid) for p in procs], base)
+        say(f"pysyncobj strace: {out['strace']}")
+    finally:
+        _stop(procs, conns)
     out["runs"] = {
         name: {w: stats.combine_reps(reps) for w, reps in by_w.items()}
         for name, by_w in runs.items()
@@ -198,7 +210,7 @@ def run(base: Path, ns: Any, say: Callable[[str], None]) -> dict[str, Any]:
             [
                 v["ops_per_s"] or 0.0
                 for v in by_w.values()
-                if min(r["succeeded"] for r in v["reps"]) >= 0.9
+                if statistics.median(r["succeeded"] for r in v["reps"]) >= 0.9
             ]
             or [0.0]
         )
@@ -223,7 +235,7 @@ def _strace(conns: list[Connection], pids: list[int], base: Path) -> dict[str, A
         cmd += ["-p", str(p)]
     st = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     time.sleep(1.0)
-    r = _point(conns, 2000, 0.0, 2.0, "pst")
+    r = _point(conns, 1000, 0.0, 2.0, "pst")
     st.send_signal(signal.SIGINT)
     st.wait(30)
     calls = parse_strace_counts(trace.read_text() if trace.exists() else "")
