@@ -18,7 +18,7 @@ from collections.abc import Awaitable, Callable
 import structlog
 
 from shardset_node.group import ReplicaGroup
-from shardset_raft import Message, Ready
+from shardset_raft import Message, Ready, Role
 
 log = structlog.get_logger(__name__)
 
@@ -103,16 +103,38 @@ class RaftHost:
                 rd = g.raft.ready()
                 g.storage.stage(rd)
                 readies.append((g, rd))
+        sent_early: set[int] = set()
         if any(self._must_sync(g, rd) for g, rd in readies):
+            for g, rd in readies:
+                if rd.messages and self._may_send_before_sync(g, rd):
+                    g.send_messages(rd)
+                    sent_early.add(g.id)
             await self.sync()
             self.syncs += 1
             for g, rd in readies:
                 if rd.hard_state is not None:
                     self._durable_term_vote[g.id] = (rd.hard_state.term, rd.hard_state.vote)
         for g, rd in readies:
-            g.finish(rd)
+            g.finish(rd, messages_sent=g.id in sent_early)
         if any(g.raft.has_ready() for g, _ in readies):
             self._wake.set()  # e.g. a leader that just committed has appends to send
+
+    def _may_send_before_sync(self, g: ReplicaGroup, rd: Ready) -> bool:
+        """A leader's messages may leave while its own disk write is in flight.
+
+        Raft thesis 10.2.1, and etcd's leader does the same: a leader's appends and
+        heartbeats carry entries from its log and a commit index that a majority's
+        durable acknowledgements already proved, so nothing they say depends on this
+        node's unsynced state; the core counts the leader's own log toward a quorum only
+        in advance(), after the sync. Only when the term and vote are already durable
+        (a leader that has just been elected made them so before asking for votes) and
+        no snapshot is being installed. Followers and candidates keep sync-then-send:
+        their answers (append acks, votes) promise durability.
+        """
+        if g.raft.role != Role.LEADER or rd.snapshot is not None:
+            return False
+        hs = rd.hard_state
+        return hs is None or self._durable_term_vote.get(g.id) == (hs.term, hs.vote)
 
     def _must_sync(self, g: ReplicaGroup, rd: Ready) -> bool:
         """Whether `rd` must be durable before its messages go out and it is applied.
