@@ -22,7 +22,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import multiprocessing as mp
-import os
 import random
 import time
 from array import array
@@ -251,15 +250,31 @@ async def run_job(job: Job, driver: Driver | None = None) -> Result:
 
 # --- worker processes -------------------------------------------------------------------
 def _serve(conn: Connection) -> None:
-    os.nice(0)
-    while True:
-        job = conn.recv()
-        if job is None:
-            return
-        try:
-            conn.send(asyncio.run(run_job(job)))
-        except Exception as e:
-            conn.send(RuntimeError(f"worker {job.worker}: {e!r}"))
+    """A worker: one event loop for its lifetime, and one driver per cluster it has been
+    pointed at, kept across jobs (connections stay warm, set-up stays out of windows)."""
+    loop = asyncio.new_event_loop()
+    drivers: dict[tuple[str, tuple[str, ...]], Driver] = {}
+
+    async def make(job: Job) -> Driver:
+        return make_driver(job)
+
+    try:
+        while True:
+            job = conn.recv()
+            if job is None:
+                return
+            key = (job.system, tuple(job.endpoints))
+            try:
+                if key not in drivers:
+                    drivers[key] = loop.run_until_complete(make(job))
+                conn.send(loop.run_until_complete(run_job(job, drivers[key])))
+            except Exception as e:
+                conn.send(RuntimeError(f"worker {job.worker}: {e!r}"))
+    finally:
+        for d in drivers.values():
+            with contextlib.suppress(Exception):
+                loop.run_until_complete(d.close())
+        loop.close()
 
 
 class LoadGen:
