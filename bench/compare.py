@@ -200,7 +200,8 @@ def comparison_points(ns: argparse.Namespace) -> list[dict[str, Any]]:
             "kind": "serial",
         },
     ]
-    for c in ns.clients:
+    # The serial client is the closed loop at 1 client (by count rather than by time).
+    for c in (c for c in ns.clients if c > 1):
         pts.append({"label": f"put, {c} clients", "clients": c, "op": "put", "kind": "closed"})
     for r in ns.rates:
         pts.append({"label": f"put, open loop {r}/s", "rate": r, "op": "put", "kind": "open"})
@@ -705,7 +706,8 @@ def plot(report: dict[str, Any], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = [r for r in report.get("points", []) if r["kind"] == "closed"]
+    rows = [r for r in report.get("points", []) if r["kind"] in ("serial", "closed")]
+    rows.sort(key=lambda r: r["clients"])
     if not rows:
         return
     fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4.2))
