@@ -41,7 +41,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench import probes, stats
+from bench import etcdpb, probes, stats
 from bench.loadgen import Job, LoadGen, Result, b36, split
 from bench.systems import REPO, Etcd, Shardset, cpu_seconds, etcd_version, rss_kib
 
@@ -401,7 +401,9 @@ def main() -> None:
     ns.base.mkdir(parents=True, exist_ok=True)
     RESULTS.mkdir(parents=True, exist_ok=True)
     date = time.strftime("%Y-%m-%d", time.gmtime())
-    out = ns.out or RESULTS / date
+    # A smoke run never replaces the day's results.
+    out = ns.out or (ns.base / f"quick-{date}" if ns.quick else RESULTS / date)
+    etcdpb.compile_stubs()  # once, before the workers (which import the stubs) start
 
     lg = LoadGen(ns.workers)
     runner = Runner(ns, lg)
