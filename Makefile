@@ -7,7 +7,7 @@ SEEDS ?= 0:1000
 JOBS ?= 2
 SOAK_SEEDS ?= 0:100000
 
-.PHONY: dev test lint check sim soak demo clean crds demo-local e2e chart-sync
+.PHONY: dev test lint check sim soak demo clean crds demo-local e2e chart-sync bench
 
 # The stamp is rebuilt when pyproject.toml changes, so every target below
 # does the dev install first on a fresh clone. The editable install only maps the
@@ -63,6 +63,18 @@ e2e: $(STAMP)
 # The chart's copies of crds/ and of the operator's RBAC rules (after `make crds`).
 chart-sync: $(STAMP)
 	$(BIN)/python hack/chart_sync.py
+
+# Shardset against a 3-member etcd and PySyncObj on this machine (docs/performance.md):
+# the bench extras, strace and etcd (built from its Go module) if missing, then
+# bench/compare.py, which writes bench/results/<date>.{json,md,png} and the table in
+# docs/performance.md. About 15 minutes; BENCH_ARGS go to bench/compare.py (--quick).
+BENCH_STAMP := $(VENV)/.bench-installed
+$(BENCH_STAMP): $(STAMP) pyproject.toml
+	$(BIN)/pip install -e '.[dev,bench]'
+	touch $@
+
+bench: $(BENCH_STAMP)
+	hack/bench/run.sh $(BENCH_ARGS)
 
 sim: $(STAMP)
 	$(BIN)/python -m shardset_sim run --seeds $(SEEDS) --jobs $(JOBS)

@@ -154,10 +154,15 @@ class ReplicaGroup:
         self.raft.read_index(rid, use_lease=use_lease)
         return waiter
 
-    def finish(self, rd: Ready) -> None:
-        """After the host persisted `rd`: send, apply, answer, advance."""
+    def send_messages(self, rd: Ready) -> None:
         for m in rd.messages:
             self.send(m.to, self.id, (m,))
+
+    def finish(self, rd: Ready, *, messages_sent: bool = False) -> None:
+        """After the host persisted `rd`: send (unless the host sent them already, see
+        RaftHost._may_send_before_sync), apply, answer, advance."""
+        if not messages_sent:
+            self.send_messages(rd)
         if rd.snapshot is not None:
             self.machine.restore(rd.snapshot)
         if rd.committed_entries:

@@ -18,7 +18,7 @@ from collections.abc import Awaitable, Callable
 import structlog
 
 from shardset_node.group import ReplicaGroup
-from shardset_raft import Message, Ready
+from shardset_raft import Message, Ready, Role
 
 log = structlog.get_logger(__name__)
 
@@ -40,6 +40,9 @@ class RaftHost:
         self._stopping = False
         self.rounds = 0
         self.syncs = 0
+        # Per group, the (term, vote) last made durable: a Ready whose hard state moved
+        # only its commit index needs no sync of its own (see _must_sync).
+        self._durable_term_vote: dict[int, tuple[int, int]] = {}
 
     def add(self, group: ReplicaGroup) -> None:
         group.wake = self._wake.set
@@ -100,10 +103,51 @@ class RaftHost:
                 rd = g.raft.ready()
                 g.storage.stage(rd)
                 readies.append((g, rd))
-        if any(rd.entries or rd.hard_state or rd.snapshot for _, rd in readies):
+        sent_early: set[int] = set()
+        if any(self._must_sync(g, rd) for g, rd in readies):
+            for g, rd in readies:
+                if rd.messages and self._may_send_before_sync(g, rd):
+                    g.send_messages(rd)
+                    sent_early.add(g.id)
             await self.sync()
             self.syncs += 1
+            for g, rd in readies:
+                if rd.hard_state is not None:
+                    self._durable_term_vote[g.id] = (rd.hard_state.term, rd.hard_state.vote)
         for g, rd in readies:
-            g.finish(rd)
+            g.finish(rd, messages_sent=g.id in sent_early)
         if any(g.raft.has_ready() for g, _ in readies):
             self._wake.set()  # e.g. a leader that just committed has appends to send
+
+    def _may_send_before_sync(self, g: ReplicaGroup, rd: Ready) -> bool:
+        """A leader's messages may leave while its own disk write is in flight.
+
+        Raft thesis 10.2.1, and etcd's leader does the same: a leader's appends and
+        heartbeats carry entries from its log and a commit index that a majority's
+        durable acknowledgements already proved, so nothing they say depends on this
+        node's unsynced state; the core counts the leader's own log toward a quorum only
+        in advance(), after the sync. Only when the term and vote are already durable
+        (a leader that has just been elected made them so before asking for votes) and
+        no snapshot is being installed. Followers and candidates keep sync-then-send:
+        their answers (append acks, votes) promise durability.
+        """
+        if g.raft.role != Role.LEADER or rd.snapshot is not None:
+            return False
+        hs = rd.hard_state
+        return hs is None or self._durable_term_vote.get(g.id) == (hs.term, hs.vote)
+
+    def _must_sync(self, g: ReplicaGroup, rd: Ready) -> bool:
+        """Whether `rd` must be durable before its messages go out and it is applied.
+
+        New entries, a snapshot, or a new term or vote: yes (Raft's persistent state).
+        A hard state that differs only in its commit index: no, as in etcd's MustSync.
+        The commit index is volatile state in Raft (a restarted node learns it again
+        from the leader, and RaftLog starts at max(commit, snapshot index)); the record
+        is still staged and reaches the disk with the next sync. Entries it marks
+        committed are already durable on a majority, and an engine that applied them
+        ahead of the durable commit skips them on replay (machines.ShardMachine).
+        """
+        if rd.entries or rd.snapshot is not None:
+            return True
+        hs = rd.hard_state
+        return hs is not None and self._durable_term_vote.get(g.id) != (hs.term, hs.vote)
