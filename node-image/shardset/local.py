@@ -235,7 +235,7 @@ class LocalCluster:
         until it is added to the store (POST /v1/admin/add-node) and given replicas."""
         if self.proxy_ports:
             raise LocalClusterError("nodes cannot be added to a cluster with fault proxies")
-        peer, api = _free_ports(2)
+        peer, api = free_ports(2)
         node = LocalNode(max(self.node_ids) + 1, peer, api)
         self.nodes.append(node)
         self.save()
@@ -347,7 +347,7 @@ def up(
     else:
         data_dir.mkdir(parents=True, exist_ok=True)
         links = [(i, j) for i in range(1, nodes + 1) for j in range(1, nodes + 1) if i != j]
-        ports = _free_ports(2 * nodes + (len(links) if fault_proxies else 0))
+        ports = free_ports(2 * nodes + (len(links) if fault_proxies else 0))
         cluster = LocalCluster(
             data_dir,
             [LocalNode(i, ports[2 * i - 2], ports[2 * i - 1]) for i in range(1, nodes + 1)],
@@ -396,7 +396,8 @@ def _link(name: str) -> Link:
     return int(src), int(dst)
 
 
-def _free_ports(count: int) -> list[int]:
+def free_ports(count: int) -> list[int]:
+    """`count` distinct free TCP ports on 127.0.0.1 (held open together while chosen)."""
     socks = []
     try:
         for _ in range(count):

@@ -27,6 +27,14 @@ class NodeViews:
     def answering(self) -> set[int]:
         return {i for i, r in self.reports.items() if r is not None}
 
+    def trusted_map(self, known_epoch: int | None) -> ShardMap | None:
+        """The newest shard map the nodes gave, unless it is older than one already seen
+        (a node cut off from the metadata group): nothing is sized or planned from it."""
+        live = self.live_map
+        if live is None or (known_epoch is not None and live.epoch < known_epoch):
+            return None
+        return live
+
 
 @dataclass(frozen=True)
 class Seen:

@@ -81,8 +81,8 @@ def planner(
     `min_epoch` (from a node cut off from the metadata group) plans nothing."""
 
     def plan_of(views: NodeViews) -> MemberPlan:
-        live = views.live_map
-        if live is None or (min_epoch is not None and live.epoch < min_epoch):
+        live = views.trusted_map(min_epoch)
+        if live is None:
             return plan_members(nodes, [], views.answering, gone, {})
         return plan_members(nodes, sorted(live.nodes), views.answering, gone, live.replicas)
 

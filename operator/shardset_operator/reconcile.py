@@ -29,7 +29,7 @@ from shardset_operator.models import Journal, ShardSet, ShardSetStatus, Unreacha
 from shardset_operator.moves import views_of
 from shardset_operator.naming import Names, node_id_of_pod
 from shardset_operator.nodeclient import NodeCallError, NodeClient
-from shardset_operator.observe import NodeViews, Seen, observe, poll_nodes, rollout
+from shardset_operator.observe import Seen, observe, poll_nodes, rollout
 from shardset_operator.operation import planner, run_round
 from shardset_operator.recovery import requested
 from shardset_operator.repair import meta_view
@@ -123,7 +123,7 @@ async def converge(body: dict[str, Any], ctx: Context) -> Outcome:
         )
     except KubeError as e:
         return _failed(sset, str(e), notes)
-    live = _trusted_map(seen.nodes, sset.status.map_epoch)
+    live = seen.nodes.trusted_map(sset.status.map_epoch)
     unreachable = track_unreachable(sset.status.unreachable, live, seen.nodes.answering, now)
     members = sorted(live.nodes) if live is not None else known
     gone = gone_nodes(
@@ -302,15 +302,6 @@ def roll_state(seen: Seen, names: Names) -> RollState | None:
 
 def _now() -> datetime:
     return datetime.now(UTC)
-
-
-def _trusted_map(views: NodeViews, known_epoch: int | None) -> ShardMap | None:
-    """The newest shard map the nodes gave, unless it is older than one already seen
-    (a node cut off from the metadata group): sizes are never planned from it."""
-    live = views.live_map
-    if live is None or (known_epoch is not None and live.epoch < known_epoch):
-        return None
-    return live
 
 
 def track_unreachable(

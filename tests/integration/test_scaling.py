@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import aiohttp
-from clusterkit import Workload, check_end_state, layout, log
+from clusterkit import Layout, Workload, check_end_state, layout, log
 
 from shardset.local import LocalCluster
 from shardset_operator.models import Journal, ShardSetSpec
@@ -93,6 +93,19 @@ async def statuses(cluster: LocalCluster) -> dict[int, dict[str, Any]]:
     return out
 
 
+async def running_workload(
+    cluster: LocalCluster, per_shard: int
+) -> tuple[Layout, list[str], Workload]:
+    """The cluster's layout, `per_shard` keys on every shard, and 4 clients writing
+    them for 2 s already."""
+    lay = await layout(cluster)
+    keys = lay.keys("k", per_shard=per_shard)
+    wl = Workload(cluster.endpoints, keys, clients=4, max_seconds=240.0)
+    wl.start()
+    await asyncio.sleep(2.0)
+    return lay, keys, wl
+
+
 def run(coro: Any) -> None:
     asyncio.run(coro)
 
@@ -101,11 +114,7 @@ def test_scale_up_to_four_nodes_and_back_under_a_workload(cluster_factory: Any) 
     cluster = cluster_factory()
 
     async def scenario() -> None:
-        lay = await layout(cluster)
-        keys = lay.keys("k", per_shard=3)
-        wl = Workload(cluster.endpoints, keys, clients=4, max_seconds=240.0)
-        wl.start()
-        await asyncio.sleep(2.0)
+        lay, keys, wl = await running_workload(cluster, per_shard=3)
 
         new = cluster.add_node()
         t0 = time.monotonic()
@@ -147,11 +156,7 @@ def test_node_back_on_an_empty_volume_rejoins_and_gets_its_replicas_back(
     cluster = cluster_factory()
 
     async def scenario() -> None:
-        lay = await layout(cluster)
-        keys = lay.keys("k", per_shard=3)
-        wl = Workload(cluster.endpoints, keys, clients=4, max_seconds=240.0)
-        wl.start()
-        await asyncio.sleep(2.0)
+        lay, keys, wl = await running_workload(cluster, per_shard=3)
         marker = tmp_path / "store-created"
         marker.write_text("true")
         cluster.node_args += ["--store-created-file", str(marker)]
@@ -180,11 +185,7 @@ def test_more_shards_split_online_under_a_workload(cluster_factory: Any) -> None
     cluster = cluster_factory()
 
     async def scenario() -> None:
-        lay = await layout(cluster)
-        keys = lay.keys("k", per_shard=4)
-        wl = Workload(cluster.endpoints, keys, clients=4, max_seconds=240.0)
-        wl.start()
-        await asyncio.sleep(2.0)
+        _, keys, wl = await running_workload(cluster, per_shard=4)
         t0 = time.monotonic()
         notes = await drive(cluster, 3, shards=6)
         log(f"split 4 -> 6 shards took {time.monotonic() - t0:.1f}s: {notes}")
