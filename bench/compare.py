@@ -110,6 +110,7 @@ class Runner:
                     read_fraction=read_fraction,
                     read_keys=read_keys or [],
                     seed=self.run_id * 100 + i,
+                    protocol=self.ns.protocol,
                 )
             )
         return out
@@ -376,6 +377,12 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="a smoke run: 1 rep, short windows")
     p.add_argument("--reps", type=int, default=3)
+    p.add_argument(
+        "--protocol",
+        choices=["wire", "http"],
+        default="wire",
+        help="Shardset's client protocol (binary wire, or HTTP/JSON)",
+    )
     p.add_argument("--warmup", type=float, default=1.0)
     p.add_argument("--measure", type=float, default=4.0)
     p.add_argument("--workers", type=int, default=4, help="load generator processes")

@@ -1,7 +1,7 @@
 """The load generator: persistent worker processes, each an asyncio loop of clients.
 
-One `LoadGen` drives either system through a `Driver` (Shardset over its HTTP API with
-`shardset.client.Client`; etcd over gRPC with the vendored KV stubs). A point is a list
+One `LoadGen` drives either system through a `Driver` (Shardset with
+`shardset.client.Client`, over its binary wire protocol or HTTP; etcd over gRPC with the vendored KV stubs). A point is a list
 of `Job`s, one per worker process; every worker starts at the same wall-clock instant,
 runs a warm-up, then a measured window, and sends back its latencies, errors and the keys
 whose writes were acknowledged (for the read-back check).
@@ -74,6 +74,7 @@ class Job:
     read_fraction: float = 0.0  # mix: share of (linearizable) reads
     read_keys: list[str] = field(default_factory=list)
     seed: int = 0
+    protocol: str = "wire"  # shardset: the client protocol, "wire" (binary) or "http"
 
 
 @dataclass
@@ -98,7 +99,7 @@ class Driver(Protocol):
 
 
 class ShardsetDriver:
-    def __init__(self, endpoints: list[str]) -> None:
+    def __init__(self, endpoints: list[str], protocol: str = "wire") -> None:
         import aiohttp
 
         from shardset.client import Client
@@ -107,7 +108,7 @@ class ShardsetDriver:
             connector=aiohttp.TCPConnector(limit=0),
             timeout=aiohttp.ClientTimeout(total=10.0),
         )
-        self._client = Client(endpoints, session=self._session, timeout=10.0)
+        self._client = Client(endpoints, session=self._session, timeout=10.0, protocol=protocol)
 
     async def put(self, key: str, value: bytes) -> None:
         await self._client.put(key, value)
@@ -117,6 +118,7 @@ class ShardsetDriver:
         return r.value
 
     async def close(self) -> None:
+        await self._client.close()
         await self._session.close()
 
 
@@ -145,7 +147,7 @@ class EtcdDriver:
 
 def make_driver(job: Job) -> Driver:
     if job.system == "shardset":
-        return ShardsetDriver(job.endpoints)
+        return ShardsetDriver(job.endpoints, job.protocol)
     if job.system == "etcd":
         return EtcdDriver(job.endpoints[0])
     raise ValueError(f"unknown system {job.system!r}")
@@ -263,7 +265,7 @@ def _serve(conn: Connection) -> None:
             job = conn.recv()
             if job is None:
                 return
-            key = (job.system, tuple(job.endpoints))
+            key = (job.system, job.protocol, tuple(job.endpoints))
             try:
                 if key not in drivers:
                     drivers[key] = loop.run_until_complete(make(job))

@@ -21,6 +21,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from shardset_node.errors import ApiError
+from shardset_node.limits import check_idem, check_key, check_value
 from shardset_node.openapi import OPENAPI
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -72,11 +73,7 @@ class _Handlers:
 
     async def put(self, request: web.Request) -> web.Response:
         key = _key(request)
-        value = await request.read()
-        if len(value) > self.max_value_bytes:
-            raise ApiError(
-                413, "value_too_large", f"value is {len(value)} bytes; limit {self.max_value_bytes}"
-            )
+        value = check_value(await request.read(), self.max_value_bytes)
         body = await self.node.put(key, value, _idem(request), request.path_qs)
         return web.json_response(body)
 
@@ -101,7 +98,10 @@ class _Handlers:
         staleness = _int_param(request, "max_staleness_ms")
         token = _int_param(request, "min_index") or 0
         body = await self.node.get(key, mode, staleness, token, request.path_qs)
-        status = 200 if body.get("value") is not None else 404
+        value = body["value"]
+        status = 200 if value is not None else 404
+        if value is not None:
+            body["value"] = base64.b64encode(value).decode()
         return web.json_response(body, status=status, headers=_read_headers(body))
 
     async def scan(self, request: web.Request) -> web.Response:
@@ -159,19 +159,12 @@ def _read_headers(body: dict[str, Any]) -> dict[str, str]:
 
 
 def _key(request: web.Request) -> bytes:
-    key = request.match_info["key"].encode()
-    if not 0 < len(key) <= 1024:
-        raise ApiError(400, "bad_key", f"key must be 1 to 1024 bytes of UTF-8, got {len(key)}")
-    return key
+    return check_key(request.match_info["key"].encode())
 
 
 def _idem(request: web.Request) -> bytes | None:
     raw = request.headers.get("Idempotency-Key")
-    if raw is None:
-        return None
-    if not 0 < len(raw) <= 128:
-        raise ApiError(400, "bad_idempotency_key", "Idempotency-Key must be 1 to 128 characters")
-    return raw.encode()
+    return None if raw is None else check_idem(raw.encode())
 
 
 def _int_param(request: web.Request, name: str) -> int | None:

@@ -20,7 +20,7 @@ from typing import Any
 import aiohttp
 import structlog
 
-from shardset_node.commands import Cas, Delete, Put, encode_command
+from shardset_node.commands import MAX_VALUE_BYTES, Cas, Delete, Put, encode_command
 from shardset_node.consistency import ReadPolicy, policy_from_body
 from shardset_node.errors import ApiError
 from shardset_node.group import LeadershipLost, ReplicaGroup
@@ -34,6 +34,7 @@ from shardset_node.reads import ReadPath
 from shardset_node.shardmap import NodeAddress, ShardMap, split_range
 from shardset_node.slots import slot_of
 from shardset_node.transport import Transport
+from shardset_node.wire import WireServer
 from shardset_raft import (
     ConfChange,
     ConfChangeRejected,
@@ -97,6 +98,7 @@ class Node:
         self.meta = MetaMachine(cfg.bootstrap)
         self.transport: Transport | None = None
         self.reads = ReadPath(self, cfg.read_policy)
+        self.wire = WireServer(self, max_value_bytes=MAX_VALUE_BYTES)
         self._http: aiohttp.ClientSession | None = None  # to peers' APIs, opened on first use
         self.metrics = NodeMetrics(self)
         # Shards whose replica was dropped here: never recreated from the bootstrap map.
@@ -131,6 +133,7 @@ class Node:
             self.cfg.peer_port,
             self._peer_addresses(self.meta.map),
             self.host.deliver,
+            on_client=self.wire.serve,  # binary client protocol on the peer port
         )
         # Nodes join and leave through the shard map: follow it.
         self.meta.on_change = self._map_changed

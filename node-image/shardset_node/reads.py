@@ -69,7 +69,7 @@ class ReadPath:
         value = self.node.engine.get(g.id, key)  # no await since `index` was taken
         return {
             "key": key.decode(),
-            "value": None if value is None else base64.b64encode(value).decode(),
+            "value": value,  # raw bytes: each protocol encodes it (HTTP: base64)
             **self._meta(g, chosen, index),
             **extra,
         }

@@ -31,7 +31,7 @@ import contextlib
 import random
 import struct
 from collections import deque
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import structlog
@@ -40,10 +40,12 @@ from shardset_node.codec import CodecError, decode_batch, encode_batch
 from shardset_raft.types import Message
 
 __all__ = [
+    "CLIENT_MAGIC",
     "MAX_FRAME",
     "PROTOCOL_VERSION",
     "Backoff",
     "BatchHandler",
+    "ClientHandler",
     "PeerStats",
     "Transport",
     "TransportConfig",
@@ -53,12 +55,18 @@ __all__ = [
 PROTOCOL_VERSION = 1
 MAX_FRAME = 64 * 1024 * 1024
 _MAGIC = b"SHRD"
+# A client of the binary key-value protocol (shardset_node.wire) says this instead: the
+# peer port serves both, told apart by the first frame, so a node has no third port.
+CLIENT_MAGIC = b"SHKV"
 _LENGTH = struct.Struct(">I")
 _HELLO = struct.Struct(">4sHQ")
 _MAX_HELLO = 1024  # room for fields a later version may append
 
 Item = tuple[int, Message]
 BatchHandler = Callable[[int, list[Item]], None]
+# Serves one client connection once its hello is read (the handler answers it):
+# (reader, writer, the client's protocol version).
+ClientHandler = Callable[[asyncio.StreamReader, asyncio.StreamWriter, int], Awaitable[None]]
 Address = tuple[str, int]
 
 _LOGGER = "shardset_node.transport"
@@ -140,19 +148,21 @@ def _frame(payload: bytes) -> bytes:
     return _LENGTH.pack(len(payload)) + payload
 
 
-def _hello(version: int, node_id: int) -> bytes:
-    return _frame(_HELLO.pack(_MAGIC, version, node_id))
+def _hello(version: int, node_id: int, magic: bytes = _MAGIC) -> bytes:
+    return _frame(_HELLO.pack(magic, version, node_id))
 
 
-async def _read_hello(reader: asyncio.StreamReader) -> tuple[int, int]:
-    """Return (protocol version, node id) from the peer's hello frame."""
+async def _read_hello(
+    reader: asyncio.StreamReader, magics: tuple[bytes, ...] = (_MAGIC,)
+) -> tuple[bytes, int, int]:
+    """Return (magic, protocol version, node id) from the other side's hello frame."""
     (length,) = _LENGTH.unpack(await reader.readexactly(_LENGTH.size))
     if not _HELLO.size <= length <= _MAX_HELLO:
         raise _HandshakeError(f"hello frame of {length} bytes")
     magic, version, node_id = _HELLO.unpack_from(await reader.readexactly(length))
-    if magic != _MAGIC:
-        raise _HandshakeError("not a shardset peer (bad magic)")
-    return version, node_id
+    if magic not in magics:
+        raise _HandshakeError("not a shardset peer or client (bad magic)")
+    return magic, version, node_id
 
 
 def _take_batch(queue: deque[Item], budget: int) -> list[Item]:
@@ -205,8 +215,10 @@ class Transport:
         on_batch: BatchHandler,
         *,
         config: TransportConfig | None = None,
+        on_client: ClientHandler | None = None,
     ) -> None:
         self.node_id = node_id
+        self._on_client = on_client
         self.host = host
         self.stats = TransportStats()
         self._port = port
@@ -360,7 +372,7 @@ class Transport:
         ours = self._config.protocol_version
         writer.write(_hello(ours, self.node_id))
         await writer.drain()
-        version, node_id = await _read_hello(reader)
+        _, version, node_id = await _read_hello(reader)
         if version != ours:
             self.stats.rejected_handshakes += 1
             self._log.error(
@@ -456,8 +468,15 @@ class Transport:
         try:
             if self._closing:
                 return
+            magics = (_MAGIC, CLIENT_MAGIC) if self._on_client is not None else (_MAGIC,)
+            magic, version, node_id = await asyncio.wait_for(
+                _read_hello(reader, magics), self._config.connect_timeout
+            )
+            if magic == CLIENT_MAGIC and self._on_client is not None:
+                await self._on_client(reader, writer, version)
+                return
             from_node = await asyncio.wait_for(
-                self._acceptor_handshake(reader, writer), self._config.connect_timeout
+                self._acceptor_handshake(writer, version, node_id), self._config.connect_timeout
             )
             if from_node is not None:
                 await self._read_frames(from_node, reader)
@@ -467,9 +486,8 @@ class Transport:
             await _close(writer)
 
     async def _acceptor_handshake(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+        self, writer: asyncio.StreamWriter, version: int, node_id: int
     ) -> int | None:
-        version, node_id = await _read_hello(reader)
         ours = self._config.protocol_version
         # Answer even when refusing, so the dialer can log the versions on its side too.
         writer.write(_hello(ours, self.node_id))

@@ -181,6 +181,7 @@ class Workload:
     max_seconds: float = 120.0
     seed: int = 1
     read_modes: tuple[str, ...] = ()  # each get picks one (linearizable ones only!)
+    protocol: str = "http"  # the clients' protocol: "http" or "wire"
     history: list[Op] = field(default_factory=list)
     served: collections.Counter[str] = field(default_factory=collections.Counter)
     errors: collections.Counter[str] = field(default_factory=collections.Counter)
@@ -205,7 +206,7 @@ class Workload:
     def _new_client(self, rng: random.Random) -> Client:
         endpoints = list(self.endpoints)
         rng.shuffle(endpoints)
-        return Client(endpoints, timeout=2.0, attempts=12)
+        return Client(endpoints, timeout=2.0, attempts=12, protocol=self.protocol)
 
     async def _client(self, cid: int) -> None:
         rng = random.Random(self.seed * 1000 + cid)

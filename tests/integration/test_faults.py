@@ -20,6 +20,7 @@ from typing import Any
 
 import aiohttp
 import msgpack
+import pytest
 from clusterkit import (
     Layout,
     Workload,
@@ -62,22 +63,28 @@ def run(coro: Coroutine[Any, Any, None]) -> None:
     asyncio.run(asyncio.wait_for(coro, SCENARIO_TIMEOUT))
 
 
-async def start(cluster: LocalCluster, clients: int = 4) -> tuple[Layout, Workload]:
+async def start(
+    cluster: LocalCluster, clients: int = 4, protocol: str = "http"
+) -> tuple[Layout, Workload]:
     lay = await layout(cluster)
-    wl = Workload(cluster.endpoints, lay.keys("key", per_shard=2), clients=clients)
+    wl = Workload(
+        cluster.endpoints, lay.keys("key", per_shard=2), clients=clients, protocol=protocol
+    )
     await stable_leaders(cluster, lay.shards)
     wl.start()
     return lay, wl
 
 
 # ------------------------------------------------------------------------------ 1
-def test_kill_leader_of_most_shards(cluster_factory: Any) -> None:
-    """kill -9 of the node leading most shards while the workload runs: the other two
-    elect new leaders and keep acknowledging writes within a few seconds."""
+@pytest.mark.parametrize("protocol", ["http", "wire"])
+def test_kill_leader_of_most_shards(cluster_factory: Any, protocol: str) -> None:
+    """kill -9 of the node leading most shards while the workload runs (over either
+    client protocol): the other two elect new leaders and keep acknowledging writes
+    within a few seconds."""
     cluster = cluster_factory()
 
     async def scenario() -> None:
-        lay, wl = await start(cluster)
+        lay, wl = await start(cluster, protocol=protocol)
         await asyncio.sleep(3.0)
         leaders = await stable_leaders(cluster, lay.shards)
         counts = leader_counts(leaders, cluster.node_ids)
