@@ -1,10 +1,10 @@
 """The load generator: persistent worker processes, each an asyncio loop of clients.
 
 One `LoadGen` drives either system through a `Driver` (Shardset with
-`shardset.client.Client`, over its binary wire protocol or HTTP; etcd over gRPC with the vendored KV stubs). A point is a list
-of `Job`s, one per worker process; every worker starts at the same wall-clock instant,
-runs a warm-up, then a measured window, and sends back its latencies, errors and the keys
-whose writes were acknowledged (for the read-back check).
+`shardset.client.Client`, over its binary wire protocol or HTTP; etcd over gRPC with the
+vendored KV stubs). A point is a list of `Job`s, one per worker process; every worker
+starts at the same wall-clock instant, runs a warm-up, then a measured window, and sends
+back its latencies, errors and the keys whose writes were acknowledged (for the read-back check).
 
 Closed loop: each client sends its next request when the previous one is answered;
 latency is from send to answer. Open loop: requests are scheduled at a fixed rate and

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from shardset import local
-from shardset.client import MODES, Client, ShardsetError
+from shardset.client import MODES, PROTOCOLS, Client, ShardsetError
 
 
 def _endpoints(ns: argparse.Namespace) -> list[str]:
@@ -27,7 +27,8 @@ def _endpoints(ns: argparse.Namespace) -> list[str]:
 
 def _run(ns: argparse.Namespace, action: Callable[[Client], Awaitable[int]]) -> int:
     async def go() -> int:
-        async with Client(_endpoints(ns)) as client:
+        protocol = ns.protocol or os.environ.get("SHARDSET_PROTOCOL") or "http"
+        async with Client(_endpoints(ns), protocol=protocol) as client:
             return await action(client)
 
     try:
@@ -146,6 +147,12 @@ def _positive(text: str) -> int:
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="shardset", description=__doc__)
     p.add_argument("--endpoints", help="comma-separated node API URLs")
+    p.add_argument(
+        "--protocol",
+        choices=PROTOCOLS,
+        help="client protocol for key-value operations (default: SHARDSET_PROTOCOL, else "
+        "http); wire is the binary protocol on the nodes' peer ports",
+    )
     sub = p.add_subparsers(dest="cmd", required=True)
     s = sub.add_parser("put", help="write KEY=VALUE")
     s.add_argument("key")

@@ -115,6 +115,7 @@ class Client:
         self.protocol = protocol
         self._conns: dict[int, _WireConn] = {}
         self._dialing: dict[int, asyncio.Task[_WireConn]] = {}
+        self._refreshing: asyncio.Task[None] | None = None
         self.endpoints = [e.rstrip("/") for e in endpoints]
         self.timeout = timeout
         self.attempts = attempts
@@ -454,6 +455,19 @@ class Client:
             await self._refresh_map()
 
     async def _refresh_map(self) -> None:
+        """Learn the shard map again. Concurrent callers (every request of a fresh
+        client, or all those that saw a newer epoch) share one fetch."""
+        if self._refreshing is None:
+            self._refreshing = asyncio.ensure_future(self._fetch_any_map())
+            self._refreshing.add_done_callback(self._refreshed)
+        await asyncio.shield(self._refreshing)
+
+    def _refreshed(self, task: asyncio.Task[None]) -> None:
+        self._refreshing = None
+        if not task.cancelled():
+            task.exception()  # retrieved here; each waiter gets it through the shield
+
+    async def _fetch_any_map(self) -> None:
         """Ask every known node and endpoint at once; the first answer wins. Asking one
         after another would wait out each node that is gone (a scaled-down pod)."""
         urls = list(dict.fromkeys([*self._route.api.values(), *self.endpoints]))

@@ -78,6 +78,18 @@ def test_cli_put_get_delete_status(cluster_factory: Any) -> None:
         assert (rc, out) == (0, value + "\n"), (rc, out, err)
         history.append(Op(CLI_CLIENT + 1, "get", key, invoke=t0, complete=t1, result=value))
 
+        # The binary wire protocol, chosen by flag, then by the environment.
+        rc, out, err, t0, t1 = await shardset(cluster, "--protocol", "wire", "put", key, value)
+        assert rc == 0 and err.startswith("OK shard="), (rc, out, err)
+        history.append(Op(CLI_CLIENT, "put", key, value, invoke=t0, complete=t1))
+        rc, out, err, t0, t1 = await shardset(
+            cluster, "get", key, env={"SHARDSET_PROTOCOL": "wire"}
+        )
+        assert (rc, out) == (0, value + "\n"), (rc, out, err)
+        history.append(Op(CLI_CLIENT, "get", key, invoke=t0, complete=t1, result=value))
+        rc, out, err, *_ = await shardset(cluster, "--protocol", "carrier-pigeon", "get", key)
+        assert rc == 2 and "invalid choice: 'carrier-pigeon'" in err, (rc, out, err)
+
         rc, out, err, t0, t1 = await shardset(cluster, "delete", key)
         assert rc == 0 and "existed=True" in err, (rc, out, err)
         history.append(Op(CLI_CLIENT, "delete", key, invoke=t0, complete=t1))

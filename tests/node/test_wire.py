@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import msgpack
 import pytest
 from hypothesis import given
@@ -21,7 +23,7 @@ def test_frames_survive_any_split_of_the_stream(payloads: list[bytes], cuts: lis
     bounds = sorted({0, len(stream), *(c for c in cuts if c < len(stream))})
     frames = wire.Frames()
     out: list[bytes] = []
-    for a, b in zip(bounds, bounds[1:], strict=False):
+    for a, b in itertools.pairwise(bounds):
         out.extend(frames.feed(stream[a:b]))
     assert out == payloads
 
