@@ -120,6 +120,20 @@ def test_wire_answers_as_http_does(cluster_factory: Any) -> None:
             assert [r.value for r in reads] == [k.encode() for k in keys]
             assert len(w._conns) <= len(cluster.node_ids)
 
+        # A fresh client's first requests, all at once, share one shard-map fetch.
+        async with Client(cluster.endpoints, protocol="wire") as fresh:
+            fetches = 0
+            fetch = fresh._fetch_any_map
+
+            async def counted() -> None:
+                nonlocal fetches
+                fetches += 1
+                await fetch()
+
+            fresh._fetch_any_map = counted  # type: ignore[method-assign]
+            await asyncio.gather(*(fresh.put(f"fresh-{i}", b"x") for i in range(64)))
+            assert fetches == 1
+
     run(scenario())
 
 
