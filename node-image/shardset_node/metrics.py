@@ -56,3 +56,14 @@ class _NodeCollector(Collector):
         yield CounterMetricFamily(
             "shardset_disk_syncs", "Rounds that synced the write-ahead log", value=host.syncs
         )
+        wire = self.node.wire
+        yield GaugeMetricFamily(
+            "shardset_wire_connections",
+            "Open client connections of the binary wire protocol",
+            value=wire.connections,
+        )
+        yield CounterMetricFamily(
+            "shardset_wire_requests",
+            "Requests answered over the wire protocol",
+            value=wire.requests,
+        )

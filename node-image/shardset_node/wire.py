@@ -121,6 +121,7 @@ class WireServer:
         self.node = node
         self.max_value_bytes = max_value_bytes
         self.connections = 0
+        self.requests = 0
         self._ops: dict[str, Callable[[list[Any]], Any]] = {
             "put": self._put,
             "delete": self._delete,
@@ -175,6 +176,7 @@ class WireServer:
     async def answer(self, req: Any) -> list[Any]:
         """One request's answer, `[id, status, body]`; never raises."""
         rid = req[0] if isinstance(req, list) and req and isinstance(req[0], int) else 0
+        self.requests += 1
         try:
             if not isinstance(req, list) or len(req) < 3 or not isinstance(req[1], str):
                 raise ApiError(400, "bad_request", "a request is [id, op, key, ...]")

@@ -120,6 +120,15 @@ def test_wire_answers_as_http_does(cluster_factory: Any) -> None:
             assert [r.value for r in reads] == [k.encode() for k in keys]
             assert len(w._conns) <= len(cluster.node_ids)
 
+        # The nodes count what the wire served.
+        async with aiohttp.ClientSession() as s:
+            served = 0
+            for n in cluster.node_ids:
+                async with s.get(f"{cluster.node(n).api}/metrics") as resp:
+                    text = await resp.text()
+                served += int(float(_metric(text, "shardset_wire_requests_total")))
+            assert served >= 400 + 10
+
         # A fresh client's first requests, all at once, share one shard-map fetch.
         async with Client(cluster.endpoints, protocol="wire") as fresh:
             fetches = 0
@@ -204,3 +213,10 @@ def test_wire_redirects_and_refuses_bad_input(cluster_factory: Any) -> None:
             assert resp.status == 200
 
     run(scenario())
+
+
+def _metric(text: str, name: str) -> str:
+    for line in text.splitlines():
+        if line.startswith(name + " "):
+            return line.split()[1]
+    raise AssertionError(f"{name} not in /metrics")
