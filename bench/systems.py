@@ -194,6 +194,9 @@ class Shardset:
             shutil.rmtree(self.dir)
         self.cluster = local.up(self.dir, nodes, shards, 3, remember=False, stop_on_failure=True)
         self._wait_leaders()
+        # As the operator would: leaderships spread over the nodes, not left where the
+        # first elections put them.
+        self.leaders = self.cluster.balance_leaders()
 
     @property
     def endpoints(self) -> list[str]:

@@ -122,7 +122,8 @@ def _print_status(status: dict[str, Any]) -> None:
 def cmd_local_up(ns: argparse.Namespace) -> int:
     try:
         cluster = local.up(ns.data_dir, ns.nodes, ns.shards, ns.replication, no_fsync=ns.no_fsync)
-    except local.LocalClusterError as e:
+        cluster.balance_leaders()
+    except (local.LocalClusterError, TimeoutError) as e:
         print(f"shardset: {e}", file=sys.stderr)
         return 2
     print(",".join(cluster.endpoints))

@@ -308,6 +308,13 @@ class LocalCluster:
                 self.net.close()
                 self.net = None
 
+    def balance_leaders(self, timeout: float = 30.0) -> dict[int, int]:
+        """Move each shard's leadership to its preferred leader, the first replica in the
+        shard map, which the placement rotates over the nodes (what the operator's leader
+        balancing does in Kubernetes). Elections alone often leave one node leading most
+        shards, and then that node does most of the work. Returns shard -> leader."""
+        return asyncio.run(asyncio.wait_for(_balance(self.endpoints), timeout))
+
     def wait_ready(self, timeout: float = 30.0) -> None:
         deadline = time.monotonic() + timeout
         pending = {n.id for n in self.nodes if n.pid}
@@ -429,6 +436,48 @@ def _wait_gone(pid: int, timeout: float) -> None:
             os.kill(pid, signal.SIGKILL)
             deadline = time.monotonic() + timeout
         time.sleep(0.05)
+
+
+async def _balance(endpoints: list[str]) -> dict[int, int]:
+    import aiohttp  # the CLI's other local commands don't need it
+
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5.0)) as http:
+
+        async def get(url: str) -> Any:
+            async with http.get(url) as resp:
+                return await resp.json() if resp.status == 200 else None
+
+        while True:
+            views = await asyncio.gather(
+                *(get(f"{url}/v1/status") for url in endpoints), return_exceptions=True
+            )
+            shardmap = await get(f"{endpoints[0]}/v1/shardmap")
+            api = {int(n): a["api"] for n, a in shardmap["nodes"].items()}
+            preferred = {int(s): int(h[0]) for s, h in shardmap["replicas"].items() if h}
+            leaders = _leaders(views)
+            wrong = {s: p for s, p in preferred.items() if leaders.get(s) != p}
+            if not wrong:
+                return leaders
+            for shard, target in sorted(wrong.items()):
+                if shard in leaders:  # else no leader yet: look again next time
+                    body = {"shard": shard, "to": target}
+                    url = f"{api[leaders[shard]]}/v1/admin/transfer-leader"
+                    async with http.post(url, json=body):
+                        pass  # a refusal (a transfer under way) is asked again next pass
+            await asyncio.sleep(0.3)
+
+
+def _leaders(views: Iterable[Any]) -> dict[int, int]:
+    """shard -> node, from the nodes' /v1/status answers (each reports the groups it
+    leads; the metadata group, "meta", is left out)."""
+    found: dict[int, int] = {}
+    for view in views:
+        if not isinstance(view, dict):
+            continue
+        for gid, g in view.get("groups", {}).items():
+            if g.get("role") == "leader" and gid.isdigit() and int(gid) != 0:
+                found[int(gid)] = int(view["node"])
+    return found
 
 
 def _ready(api: str) -> bool:
