@@ -133,3 +133,24 @@ def test_cli_put_get_delete_status(cluster_factory: Any) -> None:
         await check_end_state(cluster, [*wl.keys, key], history)
 
     asyncio.run(asyncio.wait_for(scenario(), 150.0))
+
+
+def test_balance_leaders_moves_each_leadership_to_its_preferred_replica(
+    cluster_factory: Any,
+) -> None:
+    """What `shardset local up` does after start: each shard ends up led by the first
+    replica of its placement, so leaderships are spread over the nodes."""
+    cluster = cluster_factory()
+
+    async def prepare() -> dict[int, list[int]]:
+        lay = await layout(cluster)
+        await stable_leaders(cluster, lay.shards)
+        return lay.replicas
+
+    replicas = asyncio.run(prepare())
+    leaders = cluster.balance_leaders()
+    assert leaders == {s: r[0] for s, r in replicas.items()}, (leaders, replicas)
+    counts = [list(leaders.values()).count(n) for n in cluster.node_ids]
+    assert max(counts) - min(counts) <= 1, counts
+    seen = asyncio.run(stable_leaders(cluster, sorted(replicas)))
+    assert seen == leaders
