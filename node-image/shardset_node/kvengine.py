@@ -240,12 +240,20 @@ class KvEngine:
             ).fetchone()
             if row is not None:
                 return decode_result(row[0]), seq
-        outcome = execute(cmd, _get(db, shard, cmd.key))
-        if outcome.write:
-            _put(db, shard, cmd.key, outcome.value)
+        if isinstance(cmd, Put):
+            # A put needs only whether the key existed: one INSERT for a new key (its row
+            # count says so), an UPDATE after it for an existing one; no SELECT first.
+            result: Result = {"prev_exists": not _insert_new(db, shard, cmd.key, cmd.value)}
+            if result["prev_exists"]:
+                _update(db, shard, cmd.key, cmd.value)
+        else:
+            outcome = execute(cmd, _get(db, shard, cmd.key))
+            if outcome.write:
+                _put(db, shard, cmd.key, outcome.value)
+            result = outcome.result
         if cmd.idem is not None:
-            seq = self._remember(db, shard, seq, (cmd.idem, slot_of(cmd.key), outcome.result))
-        return outcome.result, seq
+            seq = self._remember(db, shard, seq, (cmd.idem, slot_of(cmd.key), result))
+        return result, seq
 
     def _remember(
         self, db: sqlite3.Connection, shard: int, seq: int, record: tuple[bytes, int, Result]
@@ -498,6 +506,18 @@ def _put(db: sqlite3.Connection, shard: int, key: bytes, value: bytes | None) ->
         db.execute("DELETE FROM kv WHERE shard = ? AND key = ?", (shard, key))
     else:
         db.execute("INSERT OR REPLACE INTO kv VALUES (?, ?, ?)", (shard, key, value))
+
+
+def _insert_new(db: sqlite3.Connection, shard: int, key: bytes, value: bytes) -> bool:
+    """Insert the pair if the key is absent; whether it was."""
+    cur = db.execute(
+        "INSERT INTO kv VALUES (?, ?, ?) ON CONFLICT (shard, key) DO NOTHING", (shard, key, value)
+    )
+    return cur.rowcount == 1
+
+
+def _update(db: sqlite3.Connection, shard: int, key: bytes, value: bytes) -> None:
+    db.execute("UPDATE kv SET value = ? WHERE shard = ? AND key = ?", (value, shard, key))
 
 
 def _clear_shard(db: sqlite3.Connection, shard: int) -> None:
