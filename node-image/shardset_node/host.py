@@ -69,13 +69,9 @@ class RaftHost:
     async def _run(self) -> None:
         next_tick = time.monotonic() + self.tick_interval
         while not self._stopping:
-            if self._wake.is_set():
-                await asyncio.sleep(0)  # work is waiting: still let the other tasks run
-            else:
-                # asyncio.timeout, not wait_for: no task created per round.
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(max(0.0, next_tick - time.monotonic())):
-                        await self._wake.wait()
+            timeout = max(0.0, next_tick - time.monotonic())
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout)
             self._wake.clear()
             now = time.monotonic()
             ticks = 0
