@@ -10,7 +10,6 @@ the entry is applied (writes) or the read index is applied (reads).
 from __future__ import annotations
 
 import asyncio
-import functools
 import itertools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -30,6 +29,10 @@ from shardset_raft import (
 )
 
 Send = Callable[[int, int, Sequence[Message]], None]  # (to_node, group, messages)
+# A client request run by the host loop; given the request's future, it returns the result,
+# or _WAITING when it has registered the future to be resolved later (apply, read index).
+Action = Callable[["asyncio.Future[object]"], object]
+_WAITING = object()
 
 
 class StateMachine(Protocol):
@@ -81,7 +84,7 @@ class ReplicaGroup:
         self.machine = machine
         self.send = send
         self.compact_every = compact_every
-        self._requests: list[tuple[Callable[[], object], asyncio.Future[object]]] = []
+        self._requests: list[tuple[Action, asyncio.Future[object]]] = []
         self._writes: dict[int, _Waiter] = {}  # log index -> waiter
         self._reads: dict[int, asyncio.Future[object]] = {}  # read request id -> future
         self._read_waits: list[tuple[int, asyncio.Future[object]]] = []  # (index, future)
@@ -91,12 +94,12 @@ class ReplicaGroup:
     # --- requests from clients (any time) ---------------------------------------
     def propose(self, data: bytes) -> asyncio.Future[object]:
         """Resolves with the state machine's result once the entry is applied here."""
-        return self._queue(lambda: self._propose_now(data))
+        return self._queue(lambda fut: self._propose_now(data, fut))
 
     def read_index(self, use_lease: bool = False) -> asyncio.Future[object]:
         """Resolves with a linearizable read index once it is applied here: confirmed
         by a heartbeat round, or (use_lease) from the leader's lease while it is valid."""
-        return self._queue(lambda: self._read_now(use_lease))
+        return self._queue(lambda fut: self._read_now(use_lease, fut))
 
     def wait_applied(self, index: int) -> asyncio.Future[object]:
         """Resolves with the applied index once this replica has applied `index`."""
@@ -108,12 +111,12 @@ class ReplicaGroup:
         return fut
 
     def conf_change(self, change: ConfChange) -> asyncio.Future[object]:
-        return self._queue(lambda: self._conf_now(change))
+        return self._queue(lambda fut: self._conf_now(change, fut))
 
     def transfer_leadership(self, to: int) -> asyncio.Future[object]:
-        return self._queue(lambda: self.raft.transfer_leadership(to))
+        return self._queue(lambda fut: self.raft.transfer_leadership(to))
 
-    def _queue(self, action: Callable[[], object]) -> asyncio.Future[object]:
+    def _queue(self, action: Action) -> asyncio.Future[object]:
         fut: asyncio.Future[object] = asyncio.get_running_loop().create_future()
         self._requests.append((action, fut))
         self.wake()
@@ -124,35 +127,33 @@ class ReplicaGroup:
         requests, self._requests = self._requests, []
         for action, fut in requests:
             try:
-                outcome = action()
+                outcome = action(fut)
             except RaftError as e:
                 if not fut.done():
                     fut.set_exception(e)
                 continue
-            if isinstance(outcome, _Waiter):
-                outcome.future.add_done_callback(functools.partial(_chain, dst=fut))
-            elif not fut.done():
+            if outcome is not _WAITING and not fut.done():
                 fut.set_result(outcome)
 
-    def _propose_now(self, data: bytes) -> _Waiter:
+    # The client's own future waits on the entry or read index (a caller that gave up
+    # leaves it done, and it is skipped when the answer comes).
+    def _propose_now(self, data: bytes, fut: asyncio.Future[object]) -> object:
         index = self.raft.propose(data)
-        return self._wait_write(index)
+        self._writes[index] = _Waiter(self.raft.term, fut)
+        return _WAITING
 
-    def _conf_now(self, change: ConfChange) -> object:
+    def _conf_now(self, change: ConfChange, fut: asyncio.Future[object]) -> object:
         index = self.raft.propose_conf_change(change)
-        return None if index is None else self._wait_write(index)
+        if index is None:
+            return None
+        self._writes[index] = _Waiter(self.raft.term, fut)
+        return _WAITING
 
-    def _wait_write(self, index: int) -> _Waiter:
-        waiter = _Waiter(self.raft.term, asyncio.get_running_loop().create_future())
-        self._writes[index] = waiter
-        return waiter
-
-    def _read_now(self, use_lease: bool) -> _Waiter:
+    def _read_now(self, use_lease: bool, fut: asyncio.Future[object]) -> object:
         rid = next(self._read_ids)
-        waiter = _Waiter(self.raft.term, asyncio.get_running_loop().create_future())
-        self._reads[rid] = waiter.future
+        self._reads[rid] = fut
         self.raft.read_index(rid, use_lease=use_lease)
-        return waiter
+        return _WAITING
 
     def send_messages(self, rd: Ready) -> None:
         for m in rd.messages:
@@ -227,13 +228,3 @@ class ReplicaGroup:
         self._reads.clear()
         self._read_waits.clear()
 
-
-def _chain(src: asyncio.Future[object], dst: asyncio.Future[object]) -> None:
-    if dst.done():
-        return
-    if src.cancelled():
-        dst.cancel()
-    elif (exc := src.exception()) is not None:
-        dst.set_exception(exc)
-    else:
-        dst.set_result(src.result())

@@ -173,6 +173,9 @@ class KvEngine:
         self.idem_capacity = idem_capacity
         self._lock = threading.Lock()
         self._db = _connect(self.path)
+        # shard -> (applied index, idem seq) as committed: this connection is the only
+        # writer, so the table is read once per shard, not on every apply.
+        self._meta_cache: dict[int, tuple[int, int]] = {}
         # NORMAL: no fsync per commit; the Raft log can replay what a power loss undoes.
         self._db.execute(f"PRAGMA synchronous={'FULL' if durable_commits else 'NORMAL'}")
         self._db.execute("PRAGMA journal_size_limit=67108864")
@@ -219,7 +222,8 @@ class KvEngine:
             for cmd in commands:
                 result, seq = self._apply_one(db, shard, cmd, seq)
                 results.append(result)
-            _set_meta(db, shard, index, seq)
+            self._evict(db, shard, seq)
+            self._set_meta(db, shard, index, seq)
         return results
 
     def _apply_one(
@@ -228,32 +232,48 @@ class KvEngine:
         if not isinstance(cmd, _COMMAND_TYPES):
             raise TypeError(f"not a command: {type(cmd).__name__}")
         if cmd.idem is not None:
+            # Records at or below seq - capacity count as evicted even while their rows
+            # wait for the batch's _evict: the same answers as evicting after each record.
             row = db.execute(
-                "SELECT result FROM idem WHERE shard = ? AND idem = ?", (shard, cmd.idem)
+                "SELECT result FROM idem WHERE shard = ? AND idem = ? AND seq > ?",
+                (shard, cmd.idem, seq - self.idem_capacity),
             ).fetchone()
             if row is not None:
                 return decode_result(row[0]), seq
-        outcome = execute(cmd, _get(db, shard, cmd.key))
-        if outcome.write:
-            _put(db, shard, cmd.key, outcome.value)
+        if isinstance(cmd, Put):
+            # A put needs only whether the key existed: one INSERT for a new key (its row
+            # count says so), an UPDATE after it for an existing one; no SELECT first.
+            result: Result = {"prev_exists": not _insert_new(db, shard, cmd.key, cmd.value)}
+            if result["prev_exists"]:
+                _update(db, shard, cmd.key, cmd.value)
+        else:
+            outcome = execute(cmd, _get(db, shard, cmd.key))
+            if outcome.write:
+                _put(db, shard, cmd.key, outcome.value)
+            result = outcome.result
         if cmd.idem is not None:
-            seq = self._remember(db, shard, seq, (cmd.idem, slot_of(cmd.key), outcome.result))
-        return outcome.result, seq
+            seq = self._remember(db, shard, seq, (cmd.idem, slot_of(cmd.key), result))
+        return result, seq
 
     def _remember(
         self, db: sqlite3.Connection, shard: int, seq: int, record: tuple[bytes, int, Result]
     ) -> int:
-        """Store an idempotency record as number ``seq + 1``; evict beyond the capacity."""
+        """Store an idempotency record as number ``seq + 1``; the caller runs :meth:`_evict`
+        before its transaction ends (one DELETE per batch rather than one per record)."""
         idem, slot, result = record
         seq += 1
         db.execute(
             "INSERT OR REPLACE INTO idem VALUES (?, ?, ?, ?, ?)",
             (shard, idem, seq, slot, encode_result(result)),
         )
-        db.execute(
-            "DELETE FROM idem WHERE shard = ? AND seq <= ?", (shard, seq - self.idem_capacity)
-        )
         return seq
+
+    def _evict(self, db: sqlite3.Connection, shard: int, seq: int) -> None:
+        """Drop the records beyond the capacity, the newest being number ``seq``."""
+        if seq > self.idem_capacity:
+            db.execute(
+                "DELETE FROM idem WHERE shard = ? AND seq <= ?", (shard, seq - self.idem_capacity)
+            )
 
     # -- reads ----------------------------------------------------------------------------
 
@@ -289,7 +309,7 @@ class KvEngine:
         """Forget a shard replica entirely (data, applied index, idempotency records)."""
         _check_shard(shard)
         with self._write() as db:
-            _clear_shard(db, shard)
+            self._clear_shard(db, shard)
 
     def delete_slots(self, shard: int, index: int, slots: Collection[int]) -> int:
         """Delete the keys (and idempotency records) of ``slots``, recording ``index`` as
@@ -312,7 +332,7 @@ class KvEngine:
                 if s in wanted
             ]
             db.executemany("DELETE FROM idem WHERE shard = ? AND idem = ?", idems)
-            _set_meta(db, shard, index, seq)
+            self._set_meta(db, shard, index, seq)
         return len(keys)
 
     # -- snapshots ------------------------------------------------------------------------
@@ -365,12 +385,12 @@ class KvEngine:
         header = _verify(path)
         _expect(path, header, _KIND_FULL, shard)
         with self._write() as db:
-            _clear_shard(db, shard)
+            self._clear_shard(db, shard)
             try:
                 _load_full(db, shard, path, header)
             except sqlite3.IntegrityError as exc:  # e.g. two records with one seq
                 raise SnapshotCorrupt(path, f"inconsistent records: {exc}") from exc
-            _set_meta(db, shard, header.applied_index, header.idem_seq)
+            self._set_meta(db, shard, header.applied_index, header.idem_seq)
         return header.info(path)
 
     def import_slots(
@@ -396,7 +416,8 @@ class KvEngine:
                 for idem, _, slot, result in _idem_records(path, records, header.idem_count):
                     seq = self._remember(db, shard, seq, (idem, slot, result))
                 _expect_end(path, records)
-            _set_meta(db, shard, index, seq)
+            self._evict(db, shard, seq)
+            self._set_meta(db, shard, index, seq)
         return header.info(path)
 
     # -- helpers --------------------------------------------------------------------------
@@ -410,12 +431,25 @@ class KvEngine:
                 yield self._db
                 self._db.execute("COMMIT")
             except BaseException:
+                # The cache may hold what this transaction set: read it again.
+                self._meta_cache.clear()
                 if self._db.in_transaction:
                     self._db.execute("ROLLBACK")
                 raise
 
     def _meta(self, shard: int) -> tuple[int, int]:
-        return _read_meta(self._db, shard)
+        meta = self._meta_cache.get(shard)
+        if meta is None:
+            meta = self._meta_cache[shard] = _read_meta(self._db, shard)
+        return meta
+
+    def _set_meta(self, db: sqlite3.Connection, shard: int, applied: int, seq: int) -> None:
+        _set_meta(db, shard, applied, seq)
+        self._meta_cache[shard] = (applied, seq)
+
+    def _clear_shard(self, db: sqlite3.Connection, shard: int) -> None:
+        _clear_shard(db, shard)
+        self._meta_cache.pop(shard, None)
 
 
 # -- SQLite helpers -------------------------------------------------------------------------
@@ -472,6 +506,18 @@ def _put(db: sqlite3.Connection, shard: int, key: bytes, value: bytes | None) ->
         db.execute("DELETE FROM kv WHERE shard = ? AND key = ?", (shard, key))
     else:
         db.execute("INSERT OR REPLACE INTO kv VALUES (?, ?, ?)", (shard, key, value))
+
+
+def _insert_new(db: sqlite3.Connection, shard: int, key: bytes, value: bytes) -> bool:
+    """Insert the pair if the key is absent; whether it was."""
+    cur = db.execute(
+        "INSERT INTO kv VALUES (?, ?, ?) ON CONFLICT (shard, key) DO NOTHING", (shard, key, value)
+    )
+    return cur.rowcount == 1
+
+
+def _update(db: sqlite3.Connection, shard: int, key: bytes, value: bytes) -> None:
+    db.execute("UPDATE kv SET value = ? WHERE shard = ? AND key = ?", (value, shard, key))
 
 
 def _clear_shard(db: sqlite3.Connection, shard: int) -> None:

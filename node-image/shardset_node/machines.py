@@ -62,7 +62,7 @@ class ShardMachine:
                 results[pos] = self._system(e.index, json.loads(e.data[1:]))
             elif e.type == EntryType.NORMAL and e.data:
                 cmd = decode_command(e.data)
-                if self.refuses(slot_of(cmd.key)):
+                if self.moved and self.refuses(slot_of(cmd.key)):
                     results[pos] = {"error": "slot_moved"}
                 else:
                     batch.append((pos, cmd))
