@@ -393,7 +393,7 @@ def main() -> None:
     p.add_argument("--mix-clients", type=int, default=64)
     p.add_argument("--scaling-clients", type=int, default=256)
     p.add_argument("--shards", type=int, default=4, help="Shardset's shards in the comparison")
-    p.add_argument("--pysyncobj-rates", type=int, nargs="+", default=[1500, 3000, 6000])
+    p.add_argument("--pysyncobj-rates", type=int, nargs="+", default=[1500, 3000, 6000, 12000])
     p.add_argument("--no-pysyncobj", action="store_true")
     p.add_argument("--no-scaling", action="store_true")
     p.add_argument("--base", type=Path, default=REPO / "bench" / ".work")
@@ -402,7 +402,7 @@ def main() -> None:
     ns = p.parse_args()
     if ns.quick:
         ns.reps, ns.measure, ns.warmup, ns.serial_puts = 1, 1.5, 0.5, 300
-        ns.pysyncobj_rates = [1500, 6000]
+        ns.pysyncobj_rates = [1500, 6000, 12000]
     began = time.time()
     ns.base = ns.base.resolve()
     ns.base.mkdir(parents=True, exist_ok=True)

@@ -33,7 +33,7 @@ from bench import stats
 from bench.loadgen import make_key, value_of
 from bench.systems import free_ports
 
-RATES = [1500, 3000, 6000]  # offered calls per second, all three nodes together
+RATES = [1500, 3000, 6000, 12000]  # offered calls per second, all three nodes together
 BURST_S = 0.1
 GRACE_S = 1.5
 MEASURE_S = 3.0  # per point (each point starts a fresh cluster)
