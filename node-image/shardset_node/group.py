@@ -13,7 +13,9 @@ import asyncio
 import itertools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, runtime_checkable
+
+import structlog
 
 from shardset_raft import (
     ConfChange,
@@ -29,6 +31,8 @@ from shardset_raft import (
 )
 
 Send = Callable[[int, int, Sequence[Message]], None]  # (to_node, group, messages)
+
+log = structlog.get_logger(__name__)
 # A client request run by the host loop; given the request's future, it returns the result,
 # or _WAITING when it has registered the future to be resolved later (apply, read index).
 Action = Callable[["asyncio.Future[object]"], object]
@@ -46,6 +50,13 @@ class StateMachine(Protocol):
 
     def snapshot(self) -> bytes:
         """The state at the last applied index, for compaction and laggards."""
+        ...
+
+
+@runtime_checkable
+class ExportsFromThread(Protocol):
+    def export_state(self) -> tuple[int, bytes]:
+        """From any thread: the whole state, and the applied index it is at."""
         ...
 
 
@@ -90,6 +101,8 @@ class ReplicaGroup:
         self._read_waits: list[tuple[int, asyncio.Future[object]]] = []  # (index, future)
         self._read_ids = itertools.count(1)
         self.wake: Callable[[], None] = lambda: None
+        self._exporting = False  # a snapshot export is running in a thread
+        self._export_task: asyncio.Future[None] | None = None  # kept: tasks are weakly held
 
     # --- requests from clients (any time) ---------------------------------------
     def propose(self, data: bytes) -> asyncio.Future[object]:
@@ -209,10 +222,35 @@ class ReplicaGroup:
 
     def _maybe_compact(self) -> None:
         raft = self.raft
-        if raft.applied - raft.log.meta.index < self.compact_every:
+        if self._exporting or raft.applied - raft.log.meta.index < self.compact_every:
+            return
+        if isinstance(self.machine, ExportsFromThread):
+            # A big shard's export takes long enough to stall the event loop past an
+            # election timeout (every replica at about the same moment): export in a
+            # thread, compact when it is done, at a safe point (the request queue).
+            self._exporting = True
+            self._export_task = asyncio.ensure_future(self._export(self.machine))
             return
         snap = raft.compact(raft.applied, self.machine.snapshot())
         self.storage.save_snapshot(snap)
+
+    async def _export(self, machine: ExportsFromThread) -> None:
+        try:
+            index, data = await asyncio.to_thread(machine.export_state)
+        except Exception:
+            log.exception(
+                "snapshot export failed; retried at the next compaction point", group=self.id
+            )
+            self._exporting = False
+            return
+        self._queue(lambda _: self._compact_at(index, data))
+
+    def _compact_at(self, index: int, data: bytes) -> None:
+        """Between rounds: compact at the exported state's index. The log may have moved
+        on meanwhile (more applied: fine; a snapshot installed past it: nothing to do)."""
+        self._exporting = False
+        if index > self.raft.log.meta.index:
+            self.storage.save_snapshot(self.raft.compact(index, data))
 
     def fail_all(self, error: Exception) -> None:
         for waiter in self._writes.values():
@@ -227,4 +265,3 @@ class ReplicaGroup:
         self._writes.clear()
         self._reads.clear()
         self._read_waits.clear()
-

@@ -122,10 +122,16 @@ class ShardMachine:
             path.unlink(missing_ok=True)
 
     def snapshot(self) -> bytes:
+        return self.export_state()[1]
+
+    def export_state(self) -> tuple[int, bytes]:
+        """The shard's whole state and the applied index it is at. Safe off the event
+        loop: the engine exports through its own connection in one read transaction,
+        while applies go on (ReplicaGroup compacts with it from a thread)."""
         path = self._scratch_file()
         try:
-            self.engine.export_snapshot(self.shard, path)
-            return path.read_bytes()
+            info = self.engine.export_snapshot(self.shard, path)
+            return info.applied_index, path.read_bytes()
         finally:
             path.unlink(missing_ok=True)
 
