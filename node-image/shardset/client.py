@@ -134,9 +134,12 @@ class Client:
         await self.close()
 
     async def close(self) -> None:
-        for conn in self._conns.values():
+        conns, self._conns = list(self._conns.values()), {}
+        for conn in conns:
             conn.close()
-        self._conns.clear()
+        # Their reader tasks end once the cancellation is delivered: wait for that, so
+        # a loop closed right after this does not destroy them pending.
+        await asyncio.gather(*(conn.wait_closed() for conn in conns))
         if self._session is not None and self._own_session:
             await self._session.close()
             self._session = None
@@ -648,3 +651,6 @@ class _WireConn:
     def close(self) -> None:
         self._task.cancel()
         self._fail(ConnectionError("client closed"))
+
+    async def wait_closed(self) -> None:
+        await asyncio.wait([self._task])
