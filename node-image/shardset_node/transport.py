@@ -3,7 +3,7 @@
 Frames and hellos as in :mod:`shardset_proto.framing` (magic PEER_MAGIC, payloads of
 at most max_frame bytes). The dialer sends its hello first; the acceptor answers with
 its own (also when it rejects the version, so the dialer can log why) and from then on
-only reads. Every later frame, dialer to acceptor, is one :mod:`shardset_node.codec`
+only reads. Every later frame, dialer to acceptor, is one :mod:`shardset_proto.peer`
 batch.
 
 Each connection carries traffic one way: A's messages to B ride A's connection to B,
@@ -29,7 +29,6 @@ from dataclasses import dataclass, field
 
 import structlog
 
-from shardset_node.codec import CodecError, decode_batch, encode_batch
 from shardset_proto.framing import (
     CLIENT_MAGIC,
     HEADER_SIZE,
@@ -40,6 +39,13 @@ from shardset_proto.framing import (
     frame,
     hello,
     read_hello,
+)
+from shardset_proto.peer import (
+    ARRAY_HEADER,
+    CodecError,
+    decode_batch,
+    encode_batch,
+    max_encoded_size,
 )
 from shardset_raft.types import Message
 
@@ -147,29 +153,11 @@ def _take_batch(queue: deque[Item], budget: int) -> list[Item]:
     items: list[Item] = []
     size = 0
     while queue:
-        size += _max_encoded_size(queue[0][1])
+        size += max_encoded_size(queue[0][1])
         if items and size > budget:
             break
         items.append(queue.popleft())
     return items
-
-
-# Upper bounds of the codec's msgpack output: an int takes at most 9 bytes, a bin or
-# array header at most 5. An item is 12 scalars and 2 headers; an entry 3 ints and 2 headers.
-_ARRAY_HEADER = 5
-_ITEM_BOUND = 12 * 9 + 2 * _ARRAY_HEADER
-_ENTRY_BOUND = 3 * 9 + 2 * _ARRAY_HEADER
-
-
-def _max_encoded_size(m: Message) -> int:
-    size = _ITEM_BOUND
-    for e in m.entries:
-        size += _ENTRY_BOUND + len(e.data)
-    snap = m.snapshot
-    if snap is not None:
-        members = len(snap.meta.conf.voters) + len(snap.meta.conf.learners)
-        size += 2 * 9 + 4 * _ARRAY_HEADER + 9 * members + len(snap.data)
-    return size
 
 
 async def _close(writer: asyncio.StreamWriter) -> None:
@@ -398,7 +386,7 @@ class Transport:
         peer.wake.set()
 
     def _write_pending(self, peer: _Peer, stats: PeerStats, writer: asyncio.StreamWriter) -> None:
-        items = _take_batch(peer.queue, self._config.max_frame - _ARRAY_HEADER)
+        items = _take_batch(peer.queue, self._config.max_frame - ARRAY_HEADER)
         for data, count in self._frames(peer, stats, items):
             writer.write(data)
             stats.frames_sent += 1

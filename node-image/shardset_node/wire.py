@@ -15,10 +15,10 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from shardset_node.errors import ApiError
-from shardset_node.limits import check_idem, check_key, check_value
 from shardset_proto import wire
+from shardset_proto.errors import ApiError
 from shardset_proto.framing import MAX_CLIENT_FRAME, FrameError, FrameReader
+from shardset_proto.limits import check_idem, check_key, check_value
 
 if TYPE_CHECKING:
     from shardset_node.node import Node
@@ -104,7 +104,7 @@ class WireServer:
             status, body = await op(req)
             return [rid, status, body]
         except ApiError as e:
-            body = {"error": e.code, "message": str(e), **e.extra}
+            body = e.body()
             if e.retry_after is not None:
                 body["retry_after"] = e.retry_after
             return [rid, e.status, body]
