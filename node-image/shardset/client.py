@@ -34,13 +34,14 @@ from urllib.parse import quote
 
 import aiohttp
 
-from shardset_proto import wire
+from shardset_proto import urls, wire
+from shardset_proto.commands import MAX_KEY_BYTES
+from shardset_proto.consistency import LEADER_MODES, MODES
 from shardset_proto.framing import MAX_CLIENT_FRAME, FrameError, FrameReader
 from shardset_proto.slots import slot_of
+from shardset_proto.status import ShardMapView
 
 RETRYABLE = {307, 409, 421, 503}
-MODES = ("linearizable", "lease", "bounded", "session", "eventual")
-LEADER_MODES = frozenset({"linearizable", "lease"})
 PROTOCOLS = ("http", "wire")
 # What an attempt at one node may raise that means "try another replica".
 _TRANSIENT = (aiohttp.ClientError, TimeoutError, ConnectionError, OSError)
@@ -174,7 +175,7 @@ class Client:
             body = await self._wired(key, lambda idem: wire.cas(key, expected, value, idem))
         else:
             payload = {"expected": _b64(expected), "value": _b64(value)}
-            body = await self._keyed("POST", key, json=payload, idem=True, path="/v1/cas/")
+            body = await self._keyed("POST", key, json=payload, idem=True, path=urls.CAS)
         return self._seen(_write(body))
 
     async def get(
@@ -257,7 +258,7 @@ class Client:
         results: list[tuple[str, bytes]] = []
         for shard in sorted(self._route.replicas):
             body = await self._request(
-                "GET", shard, "/v1/scan", params={**params, "shard": str(shard)}
+                "GET", shard, urls.SCAN, params={**params, "shard": str(shard)}
             )
             results.extend((k, base64.b64decode(v)) for k, v in body["items"])
         results.sort()
@@ -269,7 +270,7 @@ class Client:
         out: dict[str, Any] = {"epoch": self._route.epoch, "nodes": {}}
         for node, url in sorted(self._route.api.items()):
             try:
-                async with self._http().get(f"{url}/v1/status") as resp:
+                async with self._http().get(url + urls.STATUS) as resp:
                     out["nodes"][str(node)] = await resp.json()
             except (aiohttp.ClientError, TimeoutError) as e:
                 out["nodes"][str(node)] = {"error": f"unreachable: {e.__class__.__name__}"}
@@ -283,7 +284,7 @@ class Client:
         *,
         idem: bool = False,
         missing_ok: bool = False,
-        path: str = "/v1/kv/",
+        path: str = urls.KV,
         **kw: Any,
     ) -> dict[str, Any]:
         _check_key(key)
@@ -473,9 +474,9 @@ class Client:
     async def _fetch_any_map(self) -> None:
         """Ask every known node and endpoint at once; the first answer wins. Asking one
         after another would wait out each node that is gone (a scaled-down pod)."""
-        urls = list(dict.fromkeys([*self._route.api.values(), *self.endpoints]))
+        apis = list(dict.fromkeys([*self._route.api.values(), *self.endpoints]))
         errors: list[str] = []
-        pending = {asyncio.ensure_future(self._fetch_map(url)): url for url in urls}
+        pending = {asyncio.ensure_future(self._fetch_map(url)): url for url in apis}
         try:
             while pending:
                 done, _ = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
@@ -493,7 +494,7 @@ class Client:
 
     async def _fetch_map(self, url: str) -> tuple[dict[str, Any] | None, str]:
         try:
-            async with self._http().get(f"{url}/v1/shardmap") as resp:
+            async with self._http().get(url + urls.SHARDMAP) as resp:
                 if resp.status != 200:
                     return None, f"HTTP {resp.status}"
                 return await resp.json(), ""
@@ -502,13 +503,14 @@ class Client:
 
 
 def _parse_map(raw: dict[str, Any]) -> _Route:
+    view = ShardMapView.model_validate(raw)
     return _Route(
-        epoch=int(raw["epoch"]),
-        slots=[(int(a), int(b), int(s)) for a, b, s in raw["slots"]],
-        replicas={int(s): [int(n) for n in h] for s, h in raw["replicas"].items()},
-        api={int(n): str(a["api"]) for n, a in raw["nodes"].items()},
-        peer={int(n): str(a["peer"]) for n, a in raw["nodes"].items()},
-        leaders={int(s): int(n) for s, n in raw.get("leaders", {}).items() if n},
+        epoch=view.epoch,
+        slots=list(view.slots),
+        replicas=view.replicas,
+        api={n: a.api for n, a in view.nodes.items()},
+        peer={n: a.peer for n, a in view.nodes.items()},
+        leaders={s: n for s, n in view.leaders.items() if n},
     )
 
 
@@ -532,9 +534,6 @@ def _write(body: dict[str, Any]) -> WriteResult:
 
 def _b64(value: bytes | None) -> str | None:
     return None if value is None else base64.b64encode(value).decode()
-
-
-MAX_KEY_BYTES = 1024
 
 
 def _check_key(key: str) -> None:
