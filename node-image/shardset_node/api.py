@@ -20,9 +20,9 @@ from typing import Any
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from shardset_node.errors import ApiError
-from shardset_node.limits import check_idem, check_key, check_value
 from shardset_node.openapi import OPENAPI
+from shardset_proto.errors import ApiError
+from shardset_proto.limits import check_idem, check_key, check_value
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 

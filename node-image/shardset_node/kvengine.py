@@ -33,7 +33,7 @@ from typing import Any, BinaryIO
 
 import msgpack  # type: ignore[import-untyped]  # ships no type information
 
-from shardset_node.commands import (
+from shardset_proto.commands import (
     MAX_KEY_BYTES,
     MAX_VALUE_BYTES,
     Cas,
@@ -47,7 +47,7 @@ from shardset_node.commands import (
     encode_result,
     execute,
 )
-from shardset_node.slots import slot_of
+from shardset_proto.slots import slot_of
 
 __all__ = [
     "IDEM_CAPACITY",

@@ -18,12 +18,13 @@ import structlog
 from aiohttp import web
 
 from shardset_node.api import build_app
-from shardset_node.consistency import MODES, ReadPolicy, policy_from_body
+from shardset_node.consistency import ReadPolicy, policy_from_body
 from shardset_node.drain import drain_leadership
-from shardset_node.errors import ApiError
-from shardset_node.kvengine import MAX_VALUE_BYTES
 from shardset_node.node import Node, NodeConfig
-from shardset_node.shardmap import ShardMap
+from shardset_proto.commands import MAX_VALUE_BYTES
+from shardset_proto.consistency import MODES
+from shardset_proto.errors import ApiError
+from shardset_proto.shardmap import ShardMap
 
 
 def configure_logging(fmt: str) -> None:

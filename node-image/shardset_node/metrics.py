@@ -9,7 +9,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from shardset_node.consistency import MODES
+from shardset_proto.consistency import MODES
 
 
 class NodeMetrics:

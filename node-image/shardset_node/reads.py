@@ -28,13 +28,13 @@ from typing import TYPE_CHECKING, Any
 import aiohttp
 
 from shardset_node.consistency import (
-    LEADER_MODES,
     FreshnessProof,
     ReadPolicy,
     proves,
     resolve,
 )
-from shardset_node.errors import ApiError
+from shardset_proto.consistency import LEADER_MODES
+from shardset_proto.errors import ApiError
 from shardset_raft import Role
 
 if TYPE_CHECKING:

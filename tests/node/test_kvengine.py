@@ -11,7 +11,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from shardset_node.commands import (
+from shardset_node.kvengine import (
+    KvEngine,
+    SnapshotCorrupt,
+    SnapshotMismatch,
+    StaleIndex,
+)
+from shardset_proto.commands import (
     MAX_KEY_BYTES,
     MAX_VALUE_BYTES,
     Cas,
@@ -21,13 +27,7 @@ from shardset_node.commands import (
     Result,
     SizeLimitError,
 )
-from shardset_node.kvengine import (
-    KvEngine,
-    SnapshotCorrupt,
-    SnapshotMismatch,
-    StaleIndex,
-)
-from shardset_node.slots import slot_of
+from shardset_proto.slots import slot_of
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from shardset_node.commands import (
+from shardset_proto.commands import (
     MAX_IDEM_BYTES,
     MAX_KEY_BYTES,
     MAX_VALUE_BYTES,
@@ -27,7 +27,7 @@ from shardset_node.commands import (
     execute,
     make_idem,
 )
-from shardset_node.slots import SLOTS, slot_of
+from shardset_proto.slots import SLOTS, slot_of
 
 small = st.binary(max_size=16)
 opt = st.none() | small
