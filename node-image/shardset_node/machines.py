@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from shardset_node.commands import Command, decode_command
+from shardset_node.files import atomic_replace
 from shardset_node.kvengine import KvEngine
 from shardset_node.shardmap import ShardMap
 from shardset_node.slots import slot_of
@@ -105,12 +106,10 @@ class ShardMachine:
         return [(int(a), int(b)) for a, b in json.loads(self._moved_path.read_text())]
 
     def _set_moved(self, ranges: list[tuple[int, int]]) -> None:
-        # Written before the engine records the command's index, so a crash in
+        # Written (durably) before the engine records the command's index, so a crash in
         # between replays the command (both writes are idempotent).
         self.scratch.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self._moved_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(sorted(set(ranges))))
-        os.replace(tmp, self._moved_path)
+        atomic_replace(self._moved_path, json.dumps(sorted(set(ranges))).encode())
         self.moved = sorted(set(ranges))
 
     def export_slots(self, start: int, end: int) -> bytes:
