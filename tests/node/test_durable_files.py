@@ -1,9 +1,10 @@
-"""Durable side files (issue 14, item 3).
+"""Durable side files and the moved-slot ranges in a shard's snapshot (issue 14, item 3).
 
 A side file survives a power loss only if its bytes were fsynced before the rename and
 the directory after it; these tests record every ``os.fsync`` while the real callers
 write (the tombstones, the origin, a freeze's moved-slot file) and check both happened
-before the call returned.
+before the call returned. The moved ranges a freeze records must also travel with the
+shard's snapshot: a replica restored from it refuses the same slots as the original.
 """
 
 from __future__ import annotations
@@ -17,11 +18,13 @@ from pathlib import Path
 
 import pytest
 
+from shardset_node.commands import Put, encode_command
 from shardset_node.kvengine import KvEngine
 from shardset_node.machines import ShardMachine, system_command
 from shardset_node.node import ORIGIN, TOMBSTONES, Node, NodeConfig
 from shardset_node.shardmap import NodeAddress, bootstrap_map
-from shardset_raft import Entry
+from shardset_node.slots import SLOTS, slot_of
+from shardset_raft import Entry, Snapshot, SnapshotMeta
 
 SHARD = 1
 
@@ -109,6 +112,10 @@ def machines(tmp_path: Path) -> Iterator[Callable[[str], ShardMachine]]:
         engine.close()
 
 
+def _key_in(start: int, end: int) -> bytes:
+    return next(k for i in range(100_000) if start <= slot_of(k := b"k%d" % i) < end)
+
+
 def test_a_freeze_makes_the_moved_ranges_durable(
     machines: Callable[[str], ShardMachine], fsyncs: list[_Sync]
 ) -> None:
@@ -117,3 +124,67 @@ def test_a_freeze_makes_the_moved_ranges_durable(
     path = m.scratch.parent / f"moved-slots-{SHARD}.json"
     assert_durable(path, fsyncs)
 
+
+def _put(index: int, key: bytes) -> Entry:
+    return Entry(1, index, data=encode_command(Put(key, b"v")))
+
+
+def test_a_restored_replica_refuses_the_slots_the_original_refuses(
+    machines: Callable[[str], ShardMachine],
+) -> None:
+    original = machines("original")
+    inside, outside = _key_in(100, 200), _key_in(200, SLOTS)
+    original.apply([_put(1, inside), _put(2, outside)])
+    original.apply([Entry(1, 3, data=system_command("freeze", 100, 200))])
+    snapshot = Snapshot(SnapshotMeta(3, 1), original.snapshot())
+
+    restored = machines("restored")  # another node: a fresh data directory
+    restored.restore(snapshot)
+
+    assert [restored.refuses(s) for s in range(SLOTS)] == [
+        original.refuses(s) for s in range(SLOTS)
+    ]
+    assert restored.moved == original.moved == [(100, 200)]
+    later = [_put(4, inside), _put(5, outside)]
+    assert restored.apply(later) == original.apply(later)
+    assert original.apply([_put(6, inside)]) == [{"error": "slot_moved"}]
+    assert restored.engine.get(SHARD, outside) == b"v"
+
+
+def test_a_version_0_snapshot_still_restores(
+    machines: Callable[[str], ShardMachine], tmp_path: Path
+) -> None:
+    original = machines("original")
+    key = _key_in(0, SLOTS)
+    original.apply([_put(1, key)])
+    original.engine.export_snapshot(SHARD, tmp_path / "v0")  # the engine's file alone
+
+    restored = machines("restored")
+    restored.restore(Snapshot(SnapshotMeta(1, 1), (tmp_path / "v0").read_bytes()))
+    assert restored.engine.get(SHARD, key) == b"v"
+    assert restored.moved == []
+
+
+def test_an_export_overtaken_by_a_freeze_is_taken_again(
+    machines: Callable[[str], ShardMachine], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The export runs in a thread while applies go on: the ranges it carries must be
+    those at the index it exported, not those of a freeze applied meanwhile."""
+    m = machines("a")
+    m.apply([_put(1, _key_in(0, 100))])
+    real = m.engine.export_snapshot
+    exports: list[int] = []
+
+    def export_then_freeze(shard: int, path: Path) -> object:
+        info = real(shard, path)
+        exports.append(info.applied_index)
+        if len(exports) == 1:  # the freeze lands after the first export read index 1
+            m.apply([Entry(1, 2, data=system_command("freeze", 0, 100))])
+        return info
+
+    monkeypatch.setattr(m.engine, "export_snapshot", export_then_freeze)
+    index, data = m.export_state()
+    assert exports == [1, 2]
+    restored = machines("restored")
+    restored.restore(Snapshot(SnapshotMeta(index, 1), data))
+    assert (index, restored.moved) == (2, [(0, 100)])
