@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from shardset_operator.models import ShardSetSpec
-from shardset_operator.naming import Names
+from shardset_operator.api.models import ShardSetSpec
+from shardset_operator.api.naming import Names
 
 NAMES = Names("kv", "prod")
 

@@ -11,8 +11,8 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from shardset_operator import nodeclient
-from shardset_operator.nodeclient import NodeCallError, NodeClient
+from shardset_operator.clients import nodeclient
+from shardset_operator.clients.nodeclient import NodeCallError, NodeClient
 
 
 def _serve(

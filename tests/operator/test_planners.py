@@ -5,21 +5,19 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from shardset_operator.bootstrap import first_map
-from shardset_operator.consistency import ReadSetting, consistency_status, nodes_to_switch
-from shardset_operator.health import shard_health
-from shardset_operator.kube import PodState, StatefulSetState
-from shardset_operator.models import ConsistencySpec, ShardSetStatus
-from shardset_operator.naming import node_id_of_pod
-from shardset_operator.observe import ready_count, rollout
-from shardset_operator.shape import plan_shape
-from shardset_operator.status import (
-    Observation,
-    changed,
-    compute_status,
-    status_patch,
-    transitions,
-)
+from shardset_operator.api.consistency import ReadSetting
+from shardset_operator.api.models import ConsistencySpec, ShardSetStatus
+from shardset_operator.api.naming import node_id_of_pod
+from shardset_operator.api.observed import PodState, StatefulSetState
+from shardset_operator.clients.observe import ready_count
+from shardset_operator.plan.bootstrap import first_map
+from shardset_operator.plan.consistency import nodes_to_switch
+from shardset_operator.plan.shape import plan_shape
+from shardset_operator.status.conditions import Observation, compute_status
+from shardset_operator.status.consistency import consistency_status
+from shardset_operator.status.health import shard_health
+from shardset_operator.status.patch import changed, status_patch, transitions
+from shardset_operator.status.progress import rollout
 
 from .conftest import NAMES, group, node_report, spec
 
@@ -261,7 +259,7 @@ def test_consistency_switch_in_progress_is_progressing_with_errors_named() -> No
 
 
 def test_refused_change_and_failed_reconcile_explain_themselves() -> None:
-    from shardset_operator.shape import Refusal
+    from shardset_operator.api.refusal import Refusal
 
     refused = compute_status(
         ShardSetStatus(), _obs(refusals=(Refusal("ScaleNotSupported", "keep 3"),)), NOW

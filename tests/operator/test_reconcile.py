@@ -14,11 +14,13 @@ from typing import Any
 import pytest
 
 from shardset_node.placement import initial_slots
-from shardset_operator.bootstrap import BOOTSTRAP_KEY
-from shardset_operator.kube import KubeError, PodState, StatefulSetState
-from shardset_operator.naming import Names
-from shardset_operator.nodeclient import NodeCallError
-from shardset_operator.reconcile import Context, Outcome, converge
+from shardset_operator.api.naming import Names
+from shardset_operator.api.observed import PodState, StatefulSetState
+from shardset_operator.builders.configmap import BOOTSTRAP_KEY
+from shardset_operator.clients.kube import KubeError
+from shardset_operator.clients.nodeclient import NodeCallError
+from shardset_operator.reconcile.context import Context, Outcome
+from shardset_operator.reconcile.converge import converge
 
 from .conftest import group, node_report
 

@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 
 from shardset_node.placement import SLOTS
 from shardset_node.shardmap import NodeAddress, ShardMap, bootstrap_map, split_range
-from shardset_operator.splits import plan_split
+from shardset_operator.plan.splits import plan_split
 
 
 def grown(start: int, target: int) -> ShardMap:

@@ -4,9 +4,9 @@ leads nothing; a full roll is simulated against a stand-in StatefulSet controlle
 
 from __future__ import annotations
 
-from shardset_operator.moves import ShardView
-from shardset_operator.repair import MetaView
-from shardset_operator.upgrade import RollState, plan_roll
+from shardset_operator.plan.moves import ShardView
+from shardset_operator.plan.repair import MetaView
+from shardset_operator.plan.upgrade import RollState, plan_roll
 
 NEW, OLD = "rev-new", "rev-old"
 

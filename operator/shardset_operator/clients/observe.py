@@ -6,68 +6,19 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
 from typing import Any
 
 from shardset_node.shardmap import ShardMap
-from shardset_operator.kube import Kube, PodState, StatefulSetState
-from shardset_operator.naming import Names, node_id_of_pod
-from shardset_operator.nodeclient import NodeCallError, NodeClient
-
-
-@dataclass(frozen=True)
-class NodeViews:
-    """What the nodes said: status reports, who did not answer, the newest shard map."""
-
-    reports: Mapping[int, dict[str, Any] | None]  # node id -> GET /v1/status, None: no answer
-    errors: Mapping[int, str]  # node id -> why it did not answer
-    live_map: ShardMap | None  # None: no node answered with one
-
-    @property
-    def answering(self) -> set[int]:
-        return {i for i, r in self.reports.items() if r is not None}
-
-    def trusted_map(self, known_epoch: int | None) -> ShardMap | None:
-        """The newest shard map the nodes gave, unless it is older than one already seen
-        (a node cut off from the metadata group): nothing is sized or planned from it."""
-        live = self.live_map
-        if live is None or (known_epoch is not None and live.epoch < known_epoch):
-            return None
-        return live
-
-
-@dataclass(frozen=True)
-class Seen:
-    statefulset: StatefulSetState | None
-    ready_nodes: int
-    nodes: NodeViews
-    pods: tuple[PodState, ...] = ()
-
-    @property
-    def reports(self) -> Mapping[int, dict[str, Any] | None]:
-        return self.nodes.reports
-
-    @property
-    def errors(self) -> Mapping[int, str]:
-        return self.nodes.errors
+from shardset_operator.api.naming import Names, node_id_of_pod
+from shardset_operator.api.observed import NodeViews, PodState, Seen
+from shardset_operator.clients.kube import Kube
+from shardset_operator.clients.nodeclient import NodeCallError, NodeClient
 
 
 def ready_count(pods: list[PodState], names: Names, nodes: int) -> int:
     """Ready, not terminating pods that are nodes 1..nodes of this store."""
     ids = {node_id_of_pod(p.name, names) for p in pods if p.ready and not p.terminating}
     return len({i for i in ids if i is not None and i <= nodes})
-
-
-def rollout(sts: StatefulSetState | None) -> str | None:
-    """The StatefulSet rollout in progress, in words; None when there is none."""
-    if sts is None:
-        return "waiting for the StatefulSet to be created"
-    seen, wanted = sts.observed_generation, sts.generation
-    if seen is not None and wanted is not None and seen < wanted:
-        return "waiting for the StatefulSet controller to see the new pod template"
-    if sts.update_revision and sts.current_revision != sts.update_revision:
-        return f"rolling out a new pod template: {sts.updated}/{sts.replicas} pods updated"
-    return None
 
 
 async def poll_nodes(nodes: NodeClient, names: Names, ids: Iterable[int]) -> NodeViews:

@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from shardset_operator.rebalance import Move
+from shardset_operator.plan.rebalance import Move
 
 # A learner this close to the leader's log is promoted (the rest arrives in the next
 # heartbeat round); further behind, promoting it would stall commits until it catches up.

@@ -1,4 +1,5 @@
-"""Read consistency: the desired setting, what nodes report, and who still needs it.
+"""The read consistency setting: from the spec, in the ConfigMap, in the admin call's
+body, and as a node reports it.
 
 Nodes start in the mode of the ConfigMap (env vars from configMapKeyRef, so changing
 the mode never changes the pod template and never restarts a pod) and are switched
@@ -12,9 +13,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, get_args
+from typing import Any
 
-from shardset_operator.models import ConsistencyMode, ConsistencySpec, ConsistencyStatus
+from shardset_operator.api.models import ConsistencySpec
 
 CONSISTENCY_KEY = "consistency"
 STALENESS_KEY = "maxStalenessMs"
@@ -48,28 +49,3 @@ class ReadSetting:
 
     def admin_body(self) -> dict[str, Any]:
         return {"mode": self.mode, "maxStalenessMs": self.max_staleness_ms}
-
-
-def nodes_to_switch(
-    desired: ReadSetting, reports: Mapping[int, ReadSetting | None], reachable: set[int]
-) -> list[int]:
-    """Reachable nodes whose reported setting is not the desired one, in id order.
-
-    A node that reports nothing (an older image, or it has not answered) is asked too:
-    the admin call is idempotent, and its answer tells why if it cannot comply.
-    """
-    return sorted(n for n in reachable if reports.get(n) != desired)
-
-
-def consistency_status(
-    desired: ReadSetting, reports: Mapping[int, ReadSetting | None], node_ids: list[int]
-) -> ConsistencyStatus:
-    """The mode in force is the one ALL nodes report; absent while they differ."""
-    seen = [reports.get(n) for n in node_ids]
-    applied = sum(1 for r in seen if r == desired)
-    common = seen[0] if seen and all(r == seen[0] for r in seen) else None
-    if common is None or common.mode not in get_args(ConsistencyMode):
-        return ConsistencyStatus(nodes_applied=applied)
-    return ConsistencyStatus.model_validate(
-        {"mode": common.mode, "maxStalenessMs": common.max_staleness_ms, "nodesApplied": applied}
-    )

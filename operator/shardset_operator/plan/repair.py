@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from shardset_node.shardmap import NodeAddress
-from shardset_operator.members import MemberPlan
-from shardset_operator.moves import CATCH_UP_LAG, META, ShardView, Step, call
+from shardset_operator.plan.members import MemberPlan
+from shardset_operator.plan.moves import CATCH_UP_LAG, META, ShardView, Step, call
 
 META_VOTERS = 5  # as the node keeps it (shardset_node.node.META_VOTERS)
 

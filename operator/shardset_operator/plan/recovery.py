@@ -16,8 +16,8 @@ from collections.abc import Collection, Mapping
 from typing import Any
 
 from shardset_node.shardmap import ShardMap
-from shardset_operator.moves import ShardView, Step, call
-from shardset_operator.rebalance import load
+from shardset_operator.plan.moves import ShardView, Step, call
+from shardset_operator.plan.rebalance import load
 
 ANNOTATION = "shardset.io/recover-shards"
 
