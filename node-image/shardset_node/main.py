@@ -23,7 +23,7 @@ from shardset_node.drain import drain_leadership
 from shardset_node.errors import ApiError
 from shardset_node.kvengine import MAX_VALUE_BYTES
 from shardset_node.node import Node, NodeConfig
-from shardset_node.shardmap import ShardMap
+from shardset_proto.shardmap import ShardMap
 
 
 def configure_logging(fmt: str) -> None:

@@ -28,13 +28,13 @@ from shardset_node.host import RaftHost
 from shardset_node.kvengine import KvEngine
 from shardset_node.machines import MetaMachine, ShardMachine, system_command
 from shardset_node.metrics import NodeMetrics
-from shardset_node.placement import SlotRange
 from shardset_node.raftstore import NodeStorage
 from shardset_node.reads import ReadPath
-from shardset_node.shardmap import NodeAddress, ShardMap, split_range
-from shardset_node.slots import slot_of
 from shardset_node.transport import Transport
 from shardset_node.wire import WireServer
+from shardset_proto.placement import SlotRange
+from shardset_proto.shardmap import NodeAddress, ShardMap, split_range
+from shardset_proto.slots import slot_of
 from shardset_raft import (
     ConfChange,
     ConfChangeRejected,

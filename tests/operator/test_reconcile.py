@@ -13,7 +13,6 @@ from typing import Any
 
 import pytest
 
-from shardset_node.placement import initial_slots
 from shardset_operator.api.naming import Names
 from shardset_operator.api.observed import PodState, StatefulSetState
 from shardset_operator.builders.configmap import BOOTSTRAP_KEY
@@ -21,6 +20,7 @@ from shardset_operator.clients.kube import KubeError
 from shardset_operator.clients.nodeclient import NodeCallError
 from shardset_operator.reconcile.context import Context, Outcome
 from shardset_operator.reconcile.converge import converge
+from shardset_proto.placement import initial_slots
 
 from .conftest import group, node_report
 

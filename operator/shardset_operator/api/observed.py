@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from shardset_node.shardmap import ShardMap
+from shardset_proto.shardmap import ShardMap
 
 
 @dataclass(frozen=True)

@@ -8,11 +8,11 @@ import json
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from shardset_node.shardmap import ShardMap
 from shardset_operator.api.naming import Names, node_id_of_pod
 from shardset_operator.api.observed import NodeViews, PodState, Seen
 from shardset_operator.clients.kube import Kube
 from shardset_operator.clients.nodeclient import NodeCallError, NodeClient
+from shardset_proto.shardmap import ShardMap
 
 
 def ready_count(pods: list[PodState], names: Names, nodes: int) -> int:

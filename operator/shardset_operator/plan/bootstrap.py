@@ -7,9 +7,9 @@ that restarts must see the same bootstrap file it was created with.
 
 from __future__ import annotations
 
-from shardset_node.shardmap import NodeAddress, ShardMap, bootstrap_map
 from shardset_operator.api.models import ShardSetSpec
 from shardset_operator.api.naming import Names
+from shardset_proto.shardmap import NodeAddress, ShardMap, bootstrap_map
 
 
 def first_map(names: Names, spec: ShardSetSpec) -> ShardMap:

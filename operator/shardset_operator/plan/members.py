@@ -13,8 +13,8 @@ from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from shardset_node.shardmap import ShardMap
 from shardset_operator.api.models import Unreachable
+from shardset_proto.shardmap import ShardMap
 
 
 @dataclass(frozen=True)

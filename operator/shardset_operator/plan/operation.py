@@ -14,7 +14,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
-from shardset_node.shardmap import NodeAddress, ShardMap
 from shardset_operator.api.models import Journal, MoveRecord, ShardSetSpec
 from shardset_operator.api.naming import Names
 from shardset_operator.api.observed import NodeViews
@@ -40,6 +39,7 @@ from shardset_operator.plan.repair import (
     orphan_step,
 )
 from shardset_operator.plan.splits import Split, plan_split
+from shardset_proto.shardmap import NodeAddress, ShardMap
 
 
 @dataclass(frozen=True)

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from shardset_node.shardmap import ShardMap
 from shardset_operator.api.models import ShardSetSpec
 from shardset_operator.api.refusal import Refusal
+from shardset_proto.shardmap import ShardMap
 
 
 @dataclass(frozen=True)

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from shardset_node.shardmap import ShardMap
 from shardset_operator.builders.configmap import BOOTSTRAP_KEY
 from shardset_operator.clients.kube import KubeError
 from shardset_operator.plan.bootstrap import bootstrap_document, recorded_map
 from shardset_operator.plan.shape import Shape, plan_shape
 from shardset_operator.reconcile.context import Context, PhaseFailed, Run
+from shardset_proto.shardmap import ShardMap
 
 
 @dataclass(frozen=True)

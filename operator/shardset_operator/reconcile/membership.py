@@ -5,12 +5,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from shardset_node.shardmap import ShardMap
 from shardset_operator.api.models import Unreachable
 from shardset_operator.api.observed import Seen
 from shardset_operator.plan.members import gone_nodes, plan_members, track_unreachable
 from shardset_operator.reconcile.bootstrap import Bootstrap
 from shardset_operator.reconcile.context import Run
+from shardset_proto.shardmap import ShardMap
 
 
 @dataclass(frozen=True)
