@@ -18,6 +18,7 @@ from shardset_operator.status.consistency import consistency_status
 from shardset_operator.status.health import shard_health
 from shardset_operator.status.patch import changed, status_patch, transitions
 from shardset_operator.status.progress import rollout
+from shardset_proto.status import NodeStatus
 
 from .conftest import NAMES, group, node_report, spec
 
@@ -50,7 +51,7 @@ def test_bound_only_travels_with_mode_bounded() -> None:
         "lease", None
     )
     bounded = ReadSetting.of_spec(ConsistencySpec(mode="bounded", max_staleness_ms=5))
-    assert bounded.admin_body() == {"mode": "bounded", "maxStalenessMs": 5}
+    assert bounded.admin_body().to_json() == {"mode": "bounded", "maxStalenessMs": 5}
     assert bounded.configmap_data() == {"consistency": "bounded", "maxStalenessMs": "5"}
 
 
@@ -72,16 +73,16 @@ def test_effective_mode_is_the_one_all_nodes_report() -> None:
 
 
 def test_node_report_parsing() -> None:
-    assert ReadSetting.of_report({"consistency": {"mode": "bounded", "maxStalenessMs": 9}}) == (
-        ReadSetting("bounded", 9)
-    )
-    assert ReadSetting.of_report({"groups": {}}) is None  # an older node says nothing
+    bounded = {"node": 1, "consistency": {"mode": "bounded", "maxStalenessMs": 9}}
+    assert ReadSetting.of_report(NodeStatus.model_validate(bounded)) == ReadSetting("bounded", 9)
+    older = NodeStatus.model_validate({"node": 1, "groups": {}})
+    assert ReadSetting.of_report(older) is None  # an older node says nothing
 
 
 # --- shard health ------------------------------------------------------------------------
 
 
-def _three_healthy() -> dict[int, dict[str, Any] | None]:
+def _three_healthy() -> dict[int, NodeStatus | None]:
     voters = [1, 2, 3]
     return {
         1: node_report(

@@ -11,11 +11,11 @@ it with null.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
 
 from shardset_operator.api.models import ConsistencySpec
+from shardset_proto.admin import SetConsistency
+from shardset_proto.status import NodeStatus
 
 CONSISTENCY_KEY = "consistency"
 STALENESS_KEY = "maxStalenessMs"
@@ -35,17 +35,20 @@ class ReadSetting:
         return ReadSetting(spec.mode, bound)
 
     @staticmethod
-    def of_report(status: Mapping[str, Any]) -> ReadSetting | None:
+    def of_report(status: NodeStatus) -> ReadSetting | None:
         """From a node's GET /v1/status; None when the node does not say."""
-        raw = status.get("consistency")
-        if not isinstance(raw, Mapping) or not isinstance(raw.get("mode"), str):
+        view = status.consistency
+        if view is None:
             return None
-        bound = raw.get("maxStalenessMs")
-        return ReadSetting(raw["mode"], bound if isinstance(bound, int) else None)
+        return ReadSetting(view.mode, view.max_staleness_ms)
 
     def configmap_data(self) -> dict[str, str]:
         bound = NO_BOUND if self.max_staleness_ms is None else str(self.max_staleness_ms)
         return {CONSISTENCY_KEY: self.mode, STALENESS_KEY: bound}
 
-    def admin_body(self) -> dict[str, Any]:
-        return {"mode": self.mode, "maxStalenessMs": self.max_staleness_ms}
+    def admin_body(self) -> SetConsistency:
+        """The body of POST /v1/admin/consistency (a ValidationError for a setting the
+        node would refuse, such as bounded reads without a bound)."""
+        return SetConsistency.model_validate(
+            {"mode": self.mode, "maxStalenessMs": self.max_staleness_ms}
+        )

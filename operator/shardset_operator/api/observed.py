@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
 
 from shardset_proto.shardmap import ShardMap
+from shardset_proto.status import NodeStatus
 
 
 @dataclass(frozen=True)
@@ -35,7 +35,7 @@ class StatefulSetState:
 class NodeViews:
     """What the nodes said: status reports, who did not answer, the newest shard map."""
 
-    reports: Mapping[int, dict[str, Any] | None]  # node id -> GET /v1/status, None: no answer
+    reports: Mapping[int, NodeStatus | None]  # node id -> GET /v1/status, None: no answer
     errors: Mapping[int, str]  # node id -> why it did not answer
     live_map: ShardMap | None  # None: no node answered with one
 
@@ -60,7 +60,7 @@ class Seen:
     pods: tuple[PodState, ...] = ()
 
     @property
-    def reports(self) -> Mapping[int, dict[str, Any] | None]:
+    def reports(self) -> Mapping[int, NodeStatus | None]:
         return self.nodes.reports
 
     @property

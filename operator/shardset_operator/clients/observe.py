@@ -4,15 +4,13 @@ shard map as the most up-to-date node holds it."""
 from __future__ import annotations
 
 import asyncio
-import json
-from collections.abc import Iterable, Mapping
-from typing import Any
+from collections.abc import Iterable
 
 from shardset_operator.api.naming import Names, node_id_of_pod
 from shardset_operator.api.observed import NodeViews, PodState, Seen
 from shardset_operator.clients.kube import Kube
 from shardset_operator.clients.nodeclient import NodeCallError, NodeClient
-from shardset_proto.shardmap import ShardMap
+from shardset_proto.status import NodeStatus
 
 
 def ready_count(pods: list[PodState], names: Names, nodes: int) -> int:
@@ -27,7 +25,7 @@ async def poll_nodes(nodes: NodeClient, names: Names, ids: Iterable[int]) -> Nod
     answers = await asyncio.gather(
         *(nodes.status(names.api_url(i)) for i in wanted), return_exceptions=True
     )
-    reports: dict[int, dict[str, Any] | None] = {}
+    reports: dict[int, NodeStatus | None] = {}
     errors: dict[int, str] = {}
     for i, answer in zip(wanted, answers, strict=True):
         if isinstance(answer, NodeCallError):
@@ -38,25 +36,18 @@ async def poll_nodes(nodes: NodeClient, names: Names, ids: Iterable[int]) -> Nod
             reports[i] = answer
     newest = sorted(
         (r for r in reports.values() if r is not None),
-        key=lambda r: int(r.get("epoch", 0)),
+        key=lambda r: r.epoch,
         reverse=True,
     )
     live = None
     for report in newest[:2]:  # a second try if the newest one fails meanwhile
         try:
-            view = await nodes.shardmap(names.api_url(int(report["node"])))
+            view = await nodes.shardmap(names.api_url(report.node))
         except NodeCallError:
             continue
-        live = map_of_view(view)
+        live = view.shard_map()
         break
     return NodeViews(reports, errors, live)
-
-
-def map_of_view(view: Mapping[str, Any]) -> ShardMap:
-    """GET /v1/shardmap's body as a ShardMap."""
-    nodes = {n: [a["peer"], a["api"]] for n, a in view["nodes"].items()}
-    doc = {k: view[k] for k in ("epoch", "slots", "replicas")} | {"nodes": nodes}
-    return ShardMap.decode(json.dumps(doc).encode())
 
 
 async def observe(kube: Kube, nodes: NodeClient, names: Names, count: int) -> Seen:

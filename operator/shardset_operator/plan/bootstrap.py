@@ -1,4 +1,4 @@
-"""The store's first shard map, computed with the node's own placement code.
+"""The store's first shard map, computed with the placement code nodes use (shardset_proto).
 
 Written once into the ConfigMap (key bootstrap.json, builders/configmap.py) and never
 changed: after the first start the map lives in the store's metadata group, and a node

@@ -39,7 +39,9 @@ from shardset_operator.plan.repair import (
     orphan_step,
 )
 from shardset_operator.plan.splits import Split, plan_split
+from shardset_proto.admin import RemoveNode, SplitShard, TransferLeader
 from shardset_proto.shardmap import NodeAddress, ShardMap
+from shardset_proto.status import META_GROUP
 
 
 @dataclass(frozen=True)
@@ -144,11 +146,11 @@ def _balance_leaders(
     transfer = plan_transfer(views, plan.targets) if not plan.unreachable else None
     if transfer is None:
         return None
-    body = {"shard": transfer.shard, "to": transfer.target}
     t = transfer
+    body = TransferLeader(shard=t.shard, to=t.target)
     text = f"move leadership of shard {t.shard} from {t.source} to {t.target}"
     operation = journal.operation if journal is not None else "balance leaders"
-    return Planned(operation, call("transfer-leader", transfer.source, body, text))
+    return Planned(operation, call(body, t.source, text))
 
 
 def _resumed(
@@ -204,15 +206,12 @@ def _split_step(split: Split, views: dict[int, ShardView]) -> Step:
     leader = views[split.shard].leader
     if leader is None:
         return wait(f"shard {split.shard} has no leader to split")
-    body = {
-        "shard": split.shard,
-        "new_shard": split.new_shard,
-        "start": split.start,
-        "end": split.end,
-    }
+    body = SplitShard(
+        shard=split.shard, new_shard=split.new_shard, start=split.start, end=split.end
+    )
     slots = f"[{split.start}, {split.end})"
     text = f"split slots {slots} of shard {split.shard} into shard {split.new_shard}"
-    return call("split-shard", leader, body, text)
+    return call(body, leader, text)
 
 
 def _remove_node(node: int, seen: NodeViews) -> Step:
@@ -223,12 +222,11 @@ def _remove_node(node: int, seen: NodeViews) -> Step:
         if not others:
             return wait(f"node {node} leads the metadata group and no other voter answers")
         return call(
-            "transfer-leader",
+            TransferLeader(shard=META_GROUP, to=others[0]),
             node,
-            {"shard": 0, "to": others[0]},
             f"move metadata leadership from node {node} to {others[0]}",
         )
-    return call("remove-node", META, {"node": node}, f"remove node {node} from the store")
+    return call(RemoveNode(node=node), META, f"remove node {node} from the store")
 
 
 def meta_leader(seen: NodeViews) -> int | None:

@@ -23,6 +23,8 @@ from shardset_operator.api.naming import TEMPLATE_HASH, Names, node_id_of_pod
 from shardset_operator.api.observed import Seen
 from shardset_operator.plan.moves import CATCH_UP_LAG, ShardView, Step, call
 from shardset_operator.plan.repair import MetaView
+from shardset_proto.admin import TransferLeader
+from shardset_proto.status import META_GROUP
 
 
 @dataclass(frozen=True)
@@ -116,10 +118,10 @@ def _leadership_off(node: int, views: Mapping[int, ShardView], meta: MetaView) -
             others = sorted(v.voters - {node}, key=lambda n: (v.lag.get(n, 0), n))
             if others:
                 text = f"move leadership of shard {s} off node {node} (to {others[0]})"
-                return call("transfer-leader", node, {"shard": s, "to": others[0]}, text)
+                return call(TransferLeader(shard=s, to=others[0]), node, text)
     if meta.leader == node:
         others = sorted(meta.voters - {node}, key=lambda n: (meta.lag.get(n, 0), n))
         if others:
             text = f"move metadata leadership off node {node} (to {others[0]})"
-            return call("transfer-leader", node, {"shard": 0, "to": others[0]}, text)
+            return call(TransferLeader(shard=META_GROUP, to=others[0]), node, text)
     return None

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from pydantic import ValidationError
+
 from shardset_operator.api.consistency import ReadSetting
 from shardset_operator.api.observed import Seen
 from shardset_operator.clients.nodeclient import NodeCallError
@@ -29,7 +31,9 @@ async def switch_consistency(ctx: Context, run: Run, seen: Seen) -> Switched:
     for node in nodes_to_switch(run.reads, reports, seen.nodes.answering):
         try:
             await ctx.nodes.set_consistency(run.names.api_url(node), run.reads.admin_body())
-        except NodeCallError as e:
+        except (NodeCallError, ValidationError) as e:
+            # A setting the node would refuse (bounded without a bound, which the CRD's
+            # CEL rule forbids) fails here instead of at the node: the same error.
             errors.append(f"node {node}: {e}")
             continue
         reports[node] = run.reads

@@ -35,12 +35,15 @@ from shardset_operator.plan.shape import Shape
 from shardset_operator.plan.upgrade import RollPlan
 from shardset_operator.reconcile.context import Context, Run
 from shardset_operator.reconcile.membership import Membership
+from shardset_proto.admin import AdminAction
 
 log = structlog.get_logger(__name__)
 
 LOSS_WARNING = "writes the lost replicas had committed after that index are lost"
 ROUND_SECONDS = 25.0  # one reconcile's share of an operation; the next goes on
 POLL_SECONDS = 1.0  # between checks of a step that waits
+# Steps that change who is in the store: each one is announced with an Event.
+NOTED = frozenset({AdminAction.ADD_NODE, AdminAction.REMOVE_NODE, AdminAction.CREATE_REPLICA})
 
 
 @dataclass(frozen=True)
@@ -143,9 +146,9 @@ async def run_round(
             failed = await _run(nodes, names, seen, step)
             if failed is None:
                 log.info("step done", shardset=names.name, step=step.text)
-                if step.action in ("add-node", "remove-node", "create-replica"):
+                if step.action in NOTED:
                     out.notes.append(("StepDone", step.text))
-                if step.action == "recover-shard":
+                if step.action == AdminAction.RECOVER_SHARD:
                     out.notes.append(("ShardRecovered", f"{step.text}: {LOSS_WARNING}"))
                 continue
             out.waiting = failed
@@ -162,8 +165,9 @@ async def _run(nodes: NodeClient, names: Names, seen: NodeViews, step: Step) -> 
         at = meta_leader(seen) or min(seen.answering, default=0)
         if at == 0:
             return "no node answers"
+    assert step.body is not None, "a call step carries its admin body"
     try:
-        await nodes.admin(names.api_url(at), step.action, step.body)
+        await nodes.admin(names.api_url(at), step.body)
     except NodeCallError as e:
         # 409s (a conf change still pending, a node that still sees itself a member)
         # and 503s clear by themselves: the step is retried.

@@ -53,10 +53,10 @@ async def clear_leaderships(
     ids = sorted({n for holders in replicas.values() for n in holders})
     for _ in range(ROLL_TRANSFERS):
         step = roll.step
-        if step is None:
+        if step is None or step.body is None:
             break
         try:
-            await ctx.nodes.admin(names.api_url(step.at), step.action, step.body)
+            await ctx.nodes.admin(names.api_url(step.at), step.body)
         except NodeCallError as e:
             log.warning("leadership transfer failed", step=step.text, error=str(e))
             break
