@@ -42,7 +42,7 @@ check: test lint
 # The CRD in crds/ is generated from the operator's pydantic models;
 # tests/operator/test_crds.py fails when it is stale.
 crds: $(STAMP)
-	$(BIN)/python -m shardset_operator.crdgen
+	$(BIN)/python -m shardset_operator.api.crdgen
 
 # The main job (hack/demo.sh): the local Kubernetes cluster, the node and
 # operator images from this checkout, the operator's Helm chart, a ShardSet made

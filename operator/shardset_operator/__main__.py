@@ -16,8 +16,8 @@ import kopf
 import structlog
 
 from shardset_operator import logs
+from shardset_operator.api.settings import OperatorSettings, SettingsError
 from shardset_operator.handlers import register
-from shardset_operator.settings import OperatorSettings, SettingsError
 
 
 def main() -> int:

@@ -17,13 +17,14 @@ import structlog
 from prometheus_client import start_http_server
 
 from shardset_operator import metrics
-from shardset_operator.kube import Kube, KubeError, load_credentials
-from shardset_operator.models import GROUP, PLURAL, VERSION, ShardSet, ShardSetStatus
-from shardset_operator.naming import Names
-from shardset_operator.nodeclient import NodeClient
-from shardset_operator.reconcile import Context, converge
-from shardset_operator.settings import OperatorSettings
-from shardset_operator.status import changed, status_patch, transitions
+from shardset_operator.api.models import GROUP, PLURAL, VERSION, ShardSet, ShardSetStatus
+from shardset_operator.api.naming import Names
+from shardset_operator.api.settings import OperatorSettings
+from shardset_operator.clients.kube import Kube, KubeError, load_credentials
+from shardset_operator.clients.nodeclient import NodeClient
+from shardset_operator.reconcile.context import Context
+from shardset_operator.reconcile.converge import converge
+from shardset_operator.status.patch import changed, status_patch, transitions
 
 FINALIZER = f"{GROUP}/finalizer"
 log = structlog.get_logger("shardset_operator")
@@ -47,31 +48,17 @@ class Runtime:
 
 def register(registry: kopf.OperatorRegistry, settings: OperatorSettings) -> Runtime:
     rt = Runtime(settings)
-    resource = (GROUP, VERSION, PLURAL)
+    _operator_handlers(registry, rt)
+    _shardset_handlers(registry, rt)
+    return rt
+
+
+def _operator_handlers(registry: kopf.OperatorRegistry, rt: Runtime) -> None:
+    """The operator's own start, login and stop."""
 
     @kopf.on.startup(registry=registry)
     async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
-        settings.persistence.finalizer = FINALIZER
-        settings.peering.priority = rt.settings.peering_priority
-        settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
-        settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
-            prefix=GROUP, key="last-handled-configuration"
-        )
-        settings.posting.level = 20  # Events for INFO and above
-        try:
-            await asyncio.to_thread(load_credentials)
-        except Exception as e:
-            # No credentials will not fix itself: exit, so the pod restarts visibly.
-            raise kopf.PermanentError(f"no Kubernetes credentials: {e}") from e
-        rt.session = aiohttp.ClientSession()
-        rt.ctx = Context(Kube(), NodeClient(rt.session), rt.settings.node_image)
-        start_http_server(rt.settings.metrics_port)
-        log.info(
-            "operator started",
-            node_image=rt.settings.node_image,
-            namespaces=list(rt.settings.watch_namespaces) or "all",
-            peering=rt.settings.peering,
-        )
+        await start(rt, settings)
 
     # A registry of our own does not get Kopf's default login handlers: in a pod the
     # service account, elsewhere the kubeconfig (the same the kubernetes client uses).
@@ -83,6 +70,11 @@ def register(registry: kopf.OperatorRegistry, settings: OperatorSettings) -> Run
     async def cleanup(**_: Any) -> None:
         if rt.session is not None:
             await rt.session.close()
+
+
+def _shardset_handlers(registry: kopf.OperatorRegistry, rt: Runtime) -> None:
+    """Every event of a ShardSet reconciles it; its deletion may delete its volumes."""
+    resource = (GROUP, VERSION, PLURAL)
 
     @kopf.on.create(*resource, registry=registry)
     async def created(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
@@ -109,34 +101,61 @@ def register(registry: kopf.OperatorRegistry, settings: OperatorSettings) -> Run
 
     @kopf.on.delete(*resource, registry=registry)
     async def deleted(body: kopf.Body, **_: Any) -> None:
-        assert rt.ctx is not None, "startup handler did not run"
-        sset = ShardSet.from_body(dict(body))
-        names = Names(sset.name, sset.namespace)
-        metrics.record_conditions(str(body.metadata.uid), None)
-        rt.locks.pop(str(body.metadata.uid), None)
-        rt.last.pop(str(body.metadata.uid), None)
-        if sset.spec.storage.retain_on_delete:
-            kopf.info(
-                body,
-                reason="VolumesRetained",
-                message=f"volumes of {names.statefulset} kept (storage.retainOnDelete); "
-                f"delete PVCs labelled {names.selector_string()} to drop the data",
-            )
-            return
-        try:
-            claims = await rt.ctx.kube.delete_volume_claims(
-                names.namespace, names.selector_string()
-            )
-        except KubeError as e:
-            kopf.warn(body, reason="VolumeDeleteFailed", message=str(e))
-            raise kopf.TemporaryError(str(e), delay=10) from e
+        await forget(rt, body)
+
+
+async def start(rt: Runtime, settings: kopf.OperatorSettings) -> None:
+    """Kopf's settings, then the API clients and the metrics server."""
+    settings.persistence.finalizer = FINALIZER
+    settings.peering.priority = rt.settings.peering_priority
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix=GROUP, key="last-handled-configuration"
+    )
+    settings.posting.level = 20  # Events for INFO and above
+    try:
+        await asyncio.to_thread(load_credentials)
+    except Exception as e:
+        # No credentials will not fix itself: exit, so the pod restarts visibly.
+        raise kopf.PermanentError(f"no Kubernetes credentials: {e}") from e
+    rt.session = aiohttp.ClientSession()
+    rt.ctx = Context(Kube(), NodeClient(rt.session), rt.settings.node_image)
+    start_http_server(rt.settings.metrics_port)
+    log.info(
+        "operator started",
+        node_image=rt.settings.node_image,
+        namespaces=list(rt.settings.watch_namespaces) or "all",
+        peering=rt.settings.peering,
+    )
+
+
+async def forget(rt: Runtime, body: kopf.Body) -> None:
+    """A deleted ShardSet: drop what this process keeps about it, and delete its
+    volumes unless storage.retainOnDelete keeps them."""
+    assert rt.ctx is not None, "startup handler did not run"
+    sset = ShardSet.from_body(dict(body))
+    names = Names(sset.name, sset.namespace)
+    metrics.record_conditions(str(body.metadata.uid), None)
+    rt.locks.pop(str(body.metadata.uid), None)
+    rt.last.pop(str(body.metadata.uid), None)
+    if sset.spec.storage.retain_on_delete:
         kopf.info(
             body,
-            reason="VolumesDeleted",
-            message=f"deleted {len(claims)} volume claims: {', '.join(claims) or 'none'}",
+            reason="VolumesRetained",
+            message=f"volumes of {names.statefulset} kept (storage.retainOnDelete); "
+            f"delete PVCs labelled {names.selector_string()} to drop the data",
         )
-
-    return rt
+        return
+    try:
+        claims = await rt.ctx.kube.delete_volume_claims(names.namespace, names.selector_string())
+    except KubeError as e:
+        kopf.warn(body, reason="VolumeDeleteFailed", message=str(e))
+        raise kopf.TemporaryError(str(e), delay=10) from e
+    kopf.info(
+        body,
+        reason="VolumesDeleted",
+        message=f"deleted {len(claims)} volume claims: {', '.join(claims) or 'none'}",
+    )
 
 
 async def reconcile(rt: Runtime, trigger: str, body: Any, patch: Any) -> None:

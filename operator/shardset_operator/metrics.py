@@ -6,7 +6,7 @@ from collections import Counter as Tally
 
 from prometheus_client import Counter, Gauge, Histogram
 
-from shardset_operator.models import ShardSetStatus
+from shardset_operator.api.models import ShardSetStatus
 
 RECONCILES = Counter(
     "shardset_operator_reconciles_total",

@@ -1,4 +1,4 @@
-"""Scaling on real node processes, driven by the operator's own driver (operation.py).
+"""Scaling on real node processes, driven by the operator's own driver (reconcile/operation.py).
 
 A 3-node cluster (4 shards, 3 replicas, fsync on) runs a workload while a fourth node
 is started, joins the store and receives replicas and leaderships; then the store
@@ -20,10 +20,11 @@ import aiohttp
 from clusterkit import Layout, Workload, check_end_state, layout, log
 
 from shardset.local import LocalCluster
-from shardset_operator.models import Journal, ShardSetSpec
-from shardset_operator.naming import Names
-from shardset_operator.nodeclient import NodeClient
-from shardset_operator.operation import planner, run_round
+from shardset_operator.api.models import Journal, ShardSetSpec
+from shardset_operator.api.naming import Names
+from shardset_operator.clients.nodeclient import NodeClient
+from shardset_operator.plan.operation import planner
+from shardset_operator.reconcile.operation import run_round
 
 SHARDS = 4
 

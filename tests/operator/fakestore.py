@@ -1,5 +1,7 @@
 """An in-memory store that answers the operator's node calls as real nodes do.
 
+Answers are the contract's typed reports (dicts as a node serves them, parsed through
+the models as the node client does), and admin calls arrive as typed bodies.
 It keeps what the operator relies on: which node leads each shard, the voters and
 learners of each group, which nodes hold a copy, the shard map's node list and replica
 lists. Admin calls made at the wrong node fail the way nodes fail them (a 307 to the
@@ -13,9 +15,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from shardset_operator.naming import Names
-from shardset_operator.nodeclient import NodeCallError
+from shardset_operator.api.naming import Names
+from shardset_operator.clients.nodeclient import NodeCallError
+from shardset_proto.admin import AdminBody, SetConsistency
 from shardset_proto.placement import initial_replicas, initial_slots
+from shardset_proto.status import NodeStatus, ShardMapView
 
 CATCH_UP_POLLS = 2  # status polls of the leader a new learner stays behind
 
@@ -57,7 +61,7 @@ class FakeStore:
         if node not in self.running:
             raise NodeCallError(f"{what} at node {node}: ClientConnectorError")
 
-    async def status(self, url: str) -> dict[str, Any]:
+    async def status(self, url: str) -> NodeStatus:
         node = self._id(url)
         self._check_up(node, "GET /v1/status")
         groups: dict[str, Any] = {}
@@ -91,11 +95,15 @@ class FakeStore:
                 others = (self.meta_voters | self.meta_learners) - {node}
                 groups["meta"]["followers"] = {str(n): {"lag": 0} for n in others}
         mode = {"mode": "linearizable", "maxStalenessMs": None}
-        return {"node": node, "epoch": self.epoch, "consistency": mode, "groups": groups}
+        report = {"node": node, "epoch": self.epoch, "consistency": mode, "groups": groups}
+        return NodeStatus.model_validate(report)
 
-    async def shardmap(self, url: str) -> dict[str, Any]:
+    async def shardmap(self, url: str) -> ShardMapView:
         node = self._id(url)
         self._check_up(node, "GET /v1/shardmap")
+        return ShardMapView.model_validate(self._map_view())
+
+    def _map_view(self) -> dict[str, Any]:
         return {
             "epoch": self.epoch,
             "slots": self.slots,
@@ -106,10 +114,11 @@ class FakeStore:
             },
         }
 
-    async def set_consistency(self, url: str, body: dict[str, Any]) -> dict[str, Any]:
-        return body
+    async def set_consistency(self, url: str, body: SetConsistency) -> dict[str, Any]:
+        return body.to_json()
 
-    async def admin(self, url: str, action: str, body: dict[str, Any]) -> dict[str, Any]:
+    async def admin(self, url: str, typed: AdminBody) -> dict[str, Any]:
+        action, body = typed.action, typed.to_json()
         node = self._id(url)
         self._check_up(node, f"POST /v1/admin/{action}")
         if self.fail_after is not None:

@@ -7,15 +7,15 @@ import json
 import kopf
 import pytest
 
-from shardset_operator.bootstrap import BOOTSTRAP_KEY, bootstrap_document, first_map
-from shardset_operator.builders.configmap import STORE_CREATED_KEY, configmap
+from shardset_operator.api.consistency import ReadSetting
+from shardset_operator.api.models import ShardSet
+from shardset_operator.builders.configmap import BOOTSTRAP_KEY, STORE_CREATED_KEY, configmap
 from shardset_operator.builders.pdb import max_unavailable, pdb
 from shardset_operator.builders.services import client_service, peers_service
 from shardset_operator.builders.statefulset import default_affinity, node_args, statefulset
-from shardset_operator.consistency import ReadSetting
-from shardset_operator.models import ShardSet
-from shardset_operator.reconcile import desired_objects
-from shardset_operator.shape import Shape
+from shardset_operator.plan.bootstrap import bootstrap_document, first_map
+from shardset_operator.plan.shape import Shape
+from shardset_operator.reconcile.apply import desired_objects
 
 from .conftest import NAMES, spec
 

@@ -19,8 +19,8 @@ from typing import Any
 import pytest
 import yaml
 
-from shardset_operator.rbac import RULES
-from shardset_operator.settings import OperatorSettings
+from shardset_operator.api.rbac import RULES
+from shardset_operator.api.settings import OperatorSettings
 
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "charts" / "shardset-operator"
@@ -88,14 +88,14 @@ def triples(rules: Iterable[dict[str, Any]]) -> set[tuple[str, str, str]]:
 
 
 def operator_triples(cluster_scoped: bool | None) -> set[tuple[str, str, str]]:
-    """shardset_operator.rbac.RULES (the operator's own list of its API calls)."""
+    """shardset_operator.api.rbac.RULES (the operator's own list of its API calls)."""
     picked = [r for r in RULES if cluster_scoped is None or r.cluster_scoped == cluster_scoped]
     return triples(r.as_k8s() for r in picked)
 
 
 def test_chart_copies_are_in_sync() -> None:
     """The chart's CRDs (copies of crds/, which Helm cannot reach) and RBAC rules
-    (written from shardset_operator.rbac.RULES) match their sources: `make chart-sync`."""
+    (written from shardset_operator.api.rbac.RULES) match their sources: `make chart-sync`."""
     r = subprocess.run(
         [sys.executable, str(REPO / "hack" / "chart_sync.py"), "--check"],
         capture_output=True,

@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 import yaml
 
-from shardset_operator import crdgen, models
+from shardset_operator.api import crdgen, models
 
 
 @pytest.fixture(scope="module")

@@ -11,8 +11,8 @@ import pytest
 from prometheus_client import REGISTRY
 
 from shardset_operator import handlers
-from shardset_operator.reconcile import Context
-from shardset_operator.settings import OperatorSettings
+from shardset_operator.api.settings import OperatorSettings
+from shardset_operator.reconcile.context import Context
 
 from .test_reconcile import FakeKube, FakeNodes, _body
 

@@ -8,7 +8,7 @@ import pytest
 from prometheus_client import REGISTRY
 
 from shardset_operator import metrics
-from shardset_operator.models import Condition, ConditionStatus, ShardSetStatus
+from shardset_operator.api.models import Condition, ConditionStatus, ShardSetStatus
 
 
 def _status(ready: ConditionStatus) -> ShardSetStatus:

@@ -13,9 +13,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from shardset_operator import operation
-from shardset_operator.models import Journal, ShardSetSpec
-from shardset_operator.naming import Names
+from shardset_operator.api.models import Journal, ShardSetSpec
+from shardset_operator.api.naming import Names
+from shardset_operator.plan.operation import planner as plan_of_members
+from shardset_operator.reconcile import operation
 
 from .fakestore import FakeStore
 
@@ -36,7 +37,7 @@ def _now() -> datetime:
 
 
 def planner(s: ShardSetSpec, gone: frozenset[int] = frozenset()) -> Any:
-    return operation.planner(s.nodes, set(gone))
+    return plan_of_members(s.nodes, set(gone))
 
 
 def converge(

@@ -5,21 +5,20 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from shardset_operator.bootstrap import first_map
-from shardset_operator.consistency import ReadSetting, consistency_status, nodes_to_switch
-from shardset_operator.health import shard_health
-from shardset_operator.kube import PodState, StatefulSetState
-from shardset_operator.models import ConsistencySpec, ShardSetStatus
-from shardset_operator.naming import node_id_of_pod
-from shardset_operator.observe import ready_count, rollout
-from shardset_operator.shape import plan_shape
-from shardset_operator.status import (
-    Observation,
-    changed,
-    compute_status,
-    status_patch,
-    transitions,
-)
+from shardset_operator.api.consistency import ReadSetting
+from shardset_operator.api.models import ConsistencySpec, ShardSetStatus
+from shardset_operator.api.naming import node_id_of_pod
+from shardset_operator.api.observed import PodState, StatefulSetState
+from shardset_operator.clients.observe import ready_count
+from shardset_operator.plan.bootstrap import first_map
+from shardset_operator.plan.consistency import nodes_to_switch
+from shardset_operator.plan.shape import plan_shape
+from shardset_operator.status.conditions import Observation, compute_status
+from shardset_operator.status.consistency import consistency_status
+from shardset_operator.status.health import shard_health
+from shardset_operator.status.patch import changed, status_patch, transitions
+from shardset_operator.status.progress import rollout
+from shardset_proto.status import NodeStatus
 
 from .conftest import NAMES, group, node_report, spec
 
@@ -52,7 +51,7 @@ def test_bound_only_travels_with_mode_bounded() -> None:
         "lease", None
     )
     bounded = ReadSetting.of_spec(ConsistencySpec(mode="bounded", max_staleness_ms=5))
-    assert bounded.admin_body() == {"mode": "bounded", "maxStalenessMs": 5}
+    assert bounded.admin_body().to_json() == {"mode": "bounded", "maxStalenessMs": 5}
     assert bounded.configmap_data() == {"consistency": "bounded", "maxStalenessMs": "5"}
 
 
@@ -74,16 +73,16 @@ def test_effective_mode_is_the_one_all_nodes_report() -> None:
 
 
 def test_node_report_parsing() -> None:
-    assert ReadSetting.of_report({"consistency": {"mode": "bounded", "maxStalenessMs": 9}}) == (
-        ReadSetting("bounded", 9)
-    )
-    assert ReadSetting.of_report({"groups": {}}) is None  # an older node says nothing
+    bounded = {"node": 1, "consistency": {"mode": "bounded", "maxStalenessMs": 9}}
+    assert ReadSetting.of_report(NodeStatus.model_validate(bounded)) == ReadSetting("bounded", 9)
+    older = NodeStatus.model_validate({"node": 1, "groups": {}})
+    assert ReadSetting.of_report(older) is None  # an older node says nothing
 
 
 # --- shard health ------------------------------------------------------------------------
 
 
-def _three_healthy() -> dict[int, dict[str, Any] | None]:
+def _three_healthy() -> dict[int, NodeStatus | None]:
     voters = [1, 2, 3]
     return {
         1: node_report(
@@ -261,7 +260,7 @@ def test_consistency_switch_in_progress_is_progressing_with_errors_named() -> No
 
 
 def test_refused_change_and_failed_reconcile_explain_themselves() -> None:
-    from shardset_operator.shape import Refusal
+    from shardset_operator.api.refusal import Refusal
 
     refused = compute_status(
         ShardSetStatus(), _obs(refusals=(Refusal("ScaleNotSupported", "keep 3"),)), NOW

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from shardset_operator.rebalance import Move, PlanError, load, plan_moves
+from shardset_operator.plan.rebalance import Move, PlanError, load, plan_moves
 from shardset_proto.placement import initial_replicas
 
 

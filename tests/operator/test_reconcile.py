@@ -13,12 +13,16 @@ from typing import Any
 
 import pytest
 
-from shardset_operator.bootstrap import BOOTSTRAP_KEY
-from shardset_operator.kube import KubeError, PodState, StatefulSetState
-from shardset_operator.naming import Names
-from shardset_operator.nodeclient import NodeCallError
-from shardset_operator.reconcile import Context, Outcome, converge
+from shardset_operator.api.naming import Names
+from shardset_operator.api.observed import PodState, StatefulSetState
+from shardset_operator.builders.configmap import BOOTSTRAP_KEY
+from shardset_operator.clients.kube import KubeError
+from shardset_operator.clients.nodeclient import NodeCallError
+from shardset_operator.reconcile.context import Context, Outcome
+from shardset_operator.reconcile.converge import converge
+from shardset_proto.admin import AdminBody, SetConsistency
 from shardset_proto.placement import initial_slots
+from shardset_proto.status import NodeStatus, ShardMapView
 
 from .conftest import group, node_report
 
@@ -70,7 +74,7 @@ class FakeNodes:
     def _id(url: str) -> int:
         return int(url.split("//kv-")[1].split(".")[0]) + 1
 
-    async def status(self, url: str) -> dict[str, Any]:
+    async def status(self, url: str) -> NodeStatus:
         node = self._id(url)
         if node in self.down:
             raise NodeCallError(f"GET {url}/v1/status: ClientConnectorError")
@@ -81,12 +85,12 @@ class FakeNodes:
         }
         return node_report(node, groups, self.modes[node])
 
-    async def shardmap(self, url: str) -> dict[str, Any]:
+    async def shardmap(self, url: str) -> ShardMapView:
         node = self._id(url)
         if node in self.down:
             raise NodeCallError(f"GET {url}/v1/shardmap: ClientConnectorError")
         names = Names("kv", "prod")
-        return {
+        view = {
             "epoch": 1,
             "slots": [[r.start, r.end, r.shard] for r in initial_slots(4)],
             "replicas": {str(s): [1, 2, 3] for s in range(1, 5)},
@@ -95,17 +99,18 @@ class FakeNodes:
                 for n in range(1, 4)
             },
         }
+        return ShardMapView.model_validate(view)
 
-    async def admin(self, url: str, action: str, body: dict[str, Any]) -> dict[str, Any]:
-        self.calls.append(f"admin node {self._id(url)} {action} {body}")
+    async def admin(self, url: str, body: AdminBody) -> dict[str, Any]:
+        self.calls.append(f"admin node {self._id(url)} {body.action} {body.to_json()}")
         return {}
 
-    async def set_consistency(self, url: str, body: dict[str, Any]) -> dict[str, Any]:
+    async def set_consistency(self, url: str, body: SetConsistency) -> dict[str, Any]:
         node = self._id(url)
         if node in self.no_admin:
             raise NodeCallError(f"POST {url}/v1/admin/consistency: HTTP 404: unknown action")
-        self.calls.append(f"switch node {node} {body['mode']}")
-        self.modes[node] = body["mode"]
+        self.calls.append(f"switch node {node} {body.mode}")
+        self.modes[node] = body.mode
         return body
 
 

@@ -3,19 +3,19 @@ majority, from the replica that applied the most, onto the least loaded nodes.""
 
 from __future__ import annotations
 
-from typing import Any
-
-from shardset_operator.moves import views_of
-from shardset_operator.recovery import recovery_step, requested
+from shardset_operator.plan.moves import views_of
+from shardset_operator.plan.recovery import recovery_step, requested
+from shardset_proto.admin import AdminAction, RecoverShard
 from shardset_proto.shardmap import NodeAddress, bootstrap_map
+from shardset_proto.status import NodeStatus
 
 NODES = {i: NodeAddress(f"h{i}:1", f"http://h{i}:2") for i in range(1, 6)}
 LIVE = bootstrap_map(NODES, 4, 3)
 
 
-def reports(down: set[int], applied: dict[int, int]) -> dict[int, dict[str, Any] | None]:
+def reports(down: set[int], applied: dict[int, int]) -> dict[int, NodeStatus | None]:
     """Every node hosts its shards as followers (no leader anywhere)."""
-    out: dict[int, dict[str, Any] | None] = {}
+    out: dict[int, NodeStatus | None] = {}
     for n in NODES:
         if n in down:
             out[n] = None
@@ -25,7 +25,7 @@ def reports(down: set[int], applied: dict[int, int]) -> dict[int, dict[str, Any]
             for s, h in LIVE.replicas.items()
             if n in h
         }
-        out[n] = {"node": n, "groups": groups}
+        out[n] = NodeStatus.model_validate({"node": n, "groups": groups})
     return out
 
 
@@ -40,9 +40,10 @@ def test_a_shard_is_rebuilt_from_the_replica_that_applied_most() -> None:
     seen = reports(down, applied={holders[2]: 40})
     views = views_of(seen, LIVE.replicas)
     step = recovery_step({1}, LIVE, views, seen, list(NODES), 3)
-    assert step is not None and step.action == "recover-shard" and step.at == holders[2]
-    assert step.body["new_shard"] == 5 and holders[2] in step.body["voters"]
-    assert not set(step.body["voters"]) & down and len(step.body["voters"]) == 3
+    assert step is not None and step.action == AdminAction.RECOVER_SHARD
+    assert step.at == holders[2] and isinstance(step.body, RecoverShard)
+    assert step.body.new_shard == 5 and holders[2] in step.body.voters
+    assert not set(step.body.voters) & down and len(step.body.voters) == 3
     assert "applied index 40" in step.text
 
 

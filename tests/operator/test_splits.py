@@ -6,7 +6,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from shardset_operator.splits import plan_split
+from shardset_operator.plan.splits import plan_split
 from shardset_proto.shardmap import NodeAddress, ShardMap, bootstrap_map, split_range
 from shardset_proto.slots import SLOTS
 

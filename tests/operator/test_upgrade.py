@@ -1,12 +1,13 @@
-"""The rolling planner (upgrade.py): a new template holds every pod; pods are released
+"""The rolling planner (plan/upgrade.py): a new template holds every pod; pods are released
 one at a time, highest first, only when everything is ready and caught up and the pod
 leads nothing; a full roll is simulated against a stand-in StatefulSet controller."""
 
 from __future__ import annotations
 
-from shardset_operator.moves import ShardView
-from shardset_operator.repair import MetaView
-from shardset_operator.upgrade import RollState, plan_roll
+from shardset_operator.plan.moves import ShardView
+from shardset_operator.plan.repair import MetaView
+from shardset_operator.plan.upgrade import RollState, plan_roll
+from shardset_proto.admin import AdminAction, TransferLeader
 
 NEW, OLD = "rev-new", "rev-old"
 
@@ -56,8 +57,9 @@ def test_nothing_to_roll_releases_the_partition() -> None:
 def test_leadership_leaves_the_next_pod_before_it_restarts() -> None:
     plan = plan_roll(state(3, ALL_OLD), "h", views({1: 1, 2: 3}), META)
     assert plan.partition == 3
-    assert plan.step is not None and plan.step.action == "transfer-leader"
-    assert plan.step.at == 3 and plan.step.body["shard"] == 2 and plan.step.body["to"] != 3
+    assert plan.step is not None and plan.step.action == AdminAction.TRANSFER_LEADER
+    assert isinstance(plan.step.body, TransferLeader)
+    assert plan.step.at == 3 and plan.step.body.shard == 2 and plan.step.body.to != 3
 
 
 def test_the_highest_pod_is_released_once_it_leads_nothing() -> None:
@@ -80,11 +82,12 @@ def test_a_full_roll_restarts_one_caught_up_pod_at_a_time() -> None:
     released: list[int] = []
     for _ in range(50):
         plan = plan_roll(state(partition, revs, ready), "h", views(leaders), meta(meta_leader))
-        if plan.step is not None and plan.step.body["shard"] == 0:
-            meta_leader = plan.step.body["to"]
+        body = plan.step.body if plan.step is not None else None
+        if isinstance(body, TransferLeader) and body.shard == 0:
+            meta_leader = body.to
             continue
-        if plan.step is not None:  # the node hands the shard over
-            leaders[plan.step.body["shard"]] = plan.step.body["to"]
+        if isinstance(body, TransferLeader):  # the node hands the shard over
+            leaders[body.shard] = body.to
             continue
         if plan.partition < partition:
             node = plan.partition + 1

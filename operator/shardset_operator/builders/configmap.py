@@ -6,10 +6,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from shardset_operator.bootstrap import BOOTSTRAP_KEY
-from shardset_operator.consistency import ReadSetting
-from shardset_operator.naming import Names
+from shardset_operator.api.consistency import ReadSetting
+from shardset_operator.api.naming import Names
 
+# The store's first shard map (plan/bootstrap.py): written once, never changed.
+BOOTSTRAP_KEY = "bootstrap.json"
 STORE_CREATED_KEY = "store-created"
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from shardset_operator.naming import Names
+from shardset_operator.api.naming import Names
 
 
 def max_unavailable(replication_factor: int) -> int:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from shardset_operator.naming import API_PORT, RAFT_PORT, Names
+from shardset_operator.api.naming import API_PORT, RAFT_PORT, Names
 
 
 def peers_service(names: Names) -> dict[str, Any]:

@@ -9,14 +9,15 @@ current mode.
 
 from __future__ import annotations
 
+import hashlib
+import json
+from collections.abc import Mapping
 from typing import Any
 
-from shardset_operator.bootstrap import BOOTSTRAP_KEY
-from shardset_operator.builders.configmap import STORE_CREATED_KEY
-from shardset_operator.consistency import CONSISTENCY_KEY, STALENESS_KEY
-from shardset_operator.models import ShardSetSpec
-from shardset_operator.naming import API_PORT, RAFT_PORT, Names
-from shardset_operator.upgrade import TEMPLATE_HASH, template_hash
+from shardset_operator.api.consistency import CONSISTENCY_KEY, STALENESS_KEY
+from shardset_operator.api.models import ShardSetSpec
+from shardset_operator.api.naming import API_PORT, RAFT_PORT, TEMPLATE_HASH, Names
+from shardset_operator.builders.configmap import BOOTSTRAP_KEY, STORE_CREATED_KEY
 
 DATA_DIR = "/data"
 CONFIG_DIR = "/etc/shardset"
@@ -175,11 +176,18 @@ def _volume_claim(names: Names, spec: ShardSetSpec) -> dict[str, Any]:
     return {"metadata": {"name": "data", "labels": names.selector()}, "spec": claim}
 
 
+def template_hash(statefulset: Mapping[str, Any]) -> str:
+    """A hash of the pod template: the roll (plan/upgrade.py) compares it with the one
+    last applied, kept in the TEMPLATE_HASH annotation."""
+    template = statefulset["spec"]["template"]
+    return hashlib.sha256(json.dumps(template, sort_keys=True).encode()).hexdigest()[:16]
+
+
 def statefulset(
     names: Names, spec: ShardSetSpec, image: str, replicas: int, partition: int = 0
 ) -> dict[str, Any]:
-    """`replicas` comes from the store's membership (members.py), `partition` from the
-    rolling planner (upgrade.py); the template's hash is kept in an annotation."""
+    """`replicas` comes from the store's membership (plan/members.py), `partition` from
+    the rolling planner (plan/upgrade.py); the template's hash is kept in an annotation."""
     obj = _statefulset(names, spec, image, replicas, partition)
     obj["metadata"]["annotations"] = {TEMPLATE_HASH: template_hash(obj)}
     return obj
@@ -203,7 +211,7 @@ def _statefulset(
             # Every node of a new store must start together to elect the first leaders.
             "podManagementPolicy": "Parallel",
             # The operator releases one pod at a time by lowering the partition
-            # (upgrade.py), after moving its leaderships away.
+            # (plan/upgrade.py), after moving its leaderships away.
             "updateStrategy": {
                 "type": "RollingUpdate",
                 "rollingUpdate": {"partition": partition},
@@ -212,7 +220,7 @@ def _statefulset(
             "persistentVolumeClaimRetentionPolicy": {
                 "whenDeleted": retention,
                 # The operator shrinks the StatefulSet only after every replica moved
-                # off the leaving nodes and they left the store (members.py): their
+                # off the leaving nodes and they left the store (plan/members.py): their
                 # volumes hold nothing, and a later scale-up must start empty.
                 "whenScaled": "Delete",
             },

@@ -9,8 +9,8 @@ reports, which is what makes an interrupted rebalance resumable.
 
 Order of work: shards short of replicas first (a lost node), then replicas on nodes
 being drained (scale-down drains before the StatefulSet shrinks), then spreading
-until no node holds more than one replica above another. This module is not yet
-called by the reconcile; day-two scaling will drive it.
+until no node holds more than one replica above another. plan/operation.py asks it
+for the next move of a scaling, failover or rebalance.
 """
 
 from __future__ import annotations

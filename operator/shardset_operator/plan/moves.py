@@ -15,9 +15,21 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Literal
 
-from shardset_operator.rebalance import Move
+from shardset_operator.plan.rebalance import Move
+from shardset_proto.admin import (
+    AddLearner,
+    AdminAction,
+    AdminBody,
+    CreateReplica,
+    DropReplica,
+    Promote,
+    RecordReplicas,
+    RemoveReplica,
+    TransferLeader,
+)
+from shardset_proto.status import GroupStatus, NodeStatus
 
 # A learner this close to the leader's log is promoted (the rest arrives in the next
 # heartbeat round); further behind, promoting it would stall commits until it catches up.
@@ -44,18 +56,21 @@ class ShardView:
 
 @dataclass(frozen=True)
 class Step:
-    """What to do next: call `action` on node `at` (META: the metadata leader), wait, or
-    nothing (the move is complete)."""
+    """What to do next: send the admin `body` to node `at` (META: the metadata leader),
+    wait, or nothing (the move is complete)."""
 
     kind: Literal["call", "wait", "done"]
     text: str
-    action: str = ""
+    body: AdminBody | None = None  # for a call
     at: int = META
-    body: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def action(self) -> AdminAction | None:
+        return self.body.action if self.body is not None else None
 
 
-def call(action: str, at: int, body: dict[str, Any], text: str) -> Step:
-    return Step("call", text, action, at, body)
+def call(body: AdminBody, at: int, text: str) -> Step:
+    return Step("call", text, body, at)
 
 
 def wait(text: str) -> Step:
@@ -71,33 +86,31 @@ def next_step(move: Move, v: ShardView) -> Step:
         return wait(f"shard {s} has no leader")
     if t not in v.members:
         if t not in v.hosts:
-            return call("create-replica", t, {"shard": s}, f"create a replica of shard {s} on {t}")
+            return call(CreateReplica(shard=s), t, f"create a replica of shard {s} on {t}")
         text = f"add node {t} to shard {s} as learner"
-        return call("add-learner", v.leader, {"shard": s, "node": t}, text)
+        return call(AddLearner(shard=s, node=t), v.leader, text)
     if t in v.learners:
         lag = v.lag.get(t)
         if lag is None or lag > CATCH_UP_LAG:
             behind = "unknown" if lag is None else str(lag)
             return wait(f"node {t} catching up on shard {s} ({behind} entries behind)")
-        return call("promote", v.leader, {"shard": s, "node": t}, f"promote node {t} in shard {s}")
+        return call(Promote(shard=s, node=t), v.leader, f"promote node {t} in shard {s}")
     if src is not None and src in v.voters:
         if v.leader == src:
             return call(
-                "transfer-leader",
+                TransferLeader(shard=s, to=t),
                 src,
-                {"shard": s, "to": t},
                 f"move leadership of shard {s} from {src} to {t}",
             )
         return call(
-            "remove-replica",
+            RemoveReplica(shard=s, node=src),
             v.leader,
-            {"shard": s, "node": src},
             f"remove node {src} from shard {s}",
         )
     if sorted(v.recorded) != sorted(v.voters):
         return record(v)
     if src is not None and src in v.hosts:
-        return call("drop-replica", src, {"shard": s}, f"delete node {src}'s copy of shard {s}")
+        return call(DropReplica(shard=s), src, f"delete node {src}'s copy of shard {s}")
     return DONE
 
 
@@ -105,9 +118,8 @@ def record(v: ShardView) -> Step:
     """Bring the shard map's replica list in line with the group's voters (a conf change
     whose map update was interrupted)."""
     return call(
-        "record-replicas",
+        RecordReplicas(shard=v.shard, voters=sorted(v.voters)),
         META,
-        {"shard": v.shard, "voters": sorted(v.voters)},
         f"record shard {v.shard}'s voters {sorted(v.voters)} in the shard map",
     )
 
@@ -121,56 +133,44 @@ def cleanup_step(views: Mapping[int, ShardView], moving: frozenset[int]) -> Step
             continue
         for learner in sorted(v.learners):
             return call(
-                "remove-replica",
+                RemoveReplica(shard=s, node=learner),
                 v.leader,
-                {"shard": s, "node": learner},
                 f"remove leftover learner {learner} from shard {s}",
             )
         if sorted(v.recorded) != sorted(v.voters):
             return record(v)
         for stray in sorted(v.hosts - v.members):
-            return call("drop-replica", stray, {"shard": s}, f"delete stray replica {s} on {stray}")
+            return call(DropReplica(shard=s), stray, f"delete stray replica {s} on {stray}")
     return None
 
 
 def views_of(
-    reports: Mapping[int, Mapping[str, Any] | None], recorded: Mapping[int, tuple[int, ...]]
+    reports: Mapping[int, NodeStatus | None], recorded: Mapping[int, tuple[int, ...]]
 ) -> dict[int, ShardView]:
     """A view of every shard in the map, from the nodes' status reports. The leader is
     the self-declared leader of the highest term; membership is the leader's."""
     out = {}
     for shard, holders in recorded.items():
-        leader: tuple[int, int, Mapping[str, Any]] | None = None  # (term, node, entry)
+        leader: tuple[int, int, GroupStatus] | None = None  # (term, node, entry)
         hosts = set()
         for node, report in reports.items():
-            entry = _group(report, shard)
+            entry = report.group(shard) if report is not None else None
             if entry is None:
                 continue
             hosts.add(node)
-            if entry.get("role") == "leader":
-                term = int(entry.get("term", 0))
-                if leader is None or term > leader[0]:
-                    leader = (term, node, entry)
+            if entry.is_leader and (leader is None or entry.term > leader[0]):
+                leader = (entry.term, node, entry)
         if leader is None:
             out[shard] = ShardView(shard, None, frozenset(), frozenset(), frozenset(hosts))
             continue
         _, node, entry = leader
-        followers = entry.get("followers") or {}
         out[shard] = ShardView(
             shard,
             node,
-            frozenset(int(n) for n in entry.get("voters", [])),
-            frozenset(int(n) for n in entry.get("learners", [])),
+            frozenset(entry.voters),
+            frozenset(entry.learners),
             frozenset(hosts),
-            {int(n): int(f.get("lag", 0)) for n, f in followers.items()} | {node: 0},
+            entry.lags() | {node: 0},
             tuple(holders),
         )
     return out
-
-
-def _group(report: Mapping[str, Any] | None, shard: int) -> Mapping[str, Any] | None:
-    if report is None:
-        return None
-    groups = report.get("groups")
-    entry = groups.get(str(shard)) if isinstance(groups, Mapping) else None
-    return entry if isinstance(entry, Mapping) else None

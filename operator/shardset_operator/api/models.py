@@ -15,6 +15,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
+from shardset_proto.consistency import MAX_STALENESS_LIMIT_MS, ReadMode
+
 GROUP = "shardset.io"
 VERSION = "v1alpha1"
 API_VERSION = f"{GROUP}/{VERSION}"
@@ -24,9 +26,9 @@ SINGULAR = "shardset"
 SHORT_NAMES = ("sset",)
 
 DEFAULT_NODE_IMAGE = "shardset/node:dev"
-MAX_STALENESS_LIMIT_MS = 3_600_000  # the node refuses larger bounds (shardset_node.consistency)
-
-ConsistencyMode = Literal["linearizable", "lease", "bounded", "session", "eventual"]
+# The read modes and the largest bound nodes accept (MAX_STALENESS_LIMIT_MS) are the
+# contract's (shardset_proto.consistency).
+ConsistencyMode = ReadMode
 ConditionType = Literal["Ready", "Progressing", "Degraded"]
 ConditionStatus = Literal["True", "False", "Unknown"]
 

@@ -14,13 +14,14 @@ from __future__ import annotations
 
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
-from typing import Any
 
-from shardset_operator.members import MemberPlan
-from shardset_operator.moves import CATCH_UP_LAG, META, ShardView, Step, call
+from shardset_operator.plan.members import MemberPlan
+from shardset_operator.plan.moves import CATCH_UP_LAG, META, ShardView, Step, call
+from shardset_proto.admin import AddNode, CreateReplica, DropReplica, Promote, RemoveReplica
 from shardset_proto.shardmap import NodeAddress
+from shardset_proto.status import META_GROUP, GroupStatus, NodeStatus
 
-META_VOTERS = 5  # as the node keeps it (shardset_node.node.META_VOTERS)
+META_VOTERS = 5  # as the node keeps it (its META_VOTERS)
 
 
 @dataclass(frozen=True)
@@ -36,36 +37,35 @@ class MetaView:
         return self.voters | self.learners
 
 
-def meta_view(reports: Mapping[int, Mapping[str, Any] | None]) -> MetaView:
+def meta_view(reports: Mapping[int, NodeStatus | None]) -> MetaView:
     hosts = set()
-    leader: tuple[int, Mapping[str, Any]] | None = None
+    leader: tuple[int, GroupStatus] | None = None
     for node, report in reports.items():
-        groups = (report or {}).get("groups") or {}
-        entry = groups.get("meta")
-        if not isinstance(entry, Mapping):
+        entry = report.meta if report is not None else None
+        if entry is None:
             continue
         hosts.add(node)
-        if entry.get("role") == "leader":
+        if entry.is_leader:
             leader = (node, entry)
     if leader is None:
         return MetaView(None, hosts=frozenset(hosts))
     node, entry = leader
-    followers = entry.get("followers") or {}
     return MetaView(
         node,
-        frozenset(int(n) for n in entry.get("voters", [])),
-        frozenset(int(n) for n in entry.get("learners", [])),
+        frozenset(entry.voters),
+        frozenset(entry.learners),
         frozenset(hosts),
-        {int(n): int(f.get("lag", 0)) for n, f in followers.items()},
+        entry.lags(),
     )
 
 
 def join_step(node: int, meta: MetaView, address: NodeAddress) -> Step:
     """Make `node` a member of the store (and of the metadata group, as a learner)."""
     if node not in meta.hosts and node not in meta.members:
-        return call("create-replica", node, {"shard": 0}, f"create node {node}'s metadata replica")
-    body = {"node": node, "peer": address.peer, "api": address.api}
-    return call("add-node", META, body, f"add node {node} to the store")
+        text = f"create node {node}'s metadata replica"
+        return call(CreateReplica(shard=META_GROUP), node, text)
+    body = AddNode(node=node, peer=address.peer, api=address.api)
+    return call(body, META, f"add node {node} to the store")
 
 
 def lost_replica_step(
@@ -80,9 +80,8 @@ def lost_replica_step(
         for n in sorted(v.members - v.hosts):
             if n in answering and (s, n) != busy:
                 return call(
-                    "remove-replica",
+                    RemoveReplica(shard=s, node=n),
                     v.leader,
-                    {"shard": s, "node": n},
                     f"remove node {n} from shard {s}: it lost its copy",
                 )
     return None
@@ -101,9 +100,8 @@ def meta_step(
             continue
         if n in meta.members:
             return call(
-                "remove-replica",
+                RemoveReplica(shard=META_GROUP, node=n),
                 META,
-                {"shard": 0, "node": n},
                 f"remove node {n} from the metadata group: it lost its copy",
             )
         return join_step(n, meta, addresses[n])
@@ -115,35 +113,32 @@ def meta_step(
     if len(serving) < wanted:
         for n in sorted(meta.learners & set(plan.targets)):
             if meta.lag.get(n, CATCH_UP_LAG + 1) <= CATCH_UP_LAG:
-                return call(
-                    "promote", META, {"shard": 0, "node": n}, f"make node {n} a metadata voter"
-                )
+                body = Promote(shard=META_GROUP, node=n)
+                return call(body, META, f"make node {n} a metadata voter")
     for n in sorted(meta.voters - set(plan.targets)):
         if n not in answering and len(serving) >= wanted and n != meta.leader:
             return call(
-                "remove-replica",
+                RemoveReplica(shard=META_GROUP, node=n),
                 META,
-                {"shard": 0, "node": n},
                 f"remove gone node {n} from the metadata group",
             )
     return None
 
 
 def orphan_step(
-    reports: Mapping[int, Mapping[str, Any] | None], live_shards: Collection[int]
+    reports: Mapping[int, NodeStatus | None], live_shards: Collection[int]
 ) -> Step | None:
     """A replica of a shard the map no longer has (recovered elsewhere while this node
     was away): drop it. Ids above the map's highest are shards being created (a split
     or a recovery in progress) and are left alone."""
     top = max(live_shards, default=0)
     for node, report in sorted(reports.items()):
-        groups = (report or {}).get("groups") or {}
-        for gid in sorted(int(g) for g in groups if g.isdigit()):
+        hosted = report.shards if report is not None else {}
+        for gid in sorted(hosted):
             if gid not in live_shards and gid < top:
                 return call(
-                    "drop-replica",
+                    DropReplica(shard=gid),
                     node,
-                    {"shard": gid},
                     f"drop node {node}'s replica of removed shard {gid}",
                 )
     return None

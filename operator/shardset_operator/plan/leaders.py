@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from shardset_operator.moves import ShardView
+from shardset_operator.plan.moves import ShardView
 
 
 @dataclass(frozen=True)

@@ -10,9 +10,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
 
-NodeReport = Mapping[str, Any]  # one node's GET /v1/status body
+from shardset_proto.status import NodeStatus
 
 
 @dataclass(frozen=True)
@@ -58,53 +57,46 @@ class ShardHealth:
         )
 
 
-def _groups(report: NodeReport) -> Mapping[str, Any]:
-    groups = report.get("groups")
-    return groups if isinstance(groups, Mapping) else {}
-
-
 def _view(
-    shard: int, reports: Mapping[int, NodeReport | None]
+    shard: int, reports: Mapping[int, NodeStatus | None]
 ) -> tuple[int | None, tuple[int, ...]]:
     """(leader, voters): from the self-declared leader of the highest term, else from the
     highest-term report of any replica (for the voter list only)."""
     best: tuple[int, int, tuple[int, ...]] | None = None  # (term, leader, voters)
     any_voters: tuple[int, tuple[int, ...]] | None = None  # (term, voters)
     for node, report in reports.items():
-        if report is None:
+        entry = report.group(shard) if report is not None else None
+        if entry is None:
             continue
-        entry = _groups(report).get(str(shard))
-        if not isinstance(entry, Mapping):
-            continue
-        term = int(entry.get("term", 0))
-        voters = tuple(sorted(int(v) for v in entry.get("voters", [])))
+        term = entry.term
+        voters = tuple(sorted(entry.voters))
         if any_voters is None or term > any_voters[0]:
             any_voters = (term, voters)
-        if entry.get("role") == "leader" and (best is None or term > best[0]):
+        if entry.is_leader and (best is None or term > best[0]):
             best = (term, node, voters)
     if best is not None:
         return best[1], best[2]
     return None, any_voters[1] if any_voters else ()
 
 
-def _hosts(report: NodeReport | None, shard: int) -> bool:
-    return report is not None and str(shard) in _groups(report)
+def _hosts(report: NodeStatus | None, shard: int) -> bool:
+    return report is not None and report.group(shard) is not None
 
 
 def shard_health(
-    reports: Mapping[int, NodeReport | None],
+    reports: Mapping[int, NodeStatus | None],
     expected_shards: Iterable[int],
     replication_factor: int,
 ) -> dict[int, ShardHealth]:
     """Health of every expected shard and of any other shard a node reports.
 
-    `reports` maps each node id to its status body, or None when it did not answer.
+    `reports` maps each node id to its status report, or None when it did not answer.
     The metadata group ("meta") is not a shard and is left out.
     """
     shards = set(expected_shards)
     for report in reports.values():
         if report is not None:
-            shards.update(int(g) for g in _groups(report) if g.isdigit())
+            shards.update(report.shards)
     out = {}
     for shard in sorted(shards):
         leader, voters = _view(shard, reports)

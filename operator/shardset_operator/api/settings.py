@@ -7,7 +7,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from shardset_operator.models import DEFAULT_NODE_IMAGE
+from shardset_operator.api.models import DEFAULT_NODE_IMAGE
 
 HEALTH_PORT = 8080
 HEALTH_PATH = "/healthz"

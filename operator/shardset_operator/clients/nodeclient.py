@@ -1,13 +1,25 @@
-"""The operator's calls to nodes (aiohttp, every call with a timeout)."""
+"""The operator's calls to nodes (aiohttp, every call with a timeout).
+
+Answers are parsed here, once, into the contract's typed reports
+(`shardset_proto.status`); admin calls send the contract's typed bodies
+(`shardset_proto.admin`), each knowing its action and URL.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypeVar
 
 import aiohttp
+from pydantic import BaseModel, ValidationError
+
+from shardset_proto import urls
+from shardset_proto.admin import AdminBody, SetConsistency
+from shardset_proto.status import NodeStatus, ShardMapView
 
 STATUS_TIMEOUT_S = 3.0
 ADMIN_TIMEOUT_S = 10.0
+
+Report = TypeVar("Report", bound=BaseModel)
 
 
 class NodeCallError(RuntimeError):
@@ -26,24 +38,32 @@ class NodeClient:
     def __init__(self, session: aiohttp.ClientSession) -> None:
         self.session = session
 
-    async def status(self, url: str) -> dict[str, Any]:
-        return await self._call("GET", f"{url}/v1/status", None, STATUS_TIMEOUT_S)
+    async def status(self, url: str) -> NodeStatus:
+        return await self._get(NodeStatus, f"{url}{urls.STATUS}")
 
-    async def set_consistency(self, url: str, body: dict[str, Any]) -> dict[str, Any]:
-        return await self._call("POST", f"{url}/v1/admin/consistency", body, ADMIN_TIMEOUT_S)
+    async def shardmap(self, url: str) -> ShardMapView:
+        return await self._get(ShardMapView, f"{url}{urls.SHARDMAP}")
 
-    async def shardmap(self, url: str) -> dict[str, Any]:
-        return await self._call("GET", f"{url}/v1/shardmap", None, STATUS_TIMEOUT_S)
+    async def set_consistency(self, url: str, body: SetConsistency) -> dict[str, Any]:
+        return await self._call("POST", f"{url}{body.path()}", body.to_json(), ADMIN_TIMEOUT_S)
 
-    async def admin(self, url: str, action: str, body: dict[str, Any]) -> dict[str, Any]:
-        """POST /v1/admin/<action>; follows one redirect to the leader the node names."""
+    async def admin(self, url: str, body: AdminBody) -> dict[str, Any]:
+        """POST the body to its action's URL; follows one redirect to the leader the
+        node names."""
         try:
-            return await self._call("POST", f"{url}/v1/admin/{action}", body, ADMIN_TIMEOUT_S)
+            return await self._call("POST", f"{url}{body.path()}", body.to_json(), ADMIN_TIMEOUT_S)
         except NodeCallError as e:
             if e.status != 307 or not e.leader_url:
                 raise
             leader = e.leader_url
-        return await self._call("POST", f"{leader}/v1/admin/{action}", body, ADMIN_TIMEOUT_S)
+        return await self._call("POST", f"{leader}{body.path()}", body.to_json(), ADMIN_TIMEOUT_S)
+
+    async def _get(self, report: type[Report], url: str) -> Report:
+        payload = await self._call("GET", url, None, STATUS_TIMEOUT_S)
+        try:
+            return report.model_validate(payload)
+        except ValidationError as e:
+            raise NodeCallError(f"GET {url}: not a {report.__name__}: {e}") from e
 
     async def _call(
         self, method: str, url: str, body: dict[str, Any] | None, timeout: float

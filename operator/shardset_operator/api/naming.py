@@ -1,4 +1,4 @@
-"""Names, labels and addresses of everything a ShardSet owns, in one place.
+"""Names, labels, annotations and addresses of everything a ShardSet owns, in one place.
 
 Node ids are StatefulSet ordinals plus one (node ids are positive; the node program
 derives its id from its hostname the same way with --id-from-hostname).
@@ -11,6 +11,9 @@ from dataclasses import dataclass
 RAFT_PORT = 7000
 API_PORT = 8000
 MANAGED_BY = "shardset-operator"
+# The StatefulSet's annotation holding a hash of its pod template as last applied
+# (builders/statefulset.py writes it, plan/upgrade.py reads it back).
+TEMPLATE_HASH = "shardset.io/template-hash"
 
 
 @dataclass(frozen=True)

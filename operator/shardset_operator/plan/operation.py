@@ -1,8 +1,7 @@
-"""Carry out the store's one operation in progress: add nodes, move replicas, balance
-leaders, remove nodes. Each round observes the nodes, asks the pure planners
-(members, rebalance, moves, leaders) for the next step, and makes that one idempotent
-admin call; it stops at a step that must wait (a learner catching up) or when the
-round's time is up, and the next reconcile picks up from what the store reports.
+"""The next step of the store's one operation in progress (pure): add nodes, repair,
+recover, split, move replicas, clean up, remove nodes, balance leaders. It asks the
+other planners (members, repair, recovery, splits, rebalance, moves, leaders) in that
+order of priority; reconcile/operation.py makes the step's admin call.
 
 The journal in status names the operation and the move in progress, so a restarted
 operator finishes the same move before planning another (a new plan could pick a
@@ -11,18 +10,16 @@ different target and leave a half-added learner behind).
 
 from __future__ import annotations
 
-import asyncio
-import time
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime
 
-import structlog
-
-from shardset_operator.leaders import plan_transfer
-from shardset_operator.members import MemberPlan, plan_members
-from shardset_operator.models import Journal, MoveRecord, ShardSetSpec
-from shardset_operator.moves import (
+from shardset_operator.api.models import Journal, MoveRecord, ShardSetSpec
+from shardset_operator.api.naming import Names
+from shardset_operator.api.observed import NodeViews
+from shardset_operator.plan.leaders import plan_transfer
+from shardset_operator.plan.members import MemberPlan, plan_members
+from shardset_operator.plan.moves import (
     META,
     ShardView,
     Step,
@@ -32,36 +29,19 @@ from shardset_operator.moves import (
     views_of,
     wait,
 )
-from shardset_operator.naming import Names
-from shardset_operator.nodeclient import NodeCallError, NodeClient
-from shardset_operator.observe import NodeViews, poll_nodes
-from shardset_operator.rebalance import Move, PlanError, load, plan_moves
-from shardset_operator.recovery import recovery_step
-from shardset_operator.repair import (
+from shardset_operator.plan.rebalance import Move, PlanError, load, plan_moves
+from shardset_operator.plan.recovery import recovery_step
+from shardset_operator.plan.repair import (
     join_step,
     lost_replica_step,
     meta_step,
     meta_view,
     orphan_step,
 )
-from shardset_operator.splits import Split, plan_split
-from shardset_proto.shardmap import NodeAddress
-
-log = structlog.get_logger(__name__)
-
-LOSS_WARNING = "writes the lost replicas had committed after that index are lost"
-ROUND_SECONDS = 25.0  # one reconcile's share of an operation; the next goes on
-POLL_SECONDS = 1.0  # between checks of a step that waits
-
-
-@dataclass
-class Round:
-    """What one round did: the journal to record, events, and why it stopped."""
-
-    journal: Journal | None
-    notes: list[tuple[str, str]] = field(default_factory=list)
-    waiting: str | None = None  # a step that waits, or a failed call, in words
-    finished: str | None = None  # the operation that finished, in words
+from shardset_operator.plan.splits import Split, plan_split
+from shardset_proto.admin import RemoveNode, SplitShard, TransferLeader
+from shardset_proto.shardmap import NodeAddress, ShardMap
+from shardset_proto.status import META_GROUP
 
 
 @dataclass(frozen=True)
@@ -98,7 +78,7 @@ def plan_step(
     recover: frozenset[int] = frozenset(),
 ) -> Planned | None:
     """The next step of the store's work, or None when there is nothing to do (pure).
-    `recover`: shards the user asked to recover (recovery.py)."""
+    `recover`: shards the user asked to recover (plan/recovery.py)."""
     live = seen.live_map
     if live is None or not set(live.nodes) <= set(plan.targets) | set(plan.leaving):
         # No map, or one the membership plan did not trust: nothing is planned from it.
@@ -122,6 +102,20 @@ def plan_step(
     if repair is not None:
         operation = journal.operation if journal is not None else "repair membership"
         return Planned(operation, repair)
+    return _placement_step(spec, plan, seen, journal, live, views, resumed)
+
+
+def _placement_step(
+    spec: ShardSetSpec,
+    plan: MemberPlan,
+    seen: NodeViews,
+    journal: Journal | None,
+    live: ShardMap,
+    views: dict[int, ShardView],
+    resumed: Move | None,
+) -> Planned | None:
+    """Once members and repairs are done: a move (resumed, an excess voter, a split or
+    the rebalancer's next), leftovers to clean up, a node to remove, leaders to balance."""
     move = resumed or _excess(views, plan, spec.replication_factor)
     split = plan_split(live, spec.shards)
     if move is None and split is not None and not spec.rebalance.paused and not plan.unreachable:
@@ -143,14 +137,20 @@ def plan_step(
         return None
     for node in plan.remove:
         return Planned(_operation(spec, plan, journal), _remove_node(node, seen))
+    return _balance_leaders(views, plan, journal)
+
+
+def _balance_leaders(
+    views: dict[int, ShardView], plan: MemberPlan, journal: Journal | None
+) -> Planned | None:
     transfer = plan_transfer(views, plan.targets) if not plan.unreachable else None
-    if transfer is not None:
-        body = {"shard": transfer.shard, "to": transfer.target}
-        t = transfer
-        text = f"move leadership of shard {t.shard} from {t.source} to {t.target}"
-        operation = journal.operation if journal is not None else "balance leaders"
-        return Planned(operation, call("transfer-leader", transfer.source, body, text))
-    return None
+    if transfer is None:
+        return None
+    t = transfer
+    body = TransferLeader(shard=t.shard, to=t.target)
+    text = f"move leadership of shard {t.shard} from {t.source} to {t.target}"
+    operation = journal.operation if journal is not None else "balance leaders"
+    return Planned(operation, call(body, t.source, text))
 
 
 def _resumed(
@@ -206,34 +206,31 @@ def _split_step(split: Split, views: dict[int, ShardView]) -> Step:
     leader = views[split.shard].leader
     if leader is None:
         return wait(f"shard {split.shard} has no leader to split")
-    body = {
-        "shard": split.shard,
-        "new_shard": split.new_shard,
-        "start": split.start,
-        "end": split.end,
-    }
+    body = SplitShard(
+        shard=split.shard, new_shard=split.new_shard, start=split.start, end=split.end
+    )
     slots = f"[{split.start}, {split.end})"
     text = f"split slots {slots} of shard {split.shard} into shard {split.new_shard}"
-    return call("split-shard", leader, body, text)
+    return call(body, leader, text)
 
 
 def _remove_node(node: int, seen: NodeViews) -> Step:
     """Leadership of the metadata group first, then the node leaves the store."""
-    meta = _meta_leader(seen)
+    meta = meta_leader(seen)
     if meta == node:
         others = [n for n in _meta_voters(seen) if n != node and n in seen.answering]
         if not others:
             return wait(f"node {node} leads the metadata group and no other voter answers")
         return call(
-            "transfer-leader",
+            TransferLeader(shard=META_GROUP, to=others[0]),
             node,
-            {"shard": 0, "to": others[0]},
             f"move metadata leadership from node {node} to {others[0]}",
         )
-    return call("remove-node", META, {"node": node}, f"remove node {node} from the store")
+    return call(RemoveNode(node=node), META, f"remove node {node} from the store")
 
 
-def _meta_leader(seen: NodeViews) -> int | None:
+def meta_leader(seen: NodeViews) -> int | None:
+    """The metadata group's leader as the nodes report it (where META steps go)."""
     return meta_view(seen.reports).leader
 
 
@@ -241,62 +238,8 @@ def _meta_voters(seen: NodeViews) -> list[int]:
     return sorted(meta_view(seen.reports).voters)
 
 
-async def run_round(
-    nodes: NodeClient,
-    names: Names,
-    spec: ShardSetSpec,
-    plan_of: Callable[[NodeViews], MemberPlan],
-    ids: list[int],
-    journal: Journal | None,
-    now: Callable[[], datetime],
-    budget_s: float = ROUND_SECONDS,
-    progress: Callable[[Journal], Awaitable[None]] | None = None,
-    recover: frozenset[int] = frozenset(),
-) -> Round:
-    """Steps until the work is done, a step must wait past the budget, or a call fails.
-    `progress` is told the journal after every finished move (to show it in status)."""
-    deadline = time.monotonic() + budget_s
-    out = Round(journal)
-    while True:
-        seen = await poll_nodes(nodes, names, ids)
-        planned = plan_step(spec, plan_of(seen), seen, names, out.journal, recover)
-        if planned is None:
-            if out.journal is not None:
-                j = out.journal
-                took = (now() - j.started_at).total_seconds()
-                out.finished = f"{j.operation}: {j.moves_done} moves in {took:.0f} s"
-                out.notes.append(("OperationDone", out.finished))
-            out.journal = None
-            return out
-        out.journal = _journal(out.journal, planned, now())
-        step = planned.step
-        if step.kind == "done":
-            assert planned.move is not None
-            out.notes.append(("MoveDone", _describe(planned.move)))
-            done = {"move": None, "moves_done": out.journal.moves_done + 1}
-            out.journal = out.journal.model_copy(update=done)
-            if progress is not None:
-                await progress(out.journal)
-            continue
-        if step.kind == "wait":
-            out.waiting = step.text
-        else:
-            failed = await _run(nodes, names, seen, step)
-            if failed is None:
-                log.info("step done", shardset=names.name, step=step.text)
-                if step.action in ("add-node", "remove-node", "create-replica"):
-                    out.notes.append(("StepDone", step.text))
-                if step.action == "recover-shard":
-                    out.notes.append(("ShardRecovered", f"{step.text}: {LOSS_WARNING}"))
-                continue
-            out.waiting = failed
-        out.journal = out.journal.model_copy(update={"step": out.waiting or step.text})
-        if time.monotonic() + POLL_SECONDS > deadline:
-            return out
-        await asyncio.sleep(POLL_SECONDS)
-
-
-def _journal(journal: Journal | None, planned: Planned, now: datetime) -> Journal:
+def journal_after(journal: Journal | None, planned: Planned, now: datetime) -> Journal:
+    """The journal once `planned` is its current step (a new one for a new operation)."""
     move = planned.move
     record = MoveRecord(shard=move.shard, source=move.source, target=move.target) if move else None
     if journal is None or journal.operation != planned.operation:
@@ -307,24 +250,7 @@ def _journal(journal: Journal | None, planned: Planned, now: datetime) -> Journa
     return journal.model_copy(update=changes)
 
 
-async def _run(nodes: NodeClient, names: Names, seen: NodeViews, step: Step) -> str | None:
-    """Make the step's call; None when it worked, else why not (retried next round)."""
-    at = step.at
-    if at == META:
-        at = _meta_leader(seen) or min(seen.answering, default=0)
-        if at == 0:
-            return "no node answers"
-    try:
-        await nodes.admin(names.api_url(at), step.action, step.body)
-    except NodeCallError as e:
-        # 409s (a conf change still pending, a node that still sees itself a member)
-        # and 503s clear by themselves: the step is retried.
-        log.warning("step failed", shardset=names.name, step=step.text, error=str(e))
-        return f"{step.text}: {e}"
-    return None
-
-
-def _describe(move: Move) -> str:
+def describe_move(move: Move) -> str:
     if move.source is None:
         return f"shard {move.shard}: replica added on node {move.target}"
     return f"shard {move.shard}: replica moved from node {move.source} to node {move.target}"

@@ -16,21 +16,15 @@ annotation, so the very apply that changes it already holds every pod.
 
 from __future__ import annotations
 
-import hashlib
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
 
-from shardset_operator.moves import CATCH_UP_LAG, ShardView, Step, call
-from shardset_operator.repair import MetaView
-
-TEMPLATE_HASH = "shardset.io/template-hash"
-
-
-def template_hash(statefulset: Mapping[str, Any]) -> str:
-    template = statefulset["spec"]["template"]
-    return hashlib.sha256(json.dumps(template, sort_keys=True).encode()).hexdigest()[:16]
+from shardset_operator.api.naming import TEMPLATE_HASH, Names, node_id_of_pod
+from shardset_operator.api.observed import Seen
+from shardset_operator.plan.moves import CATCH_UP_LAG, ShardView, Step, call
+from shardset_operator.plan.repair import MetaView
+from shardset_proto.admin import TransferLeader
+from shardset_proto.status import META_GROUP
 
 
 @dataclass(frozen=True)
@@ -42,6 +36,25 @@ class RollState:
     applied_hash: str | None  # the template hash the last apply recorded
     update_revision: str | None
     pods: Mapping[int, tuple[str | None, bool]]  # node id -> (revision, ready)
+
+
+def roll_state(seen: Seen, names: Names) -> RollState | None:
+    """The roll's inputs from an observation; None before the StatefulSet exists."""
+    sts = seen.statefulset
+    if sts is None:
+        return None
+    pods = {}
+    for pod in seen.pods:
+        node = node_id_of_pod(pod.name, names)
+        if node is not None:
+            pods[node] = (pod.revision, pod.ready and not pod.terminating)
+    return RollState(
+        replicas=sts.replicas,
+        partition=sts.partition,
+        applied_hash=(sts.annotations or {}).get(TEMPLATE_HASH),
+        update_revision=sts.update_revision,
+        pods=pods,
+    )
 
 
 @dataclass(frozen=True)
@@ -105,10 +118,10 @@ def _leadership_off(node: int, views: Mapping[int, ShardView], meta: MetaView) -
             others = sorted(v.voters - {node}, key=lambda n: (v.lag.get(n, 0), n))
             if others:
                 text = f"move leadership of shard {s} off node {node} (to {others[0]})"
-                return call("transfer-leader", node, {"shard": s, "to": others[0]}, text)
+                return call(TransferLeader(shard=s, to=others[0]), node, text)
     if meta.leader == node:
         others = sorted(meta.voters - {node}, key=lambda n: (meta.lag.get(n, 0), n))
         if others:
             text = f"move metadata leadership off node {node} (to {others[0]})"
-            return call("transfer-leader", node, {"shard": 0, "to": others[0]}, text)
+            return call(TransferLeader(shard=META_GROUP, to=others[0]), node, text)
     return None

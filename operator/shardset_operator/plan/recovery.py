@@ -13,11 +13,12 @@ without the annotation, and never for a shard that can still elect a leader.
 from __future__ import annotations
 
 from collections.abc import Collection, Mapping
-from typing import Any
 
-from shardset_operator.moves import ShardView, Step, call
-from shardset_operator.rebalance import load
+from shardset_operator.plan.moves import ShardView, Step, call
+from shardset_operator.plan.rebalance import load
+from shardset_proto.admin import RecoverShard
 from shardset_proto.shardmap import ShardMap
+from shardset_proto.status import NodeStatus
 
 ANNOTATION = "shardset.io/recover-shards"
 
@@ -32,7 +33,7 @@ def recovery_step(
     wanted: Collection[int],
     live: ShardMap,
     views: Mapping[int, ShardView],
-    reports: Mapping[int, Mapping[str, Any] | None],
+    reports: Mapping[int, NodeStatus | None],
     targets: Collection[int],
     replication: int,
 ) -> Step | None:
@@ -52,16 +53,15 @@ def recovery_step(
         others = sorted((n for n in counts if n != survivor), key=lambda n: (counts[n], n))
         voters = sorted([survivor, *others[: replication - 1]])
         new = max(live.replicas) + 1
-        body = {"shard": shard, "new_shard": new, "voters": voters}
+        body = RecoverShard(shard=shard, new_shard=new, voters=voters)
         text = (
             f"recover shard {shard} (quorum lost) from node {survivor} at applied index "
             f"{_applied(reports[survivor], shard)} into shard {new} on nodes {voters}"
         )
-        return call("recover-shard", survivor, body, text)
+        return call(body, survivor, text)
     return None
 
 
-def _applied(report: Mapping[str, Any] | None, shard: int) -> int | None:
-    groups = (report or {}).get("groups") or {}
-    entry = groups.get(str(shard))
-    return int(entry.get("applied", 0)) if isinstance(entry, Mapping) else None
+def _applied(report: NodeStatus | None, shard: int) -> int | None:
+    entry = report.group(shard) if report is not None else None
+    return entry.applied if entry is not None else None

@@ -1,17 +1,15 @@
-"""The store's first shard map, computed with the node's own placement code.
+"""The store's first shard map, computed with the placement code nodes use (shardset_proto).
 
-Written once into the ConfigMap (key bootstrap.json) and never changed: after the
-first start the map lives in the store's metadata group, and a node that restarts
-must see the same bootstrap file it was created with.
+Written once into the ConfigMap (key bootstrap.json, builders/configmap.py) and never
+changed: after the first start the map lives in the store's metadata group, and a node
+that restarts must see the same bootstrap file it was created with.
 """
 
 from __future__ import annotations
 
-from shardset_operator.models import ShardSetSpec
-from shardset_operator.naming import Names
+from shardset_operator.api.models import ShardSetSpec
+from shardset_operator.api.naming import Names
 from shardset_proto.shardmap import NodeAddress, ShardMap, bootstrap_map
-
-BOOTSTRAP_KEY = "bootstrap.json"
 
 
 def first_map(names: Names, spec: ShardSetSpec) -> ShardMap:

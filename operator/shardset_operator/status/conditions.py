@@ -11,8 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from shardset_operator.health import ShardHealth
-from shardset_operator.models import (
+from shardset_operator.api.models import (
     Condition,
     ConditionStatus,
     ConditionType,
@@ -20,7 +19,8 @@ from shardset_operator.models import (
     ShardCounts,
     ShardSetStatus,
 )
-from shardset_operator.shape import Refusal
+from shardset_operator.api.refusal import Refusal
+from shardset_operator.status.health import ShardHealth
 
 
 @dataclass(frozen=True)
@@ -188,29 +188,6 @@ def compute_status(previous: ShardSetStatus, obs: Observation, now: datetime) ->
         operation=progressing[2] if progressing[0] == "True" else None,
         bootstrapped=bootstrapped,
     )
-
-
-def status_patch(status: ShardSetStatus) -> dict[str, object]:
-    """The status as sent to the API server: camelCase, absent fields left out."""
-    body = status.model_dump(by_alias=True, exclude_none=True, mode="json")
-    # A merge patch keeps fields it does not mention: say null to remove them.
-    for key in ("operation", "journal", "lastOperation", "mapEpoch"):
-        body.setdefault(key, None)
-    body["consistency"].setdefault("mode", None)
-    body["consistency"].setdefault("maxStalenessMs", None)
-    return body
-
-
-def changed(previous: ShardSetStatus, new: ShardSetStatus) -> bool:
-    return previous.model_dump(by_alias=True, mode="json") != new.model_dump(
-        by_alias=True, mode="json"
-    )
-
-
-def transitions(previous: ShardSetStatus, new: ShardSetStatus) -> list[Condition]:
-    """Conditions of `new` whose status or reason differ from `previous`."""
-    before = {c.type: (c.status, c.reason) for c in previous.conditions}
-    return [c for c in new.conditions if before.get(c.type) != (c.status, c.reason)]
 
 
 def with_failure(

@@ -10,14 +10,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from shardset_operator.models import ShardSetSpec
+from shardset_operator.api.models import ShardSetSpec
+from shardset_operator.api.refusal import Refusal
 from shardset_proto.shardmap import ShardMap
-
-
-@dataclass(frozen=True)
-class Refusal:
-    reason: str  # CamelCase, for the condition
-    message: str
 
 
 @dataclass(frozen=True)
@@ -31,7 +26,7 @@ def plan_shape(spec: ShardSetSpec, recorded: ShardMap | None) -> Shape:
     """`recorded` is the bootstrap map in the ConfigMap, None for a new store.
 
     `replicas` here is the size for a new store; a running store's StatefulSet size
-    comes from its membership (members.plan_members)."""
+    comes from its membership (plan/members.py)."""
     if recorded is None:
         return Shape(replicas=spec.nodes, replication=spec.replication_factor)
     replication = max((len(h) for h in recorded.replicas.values()), default=0)

@@ -11,6 +11,10 @@ from __future__ import annotations
 
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime
+
+from shardset_operator.api.models import Unreachable
+from shardset_proto.shardmap import ShardMap
 
 
 @dataclass(frozen=True)
@@ -51,3 +55,17 @@ def gone_nodes(
 ) -> set[int]:
     """Members unreachable for longer than `after_seconds` (times in seconds)."""
     return {n for n, since in unreachable_since.items() if now - since >= after_seconds}
+
+
+def track_unreachable(
+    previous: list[Unreachable], live: ShardMap | None, answering: set[int], now: datetime
+) -> list[Unreachable]:
+    """Members not answering and since when (the first reconcile that missed them)."""
+    if live is None:
+        return previous
+    since = {u.node: u.since for u in previous}
+    return [
+        Unreachable(node=n, since=since.get(n, now))
+        for n in sorted(live.nodes)
+        if n not in answering
+    ]

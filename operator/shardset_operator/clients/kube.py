@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
-from shardset_operator.models import GROUP, PLURAL, VERSION
+from shardset_operator.api.models import GROUP, PLURAL, VERSION
+from shardset_operator.api.observed import PodState, StatefulSetState
 
 FIELD_MANAGER = "shardset-operator"
 APPLY = "application/apply-patch+yaml"
@@ -33,27 +33,6 @@ def load_credentials() -> None:
         config.load_incluster_config()
     except config.ConfigException:
         config.load_kube_config()
-
-
-@dataclass(frozen=True)
-class PodState:
-    name: str
-    ready: bool
-    terminating: bool
-    revision: str | None = None  # controller-revision-hash: the template it runs
-
-
-@dataclass(frozen=True)
-class StatefulSetState:
-    replicas: int
-    ready: int
-    updated: int
-    current_revision: str | None
-    update_revision: str | None
-    observed_generation: int | None
-    generation: int | None
-    partition: int = 0  # rollingUpdate.partition: ordinals below it keep the old template
-    annotations: dict[str, str] | None = None
 
 
 class Kube:
