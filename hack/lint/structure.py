@@ -34,7 +34,8 @@ def long_functions(tree: ast.Module) -> Iterator[tuple[int, str]]:
             start = min([node.lineno, *(d.lineno for d in node.decorator_list)])
             length = (node.end_lineno or node.lineno) - start + 1
             if length > MAX_FUNCTION_LINES:
-                yield start, f"function {node.name} is {length} lines (at most {MAX_FUNCTION_LINES})"
+                limit = MAX_FUNCTION_LINES
+                yield start, f"function {node.name} is {length} lines (at most {limit})"
 
 
 def _defined_names(tree: ast.Module) -> set[str]:
@@ -64,9 +65,13 @@ def foreign_private_uses(tree: ast.Module) -> Iterator[tuple[int, str]]:
             for alias in node.names:
                 if _is_private(alias.name):
                     yield node.lineno, f"imports private name {alias.name} from {node.module}"
-        elif isinstance(node, ast.Attribute) and isinstance(node.ctx, ast.Load):
-            if _is_private(node.attr) and node.attr not in own:
-                yield node.lineno, f"uses private name .{node.attr} defined in another module"
+        elif (
+            isinstance(node, ast.Attribute)
+            and isinstance(node.ctx, ast.Load)
+            and _is_private(node.attr)
+            and node.attr not in own
+        ):
+            yield node.lineno, f"uses private name .{node.attr} defined in another module"
 
 
 def check(path: Path) -> list[str]:
