@@ -18,12 +18,12 @@ from pathlib import Path
 
 import pytest
 
-from shardset_node.commands import Put, encode_command
 from shardset_node.kvengine import KvEngine
 from shardset_node.machines import ShardMachine, system_command
 from shardset_node.node import ORIGIN, TOMBSTONES, Node, NodeConfig
-from shardset_node.shardmap import NodeAddress, bootstrap_map
-from shardset_node.slots import SLOTS, slot_of
+from shardset_proto.commands import Put, encode_command
+from shardset_proto.shardmap import NodeAddress, bootstrap_map
+from shardset_proto.slots import SLOTS, slot_of
 from shardset_raft import Entry, Snapshot, SnapshotMeta
 
 SHARD = 1
