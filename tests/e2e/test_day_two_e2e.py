@@ -329,8 +329,12 @@ def test_rolling_image_change(inst: Install) -> None:
         sts = inst.app.json("get", "statefulset", NAME)
         s = sts["status"]
         images = {c["image"] for c in sts["spec"]["template"]["spec"]["containers"]}
+        # The status must be the controller's answer to this template: right after the
+        # operator applies it, the status still describes the old revision (every pod
+        # "updated", current == update revision), which once ended this wait at once.
         return (
             images == {tag}
+            and s.get("observedGeneration") == sts["metadata"]["generation"]
             and s.get("updatedReplicas") == 3
             and s.get("currentRevision") == s.get("updateRevision")
             and s.get("readyReplicas") == 3
