@@ -48,6 +48,20 @@ def http(url: str, method: str = "GET", data: str | None = None) -> str:
     )
 
 
+def http_when_served(url: str, attempts: int = 30) -> str:
+    """Like http(), retried once a second while the connection is refused."""
+    return (
+        "import time, urllib.error, urllib.request as u\n"
+        f"for i in range({attempts}):\n"
+        "    try:\n"
+        f"        r = u.urlopen({url!r}, timeout=10); break\n"
+        "    except urllib.error.URLError:\n"
+        f"        if i == {attempts - 1}: raise\n"
+        "        time.sleep(1)\n"
+        "print(r.read().decode(), end='')"
+    )
+
+
 def resolve(name: str) -> str:
     return f"import socket; print(socket.gethostbyname({name!r}))"
 
@@ -200,7 +214,9 @@ def test_helm_installs_a_chart(namespace, helm):
     status = subprocess.run([*helm, "status", "smoke"], capture_output=True, text=True, timeout=30)
     assert "STATUS: deployed" in status.stdout
     pod = k.json("get", "pods", "-l", "app=smoke")["items"][0]["metadata"]["name"]
-    assert in_pod(k, pod, http("http://smoke/")).strip() == f"ok {pod}"
+    # `helm --wait` returns once the pod is Ready; kube-proxy may program the new
+    # Service's rules a moment later (seen: connection refused on a loaded machine).
+    assert in_pod(k, pod, http_when_served("http://smoke/")).strip() == f"ok {pod}"
     r = subprocess.run(
         [*helm, "uninstall", "smoke", "--wait"], capture_output=True, text=True, timeout=200
     )
