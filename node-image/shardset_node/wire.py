@@ -43,7 +43,7 @@ from shardset_node.errors import ApiError
 from shardset_node.limits import check_idem, check_key, check_value
 
 if TYPE_CHECKING:
-    from shardset_node.node import Node
+    from shardset_node.clientops import ClientOps as Node
 
 __all__ = [
     "MAX_FRAME",

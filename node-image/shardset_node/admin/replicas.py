@@ -1,0 +1,97 @@
+"""Admin actions on one shard's replicas: hosting or dropping a replica here, and the
+membership changes and leadership transfers its leader makes."""
+
+from __future__ import annotations
+
+from shardset_node.admin.body import Body, id_list, int_field
+from shardset_node.admin.shardmap import MapActions
+from shardset_node.config import META_GROUP
+from shardset_node.core import Node
+from shardset_node.errors import ApiError
+from shardset_raft import ConfChange, ConfChangeRejected, ConfChangeType, Role
+
+
+class ReplicaActions:
+    def __init__(self, node: Node, shard_map: MapActions) -> None:
+        self.node = node
+        self.shard_map = shard_map
+
+    async def transfer_leader(self, body: Body) -> Body:
+        shard, to = int_field(body, "shard"), int_field(body, "to")
+        g = self.node.leader_group(shard, "transfer-leader")
+        if g.raft.leader == to:
+            return {"shard": shard, "leader": to, "changed": False}
+        await self.node.wait(g, g.transfer_leadership(to), "")
+        return {"shard": shard, "leader": to, "changed": True}
+
+    async def create(self, body: Body) -> Body:
+        """Host a replica of a shard here: empty, to be added as a learner; or, with
+        `voters`, one of the first replicas of a brand-new shard (a split)."""
+        node = self.node
+        shard = int_field(body, "shard")
+        if shard in node.host.groups:
+            return {"shard": shard, "node": node.id, "created": False}
+        if shard == META_GROUP:
+            # A node that lost its data hosts the metadata group again once it was
+            # removed from it: it then joins as a learner (add-node).
+            node.host_meta()
+            return {"shard": shard, "node": node.id, "created": True}
+        voters = frozenset(id_list(body, "voters")) if "voters" in body else frozenset()
+        node.host_shard(shard, voters)
+        return {"shard": shard, "node": node.id, "created": True}
+
+    async def add_learner(self, body: Body) -> Body:
+        return await self._conf(body, ConfChangeType.ADD_LEARNER, "add-learner")
+
+    async def promote(self, body: Body) -> Body:
+        return await self._conf(body, ConfChangeType.ADD_VOTER, "promote")
+
+    async def remove(self, body: Body) -> Body:
+        shard, node = int_field(body, "shard"), int_field(body, "node")
+        groups = self.node.host.groups
+        if node == self.node.id and shard in groups and groups[shard].raft.role == Role.LEADER:
+            raise ApiError(
+                409,
+                "is_leader",
+                f"node {node} leads shard {shard}: transfer leadership first",
+                shard=shard,
+            )
+        return await self._conf(body, ConfChangeType.REMOVE, "remove-replica")
+
+    async def _conf(self, body: Body, kind: ConfChangeType, action: str) -> Body:
+        shard, node = int_field(body, "shard"), int_field(body, "node")
+        g = self.node.leader_group(shard, action)
+        try:
+            outcome = await self.node.wait(g, g.conf_change(ConfChange(kind, node)), "")
+        except ConfChangeRejected as e:
+            raise ApiError(409, "conf_change_rejected", str(e), shard=shard) from None
+        conf = g.raft.conf
+        if shard != META_GROUP:  # the metadata group is not in the shard map
+            await self.shard_map.keep_replicas(shard, tuple(sorted(conf.voters)))
+        return {
+            "shard": shard,
+            "node": node,
+            "changed": outcome is not None,
+            "voters": sorted(conf.voters),
+            "learners": sorted(conf.learners),
+        }
+
+    async def drop(self, body: Body) -> Body:
+        """Delete this node's replica of a shard it no longer belongs to."""
+        node = self.node
+        shard = int_field(body, "shard")
+        g = node.host.groups.get(shard)
+        if g is None:
+            return {"shard": shard, "node": node.id, "dropped": False}
+        # The shard map (committed in the metadata group) is the authority: a removed
+        # replica's own log may never hear of its removal.
+        holders = node.meta.map.replicas.get(shard, ())
+        if node.id in holders:
+            raise ApiError(
+                409,
+                "still_member",
+                f"node {node.id} is still a member of shard {shard}; remove it first",
+                shard=shard,
+            )
+        node.drop_shard(shard, g)
+        return {"shard": shard, "node": node.id, "dropped": True}
