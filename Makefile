@@ -30,7 +30,7 @@ test: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
-	$(BIN)/mypy node-image/shardset_raft node-image/shardset_sim node-image/shardset_node node-image/shardset \
+	$(BIN)/mypy node-image/shardset_raft node-image/shardset_sim node-image/shardset_proto node-image/shardset_node node-image/shardset \
 		operator/shardset_operator
 	$(BIN)/lint-imports
 

@@ -36,7 +36,7 @@ import aiohttp
 import msgpack  # type: ignore[import-untyped]  # ships no type information
 
 from shardset_node import wire
-from shardset_node.slots import slot_of
+from shardset_proto.slots import slot_of
 
 RETRYABLE = {307, 409, 421, 503}
 MODES = ("linearizable", "lease", "bounded", "session", "eventual")

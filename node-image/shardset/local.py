@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from shardset_node.faults import BlockMode, FaultProxy
-from shardset_node.shardmap import NodeAddress, bootstrap_map
+from shardset_proto.shardmap import NodeAddress, bootstrap_map
 
 T = TypeVar("T")
 Link = tuple[int, int]  # (from node, to node): the proxy node `from` dials to reach `to`

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from shardset_node.consistency import ReadPolicy
-from shardset_node.shardmap import ShardMap
+from shardset_proto.shardmap import ShardMap
 
 META_GROUP = 0  # the metadata group: it replicates the shard map
 META_VOTERS = 5  # voters of the metadata group at bootstrap; other nodes are learners

@@ -25,9 +25,9 @@ from shardset_node.host import RaftHost
 from shardset_node.kvengine import KvEngine
 from shardset_node.machines import MetaMachine, ShardMachine
 from shardset_node.raftstore import NodeStorage
-from shardset_node.shardmap import ShardMap
-from shardset_node.slots import slot_of
 from shardset_node.transport import ClientHandler, Transport
+from shardset_proto.shardmap import ShardMap
+from shardset_proto.slots import slot_of
 from shardset_raft import (
     ConfState,
     Message,

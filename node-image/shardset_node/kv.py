@@ -8,7 +8,7 @@ from typing import Any
 
 from shardset_node.commands import Cas, Delete, Put, encode_command
 from shardset_node.core import Node, moving
-from shardset_node.slots import slot_of
+from shardset_proto.slots import slot_of
 from shardset_raft import Role
 
 

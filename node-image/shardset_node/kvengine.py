@@ -47,7 +47,7 @@ from shardset_node.commands import (
     encode_result,
     execute,
 )
-from shardset_node.slots import slot_of
+from shardset_proto.slots import slot_of
 
 __all__ = [
     "IDEM_CAPACITY",

@@ -18,8 +18,8 @@ from typing import Any
 
 from shardset_node.commands import Command, decode_command
 from shardset_node.kvengine import KvEngine
-from shardset_node.shardmap import ShardMap
-from shardset_node.slots import slot_of
+from shardset_proto.shardmap import ShardMap
+from shardset_proto.slots import slot_of
 from shardset_raft import Entry, EntryType, Snapshot
 
 SYSTEM = b"\xc1"  # never the first byte of msgpack: marks a slot-move command (JSON)

@@ -32,8 +32,8 @@ from shardset_node.kvengine import MAX_VALUE_BYTES
 from shardset_node.metrics import NodeMetrics
 from shardset_node.peers.client import PeerClient
 from shardset_node.reads import ReadPath
-from shardset_node.shardmap import ShardMap
 from shardset_node.wire import WireServer
+from shardset_proto.shardmap import ShardMap
 
 
 def configure_logging(fmt: str) -> None:

@@ -7,9 +7,9 @@ must see the same bootstrap file it was created with.
 
 from __future__ import annotations
 
-from shardset_node.shardmap import NodeAddress, ShardMap, bootstrap_map
 from shardset_operator.models import ShardSetSpec
 from shardset_operator.naming import Names
+from shardset_proto.shardmap import NodeAddress, ShardMap, bootstrap_map
 
 BOOTSTRAP_KEY = "bootstrap.json"
 

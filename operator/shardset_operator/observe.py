@@ -9,10 +9,10 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from shardset_node.shardmap import ShardMap
 from shardset_operator.kube import Kube, PodState, StatefulSetState
 from shardset_operator.naming import Names, node_id_of_pod
 from shardset_operator.nodeclient import NodeCallError, NodeClient
+from shardset_proto.shardmap import ShardMap
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,6 @@ from datetime import datetime
 
 import structlog
 
-from shardset_node.shardmap import NodeAddress
 from shardset_operator.leaders import plan_transfer
 from shardset_operator.members import MemberPlan, plan_members
 from shardset_operator.models import Journal, MoveRecord, ShardSetSpec
@@ -46,6 +45,7 @@ from shardset_operator.repair import (
     orphan_step,
 )
 from shardset_operator.splits import Split, plan_split
+from shardset_proto.shardmap import NodeAddress
 
 log = structlog.get_logger(__name__)
 

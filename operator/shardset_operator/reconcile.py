@@ -15,7 +15,6 @@ from typing import Any
 import kopf
 import structlog
 
-from shardset_node.shardmap import ShardMap
 from shardset_operator import bootstrap
 from shardset_operator.builders.configmap import configmap
 from shardset_operator.builders.pdb import pdb
@@ -42,6 +41,7 @@ from shardset_operator.upgrade import (
     plan_roll,
     template_hash,
 )
+from shardset_proto.shardmap import ShardMap
 
 log = structlog.get_logger(__name__)
 

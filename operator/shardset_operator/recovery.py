@@ -15,9 +15,9 @@ from __future__ import annotations
 from collections.abc import Collection, Mapping
 from typing import Any
 
-from shardset_node.shardmap import ShardMap
 from shardset_operator.moves import ShardView, Step, call
 from shardset_operator.rebalance import load
+from shardset_proto.shardmap import ShardMap
 
 ANNOTATION = "shardset.io/recover-shards"
 

@@ -16,9 +16,9 @@ from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from shardset_node.shardmap import NodeAddress
 from shardset_operator.members import MemberPlan
 from shardset_operator.moves import CATCH_UP_LAG, META, ShardView, Step, call
+from shardset_proto.shardmap import NodeAddress
 
 META_VOTERS = 5  # as the node keeps it (shardset_node.node.META_VOTERS)
 

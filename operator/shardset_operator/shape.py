@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from shardset_node.shardmap import ShardMap
 from shardset_operator.models import ShardSetSpec
+from shardset_proto.shardmap import ShardMap
 
 
 @dataclass(frozen=True)

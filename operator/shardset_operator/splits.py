@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from shardset_node.shardmap import ShardMap
+from shardset_proto.shardmap import ShardMap
 
 
 @dataclass(frozen=True)

@@ -35,8 +35,8 @@ import msgpack
 from shardset.client import Client, ShardsetError
 from shardset.local import LocalCluster
 from shardset_node.raftstore import RecordKind
-from shardset_node.slots import slot_of
 from shardset_node.wal import MAGIC, WalRecord, WriteAheadLog
+from shardset_proto.slots import slot_of
 from shardset_sim.linearizability import Op, check_kv
 
 WRITES = ("put", "cas", "delete")

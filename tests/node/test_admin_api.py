@@ -13,7 +13,7 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from shardset_node.config import NodeConfig
 from shardset_node.main import assemble
-from shardset_node.shardmap import NodeAddress, bootstrap_map
+from shardset_proto.shardmap import NodeAddress, bootstrap_map
 
 ACTIONS_NEEDING_A_SHARD = [
     "transfer-leader",

@@ -27,7 +27,7 @@ from shardset_node.commands import (
     execute,
     make_idem,
 )
-from shardset_node.slots import SLOTS, slot_of
+from shardset_proto.slots import SLOTS, slot_of
 
 small = st.binary(max_size=16)
 opt = st.none() | small

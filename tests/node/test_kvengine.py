@@ -27,7 +27,7 @@ from shardset_node.kvengine import (
     SnapshotMismatch,
     StaleIndex,
 )
-from shardset_node.slots import slot_of
+from shardset_proto.slots import slot_of
 
 
 @pytest.fixture

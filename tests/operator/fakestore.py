@@ -13,9 +13,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from shardset_node.placement import initial_replicas, initial_slots
 from shardset_operator.naming import Names
 from shardset_operator.nodeclient import NodeCallError
+from shardset_proto.placement import initial_replicas, initial_slots
 
 CATCH_UP_POLLS = 2  # status polls of the leader a new learner stays behind
 

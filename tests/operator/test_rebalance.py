@@ -7,8 +7,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from shardset_node.placement import initial_replicas
 from shardset_operator.rebalance import Move, PlanError, load, plan_moves
+from shardset_proto.placement import initial_replicas
 
 
 def _placement(shards: int, nodes: int, rf: int) -> dict[int, tuple[int, ...]]:

@@ -13,12 +13,12 @@ from typing import Any
 
 import pytest
 
-from shardset_node.placement import initial_slots
 from shardset_operator.bootstrap import BOOTSTRAP_KEY
 from shardset_operator.kube import KubeError, PodState, StatefulSetState
 from shardset_operator.naming import Names
 from shardset_operator.nodeclient import NodeCallError
 from shardset_operator.reconcile import Context, Outcome, converge
+from shardset_proto.placement import initial_slots
 
 from .conftest import group, node_report
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from shardset_node.shardmap import NodeAddress, bootstrap_map
 from shardset_operator.moves import views_of
 from shardset_operator.recovery import recovery_step, requested
+from shardset_proto.shardmap import NodeAddress, bootstrap_map
 
 NODES = {i: NodeAddress(f"h{i}:1", f"http://h{i}:2") for i in range(1, 6)}
 LIVE = bootstrap_map(NODES, 4, 3)

@@ -6,9 +6,9 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from shardset_node.placement import SLOTS
-from shardset_node.shardmap import NodeAddress, ShardMap, bootstrap_map, split_range
 from shardset_operator.splits import plan_split
+from shardset_proto.shardmap import NodeAddress, ShardMap, bootstrap_map, split_range
+from shardset_proto.slots import SLOTS
 
 
 def grown(start: int, target: int) -> ShardMap:

@@ -13,8 +13,8 @@ from shardset_node.errors import ApiError
 from shardset_node.group import ReplicaGroup
 from shardset_node.machines import MetaMachine
 from shardset_node.peers.client import PeerClient
-from shardset_node.placement import SlotRange
-from shardset_node.shardmap import NodeAddress, ShardMap, split_range
+from shardset_proto.placement import SlotRange
+from shardset_proto.shardmap import NodeAddress, ShardMap, split_range
 from shardset_raft import ConfChange, ConfChangeRejected, ConfChangeType, Role
 
 MapChange = Callable[[ShardMap], ShardMap | None]

@@ -14,7 +14,7 @@ import aiohttp
 
 from shardset_node.config import META_GROUP, REQUEST_TIMEOUT
 from shardset_node.errors import ApiError
-from shardset_node.shardmap import ShardMap
+from shardset_proto.shardmap import ShardMap
 
 LocalAdmin = Callable[[str, dict[str, Any]], Awaitable[dict[str, Any]]]
 

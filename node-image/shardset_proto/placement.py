@@ -12,7 +12,7 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-SLOTS = 16384
+from shardset_proto.slots import SLOTS
 
 
 class PlacementError(ValueError):

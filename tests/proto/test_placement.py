@@ -8,15 +8,15 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from shardset_node.placement import (
-    SLOTS,
+from shardset_proto.placement import (
     PlacementError,
     initial_replicas,
     initial_slots,
     preferred_leaders,
     replica_counts,
 )
-from shardset_node.shardmap import NodeAddress, ShardMap, bootstrap_map
+from shardset_proto.shardmap import NodeAddress, ShardMap, bootstrap_map
+from shardset_proto.slots import SLOTS
 
 
 @given(st.integers(1, 64), st.integers(1, 9), st.data())

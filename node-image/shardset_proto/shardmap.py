@@ -11,7 +11,8 @@ import json
 from bisect import bisect_right
 from dataclasses import dataclass, field, replace
 
-from shardset_node.placement import SLOTS, SlotRange, initial_replicas, initial_slots
+from shardset_proto.placement import SlotRange, initial_replicas, initial_slots
+from shardset_proto.slots import SLOTS
 
 
 @dataclass(frozen=True, slots=True)
