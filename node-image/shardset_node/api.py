@@ -147,10 +147,10 @@ class _Handlers:
         return web.json_response(body, headers=_read_headers(body))
 
     async def shardmap(self, request: web.Request) -> web.Response:
-        return web.json_response(shardmap_view(self.node))
+        return web.json_response(shardmap_view(self.node).to_json())
 
     async def status(self, request: web.Request) -> web.Response:
-        return web.json_response(status(self.node, self.reads))
+        return web.json_response(status(self.node, self.reads).to_json())
 
     async def openapi(self, request: web.Request) -> web.Response:
         return web.json_response(OPENAPI)

@@ -15,11 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from shardset_node.errors import ApiError
-
-MODES = ("linearizable", "lease", "bounded", "session", "eventual")
-LEADER_MODES = frozenset({"linearizable", "lease"})
-DEFAULT_MODE = "linearizable"
-MAX_STALENESS_LIMIT_MS = 3_600_000  # an hour: a bound beyond it is a typo
+from shardset_proto.consistency import DEFAULT_MODE, MAX_STALENESS_LIMIT_MS, MODES
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,7 @@ from shardset_node.admin.dispatch import Admin
 from shardset_node.api import build_app
 from shardset_node.clientops import ClientOps
 from shardset_node.config import NodeConfig
-from shardset_node.consistency import MODES, ReadPolicy, policy_from_body
+from shardset_node.consistency import ReadPolicy, policy_from_body
 from shardset_node.core import Node
 from shardset_node.drain import drain_leadership
 from shardset_node.errors import ApiError
@@ -33,6 +33,7 @@ from shardset_node.metrics import NodeMetrics
 from shardset_node.peers.client import PeerClient
 from shardset_node.reads import ReadPath
 from shardset_node.wire import WireServer
+from shardset_proto.consistency import MODES
 from shardset_proto.shardmap import ShardMap
 
 
@@ -217,7 +218,7 @@ def assemble(cfg: NodeConfig) -> NodeProcess:
     reads = ReadPath(node, peers, cfg.read_policy)
     kv = KvWrites(node)
     admin = Admin(node, peers, reads)
-    peers.serve_locally(admin.run)  # an orchestration's call to this node itself
+    peers.serve_locally(admin.call)  # an orchestration's call to this node itself
     wire = WireServer(ClientOps(node.id, kv, reads), max_value_bytes=MAX_VALUE_BYTES)
     metrics = NodeMetrics(node, reads, wire)
     return NodeProcess(node, peers, reads, kv, admin, wire, metrics)

@@ -9,9 +9,9 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from shardset_node.consistency import MODES
 from shardset_node.core import Node
 from shardset_node.reads import ReadPath
+from shardset_proto.consistency import MODES
 
 
 class WireCounters(Protocol):

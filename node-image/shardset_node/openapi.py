@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from shardset_node.consistency import MODES
+from shardset_proto.consistency import MODES
 
 _META = {
     "shard": {"type": "integer", "description": "the shard that owns the key"},

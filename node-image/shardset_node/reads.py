@@ -28,7 +28,6 @@ from typing import Any
 import aiohttp
 
 from shardset_node.consistency import (
-    LEADER_MODES,
     FreshnessProof,
     ReadPolicy,
     proves,
@@ -38,6 +37,8 @@ from shardset_node.core import Node
 from shardset_node.errors import ApiError
 from shardset_node.group import ReplicaGroup
 from shardset_node.peers.client import PeerClient
+from shardset_proto.admin import ReadIndex
+from shardset_proto.consistency import LEADER_MODES
 from shardset_raft import Role
 
 SESSION_WAIT = 1.0  # seconds a replica waits to reach a client's session token
@@ -201,9 +202,7 @@ class ReadPath:
             return None
         asked_at = time.monotonic()  # before the request leaves: the proof's origin
         try:
-            answer = await self.peers.call(
-                leader, "read-index", {"shard": g.id}, timeout=PROOF_TIMEOUT
-            )
+            answer = await self.peers.call(leader, ReadIndex(shard=g.id), timeout=PROOF_TIMEOUT)
             index = int(answer["index"])
         except (ApiError, aiohttp.ClientError, TimeoutError, ValueError, KeyError):
             return None

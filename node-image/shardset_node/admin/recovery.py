@@ -5,16 +5,24 @@ from __future__ import annotations
 
 import asyncio
 import base64
+from typing import Any
 
 import structlog
 
-from shardset_node.admin.body import Body, id_list, int_field
 from shardset_node.admin.replicas import ReplicaActions
 from shardset_node.core import Node
 from shardset_node.errors import ApiError
 from shardset_node.group import ReplicaGroup
 from shardset_node.machines import ShardMachine
 from shardset_node.peers.client import PeerClient
+from shardset_proto.admin import (
+    CreateReplica,
+    DropReplica,
+    MapRecover,
+    ProposeSystem,
+    RecoverShard,
+    SystemCommand,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -25,7 +33,7 @@ class Recovery:
         self.peers = peers
         self.replicas = replicas
 
-    async def recover(self, body: Body) -> Body:
+    async def recover(self, body: RecoverShard) -> dict[str, Any]:
         """On a surviving replica of a shard that lost its quorum for good: rebuild the
         shard from this replica's applied state, as a new shard on `voters`.
 
@@ -35,8 +43,7 @@ class Recovery:
         it the old shard's slots (new epoch), and the old group is dropped here, so a
         lost replica that comes back holds a shard no route leads to any more.
         """
-        shard, new = int_field(body, "shard"), int_field(body, "new_shard")
-        voters = id_list(body, "voters")
+        shard, new, voters = body.shard, body.new_shard, body.voters
         m = self.node.meta.map
         if new in m.replicas and not any(r.shard == shard for r in m.slots):
             await self._drop_local(shard)  # already recovered: finish the cleanup
@@ -85,18 +92,16 @@ class Recovery:
         assert isinstance(machine, ShardMachine)
         ranges = [(r.start, r.end) for r in self.node.meta.map.slots if r.shard == g.id]
         for node in voters:
-            await self.peers.call(node, "create-replica", {"shard": new, "voters": voters})
+            await self.peers.call(node, CreateReplica(shard=new, voters=voters))
         for start, end in ranges:
             data = base64.b64encode(machine.export_slots(start, end)).decode()
-            cmd = {"op": "ingest", "start": start, "end": end, "data": data}
-            await self.peers.call_leader(new, voters, "system", {"shard": new, "command": cmd})
-        await self.peers.call_meta(
-            "map-recover", {"shard": g.id, "new_shard": new, "voters": voters}
-        )
+            cmd = SystemCommand(op="ingest", start=start, end=end, data=data)
+            await self.peers.call_leader(new, voters, ProposeSystem(shard=new, command=cmd))
+        await self.peers.call_meta(MapRecover(shard=g.id, new_shard=new, voters=voters))
 
     async def _drop_local(self, shard: int) -> None:
         for _ in range(50):  # until this node's map shows the shard gone
             if shard not in self.node.meta.map.replicas:
-                await self.replicas.drop({"shard": shard})
+                await self.replicas.drop(DropReplica(shard=shard))
                 return
             await asyncio.sleep(0.1)

@@ -3,11 +3,20 @@ membership changes and leadership transfers its leader makes."""
 
 from __future__ import annotations
 
-from shardset_node.admin.body import Body, id_list, int_field
+from typing import Any
+
 from shardset_node.admin.shardmap import MapActions
 from shardset_node.config import META_GROUP
 from shardset_node.core import Node
 from shardset_node.errors import ApiError
+from shardset_proto.admin import (
+    AddLearner,
+    CreateReplica,
+    DropReplica,
+    Promote,
+    RemoveReplica,
+    TransferLeader,
+)
 from shardset_raft import ConfChange, ConfChangeRejected, ConfChangeType, Role
 
 
@@ -16,19 +25,19 @@ class ReplicaActions:
         self.node = node
         self.shard_map = shard_map
 
-    async def transfer_leader(self, body: Body) -> Body:
-        shard, to = int_field(body, "shard"), int_field(body, "to")
+    async def transfer_leader(self, body: TransferLeader) -> dict[str, Any]:
+        shard, to = body.shard, body.to
         g = self.node.leader_group(shard, "transfer-leader")
         if g.raft.leader == to:
             return {"shard": shard, "leader": to, "changed": False}
         await self.node.wait(g, g.transfer_leadership(to), "")
         return {"shard": shard, "leader": to, "changed": True}
 
-    async def create(self, body: Body) -> Body:
+    async def create(self, body: CreateReplica) -> dict[str, Any]:
         """Host a replica of a shard here: empty, to be added as a learner; or, with
         `voters`, one of the first replicas of a brand-new shard (a split)."""
         node = self.node
-        shard = int_field(body, "shard")
+        shard = body.shard
         if shard in node.host.groups:
             return {"shard": shard, "node": node.id, "created": False}
         if shard == META_GROUP:
@@ -36,18 +45,17 @@ class ReplicaActions:
             # removed from it: it then joins as a learner (add-node).
             node.host_meta()
             return {"shard": shard, "node": node.id, "created": True}
-        voters = frozenset(id_list(body, "voters")) if "voters" in body else frozenset()
-        node.host_shard(shard, voters)
+        node.host_shard(shard, frozenset(body.voters or ()))
         return {"shard": shard, "node": node.id, "created": True}
 
-    async def add_learner(self, body: Body) -> Body:
-        return await self._conf(body, ConfChangeType.ADD_LEARNER, "add-learner")
+    async def add_learner(self, body: AddLearner) -> dict[str, Any]:
+        return await self._conf(body.shard, body.node, ConfChangeType.ADD_LEARNER, "add-learner")
 
-    async def promote(self, body: Body) -> Body:
-        return await self._conf(body, ConfChangeType.ADD_VOTER, "promote")
+    async def promote(self, body: Promote) -> dict[str, Any]:
+        return await self._conf(body.shard, body.node, ConfChangeType.ADD_VOTER, "promote")
 
-    async def remove(self, body: Body) -> Body:
-        shard, node = int_field(body, "shard"), int_field(body, "node")
+    async def remove(self, body: RemoveReplica) -> dict[str, Any]:
+        shard, node = body.shard, body.node
         groups = self.node.host.groups
         if node == self.node.id and shard in groups and groups[shard].raft.role == Role.LEADER:
             raise ApiError(
@@ -56,10 +64,11 @@ class ReplicaActions:
                 f"node {node} leads shard {shard}: transfer leadership first",
                 shard=shard,
             )
-        return await self._conf(body, ConfChangeType.REMOVE, "remove-replica")
+        return await self._conf(shard, node, ConfChangeType.REMOVE, "remove-replica")
 
-    async def _conf(self, body: Body, kind: ConfChangeType, action: str) -> Body:
-        shard, node = int_field(body, "shard"), int_field(body, "node")
+    async def _conf(
+        self, shard: int, node: int, kind: ConfChangeType, action: str
+    ) -> dict[str, Any]:
         g = self.node.leader_group(shard, action)
         try:
             outcome = await self.node.wait(g, g.conf_change(ConfChange(kind, node)), "")
@@ -76,10 +85,10 @@ class ReplicaActions:
             "learners": sorted(conf.learners),
         }
 
-    async def drop(self, body: Body) -> Body:
+    async def drop(self, body: DropReplica) -> dict[str, Any]:
         """Delete this node's replica of a shard it no longer belongs to."""
         node = self.node
-        shard = int_field(body, "shard")
+        shard = body.shard
         g = node.host.groups.get(shard)
         if g is None:
             return {"shard": shard, "node": node.id, "dropped": False}

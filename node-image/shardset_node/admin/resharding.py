@@ -4,13 +4,14 @@ the leader of the shard that gives the slots, and the slot-move commands it prop
 from __future__ import annotations
 
 import base64
+from typing import Any
 
-from shardset_node.admin.body import Body, id_list, int_field
 from shardset_node.core import Node
 from shardset_node.errors import ApiError
 from shardset_node.group import ReplicaGroup
 from shardset_node.machines import ShardMachine, system_command
 from shardset_node.peers.client import PeerClient
+from shardset_proto.admin import CreateReplica, MapSplit, ProposeSystem, SplitShard, SystemCommand
 
 
 class Resharding:
@@ -18,14 +19,13 @@ class Resharding:
         self.node = node
         self.peers = peers
 
-    async def split(self, body: Body) -> Body:
+    async def split(self, body: SplitShard) -> dict[str, Any]:
         """Move slots [start, end) of `shard` to a new shard `new_shard`, online.
 
         Resumable: every step checks whether it is already done. Writes to the
         moving slots get a retryable 503 between the freeze and the map update.
         """
-        shard, new = int_field(body, "shard"), int_field(body, "new_shard")
-        start, end = int_field(body, "start"), int_field(body, "end")
+        shard, new, start, end = body.shard, body.new_shard, body.start, body.end
         g = self.node.leader_group(shard, "split-shard")
         m = self.node.meta.map
         owned = [r for r in m.slots if r.shard == shard]
@@ -34,7 +34,7 @@ class Resharding:
             raise ApiError(409, "not_owned", f"slots [{start}, {end}) are not all in shard {shard}")
         if not already and new in m.replicas:
             raise ApiError(409, "shard_exists", f"shard {new} already exists")
-        voters = id_list(body, "replicas") if "replicas" in body else sorted(g.raft.conf.voters)
+        voters = body.replicas if body.replicas is not None else sorted(g.raft.conf.voters)
         if not already:
             await self._move(g, new, start, end, voters)
         result = await self.node.propose(g, system_command("drop", start, end))
@@ -52,29 +52,22 @@ class Resharding:
         """Create shard `new` on `voters`, freeze the slots here, copy them over and
         hand them to `new` in the shard map."""
         for node in voters:
-            await self.peers.call(node, "create-replica", {"shard": new, "voters": voters})
+            await self.peers.call(node, CreateReplica(shard=new, voters=voters))
         await self.node.propose(g, system_command("freeze", start, end, to=new))
         machine = g.machine
         assert isinstance(machine, ShardMachine)
         data = base64.b64encode(machine.export_slots(start, end)).decode()
-        ingest = {
-            "shard": new,
-            "command": {"op": "ingest", "start": start, "end": end, "data": data},
-        }
-        await self.peers.call_leader(new, voters, "system", ingest)
+        ingest = SystemCommand(op="ingest", start=start, end=end, data=data)
+        await self.peers.call_leader(new, voters, ProposeSystem(shard=new, command=ingest))
         await self.peers.call_meta(
-            "map-split",
-            {"shard": g.id, "new_shard": new, "start": start, "end": end, "voters": voters},
+            MapSplit(shard=g.id, new_shard=new, start=start, end=end, voters=voters)
         )
 
-    async def system(self, body: Body) -> Body:
+    async def system(self, body: ProposeSystem) -> dict[str, Any]:
         """Propose a slot-move command on a shard this node leads."""
-        shard = int_field(body, "shard")
-        cmd = body.get("command")
-        if not isinstance(cmd, dict) or cmd.get("op") not in ("freeze", "ingest", "drop"):
-            raise ApiError(400, "bad_field", "'command' must be a freeze, ingest or drop command")
-        g = self.node.leader_group(shard, "system")
-        fields = {k: v for k, v in cmd.items() if k not in ("op", "start", "end")}
-        data = system_command(str(cmd["op"]), int(cmd["start"]), int(cmd["end"]), **fields)
+        cmd = body.command
+        g = self.node.leader_group(body.shard, "system")
+        fields = {k: v for k, v in (("to", cmd.to), ("data", cmd.data)) if v is not None}
+        data = system_command(cmd.op, cmd.start, cmd.end, **fields)
         result = await self.node.propose(g, data)
-        return {"shard": shard, "result": result}
+        return {"shard": body.shard, "result": result}

@@ -5,14 +5,15 @@ a recovery. Each is a compare-and-set on the map's epoch, so each is idempotent.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
-from shardset_node.admin.body import Body, id_list, int_field, str_field
 from shardset_node.config import META_GROUP, REQUEST_TIMEOUT
 from shardset_node.core import Node
 from shardset_node.errors import ApiError
 from shardset_node.group import ReplicaGroup
 from shardset_node.machines import MetaMachine
 from shardset_node.peers.client import PeerClient
+from shardset_proto.admin import AddNode, MapRecover, MapSplit, RecordReplicas, RemoveNode
 from shardset_proto.placement import SlotRange
 from shardset_proto.shardmap import NodeAddress, ShardMap, split_range
 from shardset_raft import ConfChange, ConfChangeRejected, ConfChangeType, Role
@@ -25,13 +26,9 @@ class MapActions:
         self.node = node
         self.peers = peers
 
-    async def record_replicas(self, body: Body) -> Body:
+    async def record_replicas(self, body: RecordReplicas) -> dict[str, Any]:
         """On the metadata leader: set a shard's replicas in the map (CAS on epoch)."""
-        shard = int_field(body, "shard")
-        raw = body.get("voters")
-        if not isinstance(raw, list) or not all(isinstance(v, int) for v in raw) or not raw:
-            raise ApiError(400, "bad_field", "'voters' must be a non-empty list of node ids")
-        voters = tuple(raw)
+        shard, voters = body.shard, tuple(body.voters)
         meta = self.node.leader_group(META_GROUP, "record-replicas")
 
         def change(m: ShardMap) -> ShardMap | None:
@@ -48,17 +45,17 @@ class MapActions:
         which applies it as a compare-and-set on the epoch.
         """
         meta = self.node.host.groups[META_GROUP]
+        record = RecordReplicas(shard=shard, voters=list(voters))
         if meta.raft.role == Role.LEADER:
-            await self.record_replicas({"shard": shard, "voters": list(voters)})
+            await self.record_replicas(record)
             return
         leader = meta.raft.leader
         if leader == 0 or leader not in self.node.meta.map.nodes:
             raise ApiError(
                 503, "no_meta_leader", "the metadata group has no leader; retry", retry_after=1
             )
-        body = {"shard": shard, "voters": list(voters)}
         try:
-            await self.peers.call(leader, "record-replicas", body, timeout=REQUEST_TIMEOUT)
+            await self.peers.call(leader, record, timeout=REQUEST_TIMEOUT)
         except ApiError as e:
             raise ApiError(
                 503,
@@ -67,14 +64,14 @@ class MapActions:
                 retry_after=1,
             ) from e
 
-    async def add_node(self, body: Body) -> Body:
+    async def add_node(self, body: AddNode) -> dict[str, Any]:
         """On the metadata leader: make a new node a member of the store.
 
         Its addresses go into the shard map (every node then connects to it) and it
         becomes a learner of the metadata group, so it learns the map. It hosts no
         replica until replicas are moved to it."""
-        node = int_field(body, "node")
-        addr = NodeAddress(str_field(body, "peer"), str_field(body, "api"))
+        node = body.node
+        addr = NodeAddress(body.peer, body.api)
         meta = self.node.leader_group(META_GROUP, "add-node")
 
         def change(m: ShardMap) -> ShardMap | None:
@@ -92,9 +89,9 @@ class MapActions:
             await self._meta_conf(meta, ConfChange(ConfChangeType.ADD_LEARNER, node))
         return {"node": node, **result, **_meta_members(meta)}
 
-    async def remove_node(self, body: Body) -> Body:
+    async def remove_node(self, body: RemoveNode) -> dict[str, Any]:
         """On the metadata leader: remove a node that holds no replica any more."""
-        node = int_field(body, "node")
+        node = body.node
         meta = self.node.leader_group(META_GROUP, "remove-node")
         held = self.node.meta.map.shards_on(node)
         if held:
@@ -118,11 +115,10 @@ class MapActions:
         result = await self.change_map(meta, change)
         return {"node": node, **result, **_meta_members(meta)}
 
-    async def map_split(self, body: Body) -> Body:
+    async def map_split(self, body: MapSplit) -> dict[str, Any]:
         """On the metadata leader: give slots [start, end) of `shard` to `new_shard`."""
-        shard, new = int_field(body, "shard"), int_field(body, "new_shard")
-        start, end = int_field(body, "start"), int_field(body, "end")
-        voters = tuple(id_list(body, "voters"))
+        shard, new, start, end = body.shard, body.new_shard, body.start, body.end
+        voters = tuple(body.voters)
         meta = self.node.leader_group(META_GROUP, "map-split")
 
         def change(m: ShardMap) -> ShardMap | None:
@@ -133,11 +129,10 @@ class MapActions:
 
         return await self.change_map(meta, change)
 
-    async def map_recover(self, body: Body) -> Body:
+    async def map_recover(self, body: MapRecover) -> dict[str, Any]:
         """On the metadata leader: the slots of `shard` go to `new_shard`; `shard` leaves
         the map."""
-        shard, new = int_field(body, "shard"), int_field(body, "new_shard")
-        voters = tuple(id_list(body, "voters"))
+        shard, new, voters = body.shard, body.new_shard, tuple(body.voters)
         meta = self.node.leader_group(META_GROUP, "map-recover")
 
         def change(m: ShardMap) -> ShardMap | None:
@@ -151,7 +146,7 @@ class MapActions:
 
         return await self.change_map(meta, change)
 
-    async def change_map(self, meta: ReplicaGroup, change: MapChange) -> Body:
+    async def change_map(self, meta: ReplicaGroup, change: MapChange) -> dict[str, Any]:
         """Apply `change` to the shard map as a compare-and-set on its epoch, retrying
         when another change won the race; `change` returns None once it is in force."""
         for _ in range(10):
@@ -171,6 +166,6 @@ class MapActions:
             raise ApiError(409, "conf_change_rejected", str(e), shard=META_GROUP) from None
 
 
-def _meta_members(meta: ReplicaGroup) -> Body:
+def _meta_members(meta: ReplicaGroup) -> dict[str, Any]:
     conf = meta.raft.conf
     return {"meta_voters": sorted(conf.voters), "meta_learners": sorted(conf.learners)}

@@ -14,9 +14,10 @@ import aiohttp
 
 from shardset_node.config import META_GROUP, REQUEST_TIMEOUT
 from shardset_node.errors import ApiError
+from shardset_proto.admin import AdminBody
 from shardset_proto.shardmap import ShardMap
 
-LocalAdmin = Callable[[str, dict[str, Any]], Awaitable[dict[str, Any]]]
+LocalAdmin = Callable[[AdminBody], Awaitable[dict[str, Any]]]
 
 
 class PeerClient:
@@ -35,18 +36,19 @@ class PeerClient:
             await self._http.close()
 
     async def call(
-        self, node: int, action: str, body: dict[str, Any], timeout: float = REQUEST_TIMEOUT * 2
+        self, node: int, body: AdminBody, timeout: float = REQUEST_TIMEOUT * 2
     ) -> dict[str, Any]:
-        """An admin call to another node (or to this one, directly)."""
+        """An admin call (the action its body's) to another node, or to this one directly."""
         if node == self.node_id:
             assert self._local is not None, "serve_locally() was not called"
-            return await self._local(action, body)
+            return await self._local(body)
         if self._http is None:
             self._http = aiohttp.ClientSession()  # one pool of connections for every call
-        url = f"{self._map().nodes[node].api}/v1/admin/{action}"
+        action = body.action
+        url = self._map().nodes[node].api + body.path()
         limit = aiohttp.ClientTimeout(total=timeout)
         try:
-            return await self._post(node, action, url, body, limit)
+            return await self._post(node, action, url, body.to_json(), limit)
         except (aiohttp.ClientError, TimeoutError) as e:
             # A peer that is down is a retryable condition for the caller, not a crash.
             raise ApiError(
@@ -72,20 +74,18 @@ class PeerClient:
                 )
             return dict(answer)
 
-    async def call_leader(
-        self, shard: int, nodes: list[int], action: str, body: dict[str, Any]
-    ) -> dict[str, Any]:
-        """Call `action` on the leader of `shard`, waiting for one to be elected."""
+    async def call_leader(self, shard: int, nodes: list[int], body: AdminBody) -> dict[str, Any]:
+        """Call the body's action on the leader of `shard`, waiting for one to be elected."""
         for _ in range(50):
             for node in nodes:
                 try:
-                    return await self.call(node, action, body)
+                    return await self.call(node, body)
                 except ApiError as e:
                     if e.status not in (307, 503):
                         raise
             await asyncio.sleep(0.2)
         raise ApiError(503, "no_leader", f"shard {shard} elected no leader; retry", retry_after=1)
 
-    async def call_meta(self, action: str, body: dict[str, Any]) -> dict[str, Any]:
-        """Call `action` on the leader of the metadata group."""
-        return await self.call_leader(META_GROUP, sorted(self._map().nodes), action, body)
+    async def call_meta(self, body: AdminBody) -> dict[str, Any]:
+        """Call the body's action on the leader of the metadata group."""
+        return await self.call_leader(META_GROUP, sorted(self._map().nodes), body)
