@@ -29,7 +29,8 @@ from pathlib import Path
 from typing import Any
 
 from shardset import local
-from shardset.client import MODES, Client, ShardsetError
+from shardset.client import Client, ShardsetError
+from shardset_proto.consistency import MODES
 
 KEYS = 64
 MAX_READS_PER_MODE = 50_000

@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from shardset import local
-from shardset.client import MODES, PROTOCOLS, Client, ShardsetError
+from shardset.client import PROTOCOLS, Client, ShardsetError
+from shardset_proto.consistency import MODES
 
 
 def _endpoints(ns: argparse.Namespace) -> list[str]:

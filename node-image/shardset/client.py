@@ -9,7 +9,7 @@ applied once even if the first attempt's answer was lost.
 
 Two protocols carry the same operations and answers: HTTP/1.1 with JSON (the default;
 what curl and the Kubernetes Services speak) and the binary wire protocol
-(`protocol="wire"`, shardset_node.wire): msgpack over one pipelined TCP connection per
+(`protocol="wire"`, shardset_proto.wire): msgpack over one pipelined TCP connection per
 node, on the node's peer port, which costs a fraction of HTTP's CPU per operation. The
 shard map always comes over HTTP.
 
@@ -33,14 +33,15 @@ from typing import Any
 from urllib.parse import quote
 
 import aiohttp
-import msgpack  # type: ignore[import-untyped]  # ships no type information
 
-from shardset_node import wire
+from shardset_proto import urls, wire
+from shardset_proto.commands import MAX_KEY_BYTES
+from shardset_proto.consistency import LEADER_MODES, MODES
+from shardset_proto.framing import MAX_CLIENT_FRAME, FrameError, FrameReader
 from shardset_proto.slots import slot_of
+from shardset_proto.status import ShardMapView
 
 RETRYABLE = {307, 409, 421, 503}
-MODES = ("linearizable", "lease", "bounded", "session", "eventual")
-LEADER_MODES = frozenset({"linearizable", "lease"})
 PROTOCOLS = ("http", "wire")
 # What an attempt at one node may raise that means "try another replica".
 _TRANSIENT = (aiohttp.ClientError, TimeoutError, ConnectionError, OSError)
@@ -157,24 +158,24 @@ class Client:
     # --- public operations --------------------------------------------------------
     async def put(self, key: str, value: bytes) -> WriteResult:
         if self.protocol == "wire":
-            body = await self._wired(key, lambda idem: ["put", key, value, idem])
+            body = await self._wired(key, lambda idem: wire.put(key, value, idem))
         else:
             body = await self._keyed("PUT", key, data=value, idem=True)
         return self._seen(_write(body))
 
     async def delete(self, key: str) -> WriteResult:
         if self.protocol == "wire":
-            body = await self._wired(key, lambda idem: ["delete", key, idem])
+            body = await self._wired(key, lambda idem: wire.delete(key, idem))
         else:
             body = await self._keyed("DELETE", key, idem=True)
         return self._seen(_write(body))
 
     async def cas(self, key: str, expected: bytes | None, value: bytes | None) -> WriteResult:
         if self.protocol == "wire":
-            body = await self._wired(key, lambda idem: ["cas", key, expected, value, idem])
+            body = await self._wired(key, lambda idem: wire.cas(key, expected, value, idem))
         else:
             payload = {"expected": _b64(expected), "value": _b64(value)}
-            body = await self._keyed("POST", key, json=payload, idem=True, path="/v1/cas/")
+            body = await self._keyed("POST", key, json=payload, idem=True, path=urls.CAS)
         return self._seen(_write(body))
 
     async def get(
@@ -209,7 +210,7 @@ class Client:
         if self.protocol == "wire":
             body = await self._wired(
                 key,
-                lambda _: ["get", key, consistency, max_staleness_ms, token],
+                lambda _: wire.get(key, consistency, max_staleness_ms, token),
                 idem=False,
                 missing_ok=True,
                 target=replica,
@@ -257,7 +258,7 @@ class Client:
         results: list[tuple[str, bytes]] = []
         for shard in sorted(self._route.replicas):
             body = await self._request(
-                "GET", shard, "/v1/scan", params={**params, "shard": str(shard)}
+                "GET", shard, urls.SCAN, params={**params, "shard": str(shard)}
             )
             results.extend((k, base64.b64decode(v)) for k, v in body["items"])
         results.sort()
@@ -269,7 +270,7 @@ class Client:
         out: dict[str, Any] = {"epoch": self._route.epoch, "nodes": {}}
         for node, url in sorted(self._route.api.items()):
             try:
-                async with self._http().get(f"{url}/v1/status") as resp:
+                async with self._http().get(url + urls.STATUS) as resp:
                     out["nodes"][str(node)] = await resp.json()
             except (aiohttp.ClientError, TimeoutError) as e:
                 out["nodes"][str(node)] = {"error": f"unreachable: {e.__class__.__name__}"}
@@ -283,7 +284,7 @@ class Client:
         *,
         idem: bool = False,
         missing_ok: bool = False,
-        path: str = "/v1/kv/",
+        path: str = urls.KV,
         **kw: Any,
     ) -> dict[str, Any]:
         _check_key(key)
@@ -473,9 +474,9 @@ class Client:
     async def _fetch_any_map(self) -> None:
         """Ask every known node and endpoint at once; the first answer wins. Asking one
         after another would wait out each node that is gone (a scaled-down pod)."""
-        urls = list(dict.fromkeys([*self._route.api.values(), *self.endpoints]))
+        apis = list(dict.fromkeys([*self._route.api.values(), *self.endpoints]))
         errors: list[str] = []
-        pending = {asyncio.ensure_future(self._fetch_map(url)): url for url in urls}
+        pending = {asyncio.ensure_future(self._fetch_map(url)): url for url in apis}
         try:
             while pending:
                 done, _ = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
@@ -493,7 +494,7 @@ class Client:
 
     async def _fetch_map(self, url: str) -> tuple[dict[str, Any] | None, str]:
         try:
-            async with self._http().get(f"{url}/v1/shardmap") as resp:
+            async with self._http().get(url + urls.SHARDMAP) as resp:
                 if resp.status != 200:
                     return None, f"HTTP {resp.status}"
                 return await resp.json(), ""
@@ -502,13 +503,14 @@ class Client:
 
 
 def _parse_map(raw: dict[str, Any]) -> _Route:
+    view = ShardMapView.model_validate(raw)
     return _Route(
-        epoch=int(raw["epoch"]),
-        slots=[(int(a), int(b), int(s)) for a, b, s in raw["slots"]],
-        replicas={int(s): [int(n) for n in h] for s, h in raw["replicas"].items()},
-        api={int(n): str(a["api"]) for n, a in raw["nodes"].items()},
-        peer={int(n): str(a["peer"]) for n, a in raw["nodes"].items()},
-        leaders={int(s): int(n) for s, n in raw.get("leaders", {}).items() if n},
+        epoch=view.epoch,
+        slots=list(view.slots),
+        replicas=view.replicas,
+        api={n: a.api for n, a in view.nodes.items()},
+        peer={n: a.peer for n, a in view.nodes.items()},
+        leaders={s: n for s, n in view.leaders.items() if n},
     )
 
 
@@ -534,9 +536,6 @@ def _b64(value: bytes | None) -> str | None:
     return None if value is None else base64.b64encode(value).decode()
 
 
-MAX_KEY_BYTES = 1024
-
-
 def _check_key(key: str) -> None:
     size = len(key.encode())
     if not 0 < size <= MAX_KEY_BYTES:
@@ -547,13 +546,10 @@ _SWEEP_S = 0.25  # how often a wire connection looks for requests past their dea
 
 
 class _WireConn:
-    """One pipelined wire-protocol connection to a node (shardset_node.wire). Requests
+    """One pipelined wire-protocol connection to a node (shardset_proto.wire). Requests
     made in one event-loop iteration leave in one frame; answers come back by id."""
 
-    def __init__(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, frames: wire.Frames
-    ) -> None:
-        self._reader = reader
+    def __init__(self, writer: asyncio.StreamWriter, frames: FrameReader) -> None:
         self._writer = writer
         self._frames = frames
         self._loop = asyncio.get_running_loop()
@@ -569,17 +565,16 @@ class _WireConn:
     async def open(cls, addr: str, timeout: float) -> _WireConn:
         host, _, port = addr.rpartition(":")
         reader, writer = await asyncio.wait_for(asyncio.open_connection(host, int(port)), timeout)
-        frames = wire.Frames()
+        frames = FrameReader(reader, limit=MAX_CLIENT_FRAME)
         try:
             writer.write(wire.hello(wire.VERSION, 0))
-            payloads: list[bytes] = []
+            payloads: list[bytes] | None = []
             while not payloads:
-                data = await asyncio.wait_for(reader.read(4096), timeout)
-                if not data:
+                payloads = await asyncio.wait_for(frames.read(), timeout)
+                if payloads is None:
                     raise ConnectionError(f"{addr} closed the connection during the hello")
-                payloads = frames.feed(data)
             version, _ = wire.parse_hello(payloads[0])
-        except wire.FrameError as e:
+        except FrameError as e:
             writer.close()
             raise ConnectionError(f"{addr}: {e}") from None
         except BaseException:
@@ -588,7 +583,7 @@ class _WireConn:
         if version != wire.VERSION:
             writer.close()
             raise ConnectionError(f"{addr} speaks wire version {version}, not {wire.VERSION}")
-        return cls(reader, writer, frames)
+        return cls(writer, frames)
 
     def call(self, fields: list[Any], timeout: float) -> asyncio.Future[Answer]:
         if self.closed:
@@ -608,7 +603,7 @@ class _WireConn:
         self._flush_scheduled = False
         out, self._out = self._out, []
         if out and not self.closed:
-            self._writer.write(wire.frame(msgpack.packb(out, use_bin_type=True)))
+            self._writer.write(wire.encode_batch(out))
 
     def _sweep(self) -> None:
         self._sweeper = None
@@ -625,17 +620,17 @@ class _WireConn:
         error: BaseException = ConnectionError("the node closed the wire connection")
         try:
             while True:
-                data = await self._reader.read(256 * 1024)
-                if not data:
+                payloads = await self._frames.read()
+                if payloads is None:
                     break
-                for payload in self._frames.feed(data):
-                    for rid, status, body in msgpack.unpackb(payload, raw=False):
+                for payload in payloads:
+                    for rid, status, body in wire.decode_batch(payload):
                         entry = self._pending.pop(rid, None)
                         if entry is not None and not entry[0].done():
                             entry[0].set_result((status, body))
                         elif rid == 0:  # the node could not read what was sent: a bug here
                             error = ConnectionError(f"node refused a frame: {body}")
-        except (OSError, ValueError, wire.FrameError) as e:
+        except (OSError, ValueError, FrameError) as e:
             error = ConnectionError(f"wire connection failed: {e!r}")
         finally:
             self._fail(error)

@@ -34,7 +34,10 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from shardset_node.faults import BlockMode, FaultProxy
+from shardset_proto import urls
+from shardset_proto.admin import TransferLeader
 from shardset_proto.shardmap import NodeAddress, bootstrap_map
+from shardset_proto.status import NodeStatus, ShardMapView
 
 T = TypeVar("T")
 Link = tuple[int, int]  # (from node, to node): the proxy node `from` dials to reach `to`
@@ -449,20 +452,20 @@ async def _balance(endpoints: list[str]) -> dict[int, int]:
 
         while True:
             views = await asyncio.gather(
-                *(get(f"{url}/v1/status") for url in endpoints), return_exceptions=True
+                *(get(url + urls.STATUS) for url in endpoints), return_exceptions=True
             )
-            shardmap = await get(f"{endpoints[0]}/v1/shardmap")
-            api = {int(n): a["api"] for n, a in shardmap["nodes"].items()}
-            preferred = {int(s): int(h[0]) for s, h in shardmap["replicas"].items() if h}
+            shardmap = ShardMapView.model_validate(await get(endpoints[0] + urls.SHARDMAP))
+            api = {n: a.api for n, a in shardmap.nodes.items()}
+            preferred = {s: h[0] for s, h in shardmap.replicas.items() if h}
             leaders = _leaders(views)
             wrong = {s: p for s, p in preferred.items() if leaders.get(s) != p}
             if not wrong:
                 return leaders
             for shard, target in sorted(wrong.items()):
                 if shard in leaders:  # else no leader yet: look again next time
-                    body = {"shard": shard, "to": target}
-                    url = f"{api[leaders[shard]]}/v1/admin/transfer-leader"
-                    async with http.post(url, json=body):
+                    body = TransferLeader(shard=shard, to=target)
+                    url = api[leaders[shard]] + body.path()
+                    async with http.post(url, json=body.to_json()):
                         pass  # a refusal (a transfer under way) is asked again next pass
             await asyncio.sleep(0.3)
 
@@ -474,15 +477,16 @@ def _leaders(views: Iterable[Any]) -> dict[int, int]:
     for view in views:
         if not isinstance(view, dict):
             continue
-        for gid, g in view.get("groups", {}).items():
-            if g.get("role") == "leader" and gid.isdigit() and int(gid) != 0:
-                found[int(gid)] = int(view["node"])
+        report = NodeStatus.model_validate(view)
+        for shard, g in report.shards.items():
+            if g.is_leader and shard != 0:
+                found[shard] = report.node
     return found
 
 
 def _ready(api: str) -> bool:
     try:
-        with urllib.request.urlopen(f"{api}/readyz", timeout=1) as resp:
+        with urllib.request.urlopen(api + urls.READYZ, timeout=1) as resp:
             return bool(resp.status == 200)
     except (urllib.error.URLError, OSError, TimeoutError):
         return False

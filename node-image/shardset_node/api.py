@@ -22,12 +22,12 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 
 from shardset_node.admin.dispatch import Admin
 from shardset_node.core import Node
-from shardset_node.errors import ApiError
 from shardset_node.kv import KvWrites
-from shardset_node.limits import check_idem, check_key, check_value
 from shardset_node.openapi import OPENAPI
 from shardset_node.reads import ReadPath
 from shardset_node.status import shardmap_view, status
+from shardset_proto.errors import ApiError
+from shardset_proto.limits import check_idem, check_key, check_value
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 

@@ -14,8 +14,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from shardset_node.errors import ApiError
 from shardset_proto.consistency import DEFAULT_MODE, MAX_STALENESS_LIMIT_MS, MODES
+from shardset_proto.errors import ApiError
 
 
 @dataclass(frozen=True)

@@ -19,13 +19,13 @@ from typing import Any
 import structlog
 
 from shardset_node.config import META_GROUP, META_VOTERS, REQUEST_TIMEOUT, NodeConfig
-from shardset_node.errors import ApiError
 from shardset_node.group import LeadershipLost, ReplicaGroup, StateMachine
 from shardset_node.host import RaftHost
 from shardset_node.kvengine import KvEngine
 from shardset_node.machines import MetaMachine, ShardMachine
 from shardset_node.raftstore import NodeStorage
 from shardset_node.transport import ClientHandler, Transport
+from shardset_proto.errors import ApiError
 from shardset_proto.shardmap import ShardMap
 from shardset_proto.slots import slot_of
 from shardset_raft import (

@@ -6,8 +6,8 @@ from __future__ import annotations
 import base64
 from typing import Any
 
-from shardset_node.commands import Cas, Delete, Put, encode_command
 from shardset_node.core import Node, moving
+from shardset_proto.commands import Cas, Delete, Put, encode_command
 from shardset_proto.slots import slot_of
 from shardset_raft import Role
 

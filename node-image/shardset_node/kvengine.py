@@ -33,7 +33,7 @@ from typing import Any, BinaryIO
 
 import msgpack  # type: ignore[import-untyped]  # ships no type information
 
-from shardset_node.commands import (
+from shardset_proto.commands import (
     MAX_KEY_BYTES,
     MAX_VALUE_BYTES,
     Cas,

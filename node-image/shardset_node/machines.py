@@ -16,8 +16,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from shardset_node.commands import Command, decode_command
 from shardset_node.kvengine import KvEngine
+from shardset_proto.commands import Command, decode_command
 from shardset_proto.shardmap import ShardMap
 from shardset_proto.slots import slot_of
 from shardset_raft import Entry, EntryType, Snapshot

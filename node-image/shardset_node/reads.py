@@ -34,11 +34,11 @@ from shardset_node.consistency import (
     resolve,
 )
 from shardset_node.core import Node
-from shardset_node.errors import ApiError
 from shardset_node.group import ReplicaGroup
 from shardset_node.peers.client import PeerClient
 from shardset_proto.admin import ReadIndex
 from shardset_proto.consistency import LEADER_MODES
+from shardset_proto.errors import ApiError
 from shardset_raft import Role
 
 SESSION_WAIT = 1.0  # seconds a replica waits to reach a client's session token

@@ -1,16 +1,10 @@
 """Peer transport: batched, pipelined Raft messages over one TCP connection per peer.
 
-Wire format (every frame, both directions)::
-
-    uint32 big-endian payload length | payload          (payload <= max_frame)
-
-The first frame on a connection is a hello, sent by each side::
-
-    b"SHRD" | uint16 protocol version | uint64 node id  [| later fields, ignored]
-
-The dialer sends its hello first; the acceptor answers with its own (also when it
-rejects the version, so the dialer can log why) and from then on only reads. Every
-later frame, dialer to acceptor, is one :mod:`shardset_node.codec` batch.
+Frames and hellos as in :mod:`shardset_proto.framing` (magic PEER_MAGIC, payloads of
+at most max_frame bytes). The dialer sends its hello first; the acceptor answers with
+its own (also when it rejects the version, so the dialer can log why) and from then on
+only reads. Every later frame, dialer to acceptor, is one :mod:`shardset_proto.peer`
+batch.
 
 Each connection carries traffic one way: A's messages to B ride A's connection to B,
 B's replies ride B's connection to A. So nobody waits for a reply on a connection
@@ -29,19 +23,33 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
-import struct
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import structlog
 
-from shardset_node.codec import CodecError, decode_batch, encode_batch
+from shardset_proto.framing import (
+    CLIENT_MAGIC,
+    HEADER_SIZE,
+    MAX_PEER_FRAME,
+    PEER_MAGIC,
+    FrameError,
+    FrameReader,
+    frame,
+    hello,
+    read_hello,
+)
+from shardset_proto.peer import (
+    ARRAY_HEADER,
+    CodecError,
+    decode_batch,
+    encode_batch,
+    max_encoded_size,
+)
 from shardset_raft.types import Message
 
 __all__ = [
-    "CLIENT_MAGIC",
-    "MAX_FRAME",
     "PROTOCOL_VERSION",
     "Backoff",
     "BatchHandler",
@@ -53,14 +61,6 @@ __all__ = [
 ]
 
 PROTOCOL_VERSION = 1
-MAX_FRAME = 64 * 1024 * 1024
-_MAGIC = b"SHRD"
-# A client of the binary key-value protocol (shardset_node.wire) says this instead: the
-# peer port serves both, told apart by the first frame, so a node has no third port.
-CLIENT_MAGIC = b"SHKV"
-_LENGTH = struct.Struct(">I")
-_HELLO = struct.Struct(">4sHQ")
-_MAX_HELLO = 1024  # room for fields a later version may append
 
 Item = tuple[int, Message]
 BatchHandler = Callable[[int, list[Item]], None]
@@ -75,7 +75,7 @@ _LOGGER = "shardset_node.transport"
 @dataclass(frozen=True, slots=True)
 class TransportConfig:
     queue_limit: int = 10_000  # messages per peer before the oldest are dropped
-    max_frame: int = MAX_FRAME
+    max_frame: int = MAX_PEER_FRAME
     backoff_base: float = 0.05
     backoff_cap: float = 2.0
     connect_timeout: float = 1.0  # bounds the TCP connect and, separately, the handshake
@@ -144,27 +144,6 @@ class _Peer:
         self.task: asyncio.Task[None] | None = None
 
 
-def _frame(payload: bytes) -> bytes:
-    return _LENGTH.pack(len(payload)) + payload
-
-
-def _hello(version: int, node_id: int, magic: bytes = _MAGIC) -> bytes:
-    return _frame(_HELLO.pack(magic, version, node_id))
-
-
-async def _read_hello(
-    reader: asyncio.StreamReader, magics: tuple[bytes, ...] = (_MAGIC,)
-) -> tuple[bytes, int, int]:
-    """Return (magic, protocol version, node id) from the other side's hello frame."""
-    (length,) = _LENGTH.unpack(await reader.readexactly(_LENGTH.size))
-    if not _HELLO.size <= length <= _MAX_HELLO:
-        raise _HandshakeError(f"hello frame of {length} bytes")
-    magic, version, node_id = _HELLO.unpack_from(await reader.readexactly(length))
-    if magic not in magics:
-        raise _HandshakeError("not a shardset peer or client (bad magic)")
-    return magic, version, node_id
-
-
 def _take_batch(queue: deque[Item], budget: int) -> list[Item]:
     """Pop the oldest items whose encoding surely fits in `budget` bytes (at least one item).
 
@@ -174,29 +153,11 @@ def _take_batch(queue: deque[Item], budget: int) -> list[Item]:
     items: list[Item] = []
     size = 0
     while queue:
-        size += _max_encoded_size(queue[0][1])
+        size += max_encoded_size(queue[0][1])
         if items and size > budget:
             break
         items.append(queue.popleft())
     return items
-
-
-# Upper bounds of the codec's msgpack output: an int takes at most 9 bytes, a bin or
-# array header at most 5. An item is 12 scalars and 2 headers; an entry 3 ints and 2 headers.
-_ARRAY_HEADER = 5
-_ITEM_BOUND = 12 * 9 + 2 * _ARRAY_HEADER
-_ENTRY_BOUND = 3 * 9 + 2 * _ARRAY_HEADER
-
-
-def _max_encoded_size(m: Message) -> int:
-    size = _ITEM_BOUND
-    for e in m.entries:
-        size += _ENTRY_BOUND + len(e.data)
-    snap = m.snapshot
-    if snap is not None:
-        members = len(snap.meta.conf.voters) + len(snap.meta.conf.learners)
-        size += 2 * 9 + 4 * _ARRAY_HEADER + 9 * members + len(snap.data)
-    return size
 
 
 async def _close(writer: asyncio.StreamWriter) -> None:
@@ -352,7 +313,7 @@ class Transport:
             return None
         try:
             await asyncio.wait_for(self._dialer_handshake(peer, reader, writer), timeout)
-        except (OSError, TimeoutError, EOFError, _HandshakeError) as exc:
+        except (OSError, TimeoutError, EOFError, FrameError, _HandshakeError) as exc:
             self._log.debug("handshake_failed", peer=peer.node_id, error=repr(exc))
             await _close(writer)
             return None
@@ -370,9 +331,9 @@ class Transport:
         self, peer: _Peer, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
     ) -> None:
         ours = self._config.protocol_version
-        writer.write(_hello(ours, self.node_id))
+        writer.write(hello(PEER_MAGIC, ours, self.node_id))
         await writer.drain()
-        _, version, node_id = await _read_hello(reader)
+        _, version, node_id = await read_hello(reader, (PEER_MAGIC,))
         if version != ours:
             self.stats.rejected_handshakes += 1
             self._log.error(
@@ -425,12 +386,12 @@ class Transport:
         peer.wake.set()
 
     def _write_pending(self, peer: _Peer, stats: PeerStats, writer: asyncio.StreamWriter) -> None:
-        items = _take_batch(peer.queue, self._config.max_frame - _ARRAY_HEADER)
-        for frame, count in self._frames(peer, stats, items):
-            writer.write(frame)
+        items = _take_batch(peer.queue, self._config.max_frame - ARRAY_HEADER)
+        for data, count in self._frames(peer, stats, items):
+            writer.write(data)
             stats.frames_sent += 1
             stats.messages_sent += count
-            stats.bytes_sent += len(frame)
+            stats.bytes_sent += len(data)
 
     def _frames(
         self, peer: _Peer, stats: PeerStats, items: list[Item]
@@ -443,7 +404,7 @@ class Transport:
             self._log.error("encode_failed", peer=peer.node_id, dropped=len(items), error=str(exc))
             return
         if len(payload) <= self._config.max_frame:
-            yield _frame(payload), len(items)
+            yield frame(payload), len(items)
         elif len(items) == 1:
             stats.drops += 1
             self._log.error("message_too_large", peer=peer.node_id, size=len(payload))
@@ -468,9 +429,11 @@ class Transport:
         try:
             if self._closing:
                 return
-            magics = (_MAGIC, CLIENT_MAGIC) if self._on_client is not None else (_MAGIC,)
+            # A client of the binary key-value protocol (shardset_proto.wire) says
+            # CLIENT_MAGIC instead: the peer port serves both, so a node has no third port.
+            magics = (PEER_MAGIC, CLIENT_MAGIC) if self._on_client is not None else (PEER_MAGIC,)
             magic, version, node_id = await asyncio.wait_for(
-                _read_hello(reader, magics), self._config.connect_timeout
+                read_hello(reader, magics), self._config.connect_timeout
             )
             if magic == CLIENT_MAGIC and self._on_client is not None:
                 await self._on_client(reader, writer, version)
@@ -480,7 +443,7 @@ class Transport:
             )
             if from_node is not None:
                 await self._read_frames(from_node, reader)
-        except (OSError, EOFError, TimeoutError, _HandshakeError) as exc:
+        except (OSError, EOFError, TimeoutError, FrameError) as exc:
             self._log.warning("inbound_closed", remote=str(remote), error=repr(exc))
         finally:
             await _close(writer)
@@ -490,7 +453,7 @@ class Transport:
     ) -> int | None:
         ours = self._config.protocol_version
         # Answer even when refusing, so the dialer can log the versions on its side too.
-        writer.write(_hello(ours, self.node_id))
+        writer.write(hello(PEER_MAGIC, ours, self.node_id))
         await writer.drain()
         if version == ours:
             return node_id
@@ -507,27 +470,29 @@ class Transport:
 
     async def _read_frames(self, from_node: int, reader: asyncio.StreamReader) -> None:
         stats = self.stats.peer(from_node)
+        frames = FrameReader(reader, limit=self._config.max_frame)
         while True:
             try:
-                header = await reader.readexactly(_LENGTH.size)
-            except asyncio.IncompleteReadError as exc:
-                if exc.partial:
-                    self._reject_frame(from_node, "truncated frame header")
-                return  # a clean close between frames
-            (length,) = _LENGTH.unpack(header)
-            if length > self._config.max_frame:
-                self._reject_frame(from_node, f"frame of {length} bytes exceeds the limit")
-                return
-            payload = await reader.readexactly(length)
-            try:
-                items = decode_batch(payload)
-            except CodecError as exc:
+                payloads = await frames.read()
+            except FrameError as exc:
                 self._reject_frame(from_node, str(exc))
                 return
-            stats.frames_received += 1
-            stats.messages_received += len(items)
-            stats.bytes_received += _LENGTH.size + length
-            self._deliver(from_node, items)
+            if payloads is None:
+                if 0 < frames.buffered < HEADER_SIZE:
+                    self._reject_frame(from_node, "truncated frame header")
+                elif frames.buffered:
+                    raise EOFError("the peer closed the connection inside a frame")
+                return  # a clean close between frames
+            for payload in payloads:
+                try:
+                    items = decode_batch(payload)
+                except CodecError as exc:
+                    self._reject_frame(from_node, str(exc))
+                    return
+                stats.frames_received += 1
+                stats.messages_received += len(items)
+                stats.bytes_received += HEADER_SIZE + len(payload)
+                self._deliver(from_node, items)
 
     def _reject_frame(self, from_node: int, reason: str) -> None:
         # Framing is lost after a bad frame, so the connection is closed; the dialer redials.

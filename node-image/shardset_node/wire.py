@@ -1,117 +1,33 @@
-"""The binary client protocol: key-value requests as msgpack over one TCP connection.
+"""The wire server: the binary client protocol (shardset_proto.wire), served on the peer
+port for the connections the transport hands over after a client's hello.
 
-HTTP costs a Python-level parse, a request object and a JSON body per operation on
-both ends, which on a small machine is most of a put's CPU (docs/performance.md). This
-protocol carries the same operations, with the same answers, pipelined and batched:
-
-* It is served on the node's **peer port**. The transport tells a client from a peer by
-  the first frame (shardset_node.transport.CLIENT_MAGIC), so no third port is needed and
-  every address a client needs is already in the shard map (`nodes[n].peer`).
-* Framing as in the transport: ``uint32 big-endian length | payload``. The client's
-  hello is ``b"SHKV" | uint16 version | uint64 0``; the node answers with its own
-  (``b"SHKV" | version | node id``) and closes when the versions differ.
-* Every later frame is a msgpack array of requests (client to node) or of answers
-  (node to client). Everything queued during one event-loop iteration leaves in one
-  frame, so many clients sharing a connection cost one write and one read per batch.
-* Requests, each ``[id, op, key, ...]`` with `id` a client-chosen unsigned integer:
-
-  ``[id, "put", key, value, idempotency_key | nil]``
-  ``[id, "delete", key, idempotency_key | nil]``
-  ``[id, "cas", key, expected | nil, value | nil, idempotency_key | nil]``
-  ``[id, "get", key, consistency | nil, max_staleness_ms | nil, min_index]``
-
-* Answers, in any order: ``[id, status, body]``. `status` and `body` are what the HTTP
-  API would answer (200, 404 for a missing key, 307 with `leader` naming the node to
-  ask, 409, 503, ...), except that a read's `value` is raw bytes, not base64.
-* A frame that is not a msgpack array, or a request of the wrong shape, gets a 400
-  naming what is wrong (with id 0 when no id can be read); framing errors close the
-  connection.
+Requests of a batch run concurrently; answers completed in one event-loop iteration
+leave as one frame. A connection with MAX_IN_FLIGHT requests running is not read until
+half of them are answered.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import struct
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-import msgpack  # type: ignore[import-untyped]  # ships no type information
 import structlog
 
-from shardset_node.errors import ApiError
-from shardset_node.limits import check_idem, check_key, check_value
+from shardset_proto import wire
+from shardset_proto.errors import ApiError
+from shardset_proto.framing import MAX_CLIENT_FRAME, FrameError, FrameReader
+from shardset_proto.limits import check_idem, check_key, check_value
 
 if TYPE_CHECKING:
     from shardset_node.clientops import ClientOps as Node
 
-__all__ = [
-    "MAX_FRAME",
-    "VERSION",
-    "FrameError",
-    "Frames",
-    "WireServer",
-    "frame",
-    "hello",
-    "parse_hello",
-]
+__all__ = ["MAX_IN_FLIGHT", "WireServer"]
 
-VERSION = 1
-MAGIC = b"SHKV"  # the same bytes as shardset_node.transport.CLIENT_MAGIC
-MAX_FRAME = 16 * 1024 * 1024
 MAX_IN_FLIGHT = 8192  # requests per connection before the node stops reading it
-_LENGTH = struct.Struct(">I")
-_HELLO = struct.Struct(">4sHQ")
-_READ_CHUNK = 256 * 1024
 
 log = structlog.get_logger(__name__)
-
-
-class FrameError(Exception):
-    """The byte stream cannot be framed (oversized frame, bad hello): close it."""
-
-
-def frame(payload: bytes) -> bytes:
-    return _LENGTH.pack(len(payload)) + payload
-
-
-def hello(version: int, node_id: int) -> bytes:
-    return frame(_HELLO.pack(MAGIC, version, node_id))
-
-
-def parse_hello(payload: bytes) -> tuple[int, int]:
-    """(version, node id) from a hello frame's payload."""
-    if len(payload) < _HELLO.size:
-        raise FrameError(f"hello of {len(payload)} bytes")
-    magic, version, node_id = _HELLO.unpack_from(payload)
-    if magic != MAGIC:
-        raise FrameError(f"not a Shardset wire hello (magic {magic!r})")
-    return version, node_id
-
-
-class Frames:
-    """Cuts a byte stream into frame payloads; `feed` returns every complete one."""
-
-    def __init__(self, limit: int = MAX_FRAME) -> None:
-        self._buf = bytearray()
-        self._limit = limit
-
-    def feed(self, data: bytes) -> list[bytes]:
-        buf = self._buf
-        buf += data
-        out: list[bytes] = []
-        pos = 0
-        while len(buf) - pos >= 4:
-            (length,) = _LENGTH.unpack_from(buf, pos)
-            if length > self._limit:
-                raise FrameError(f"frame of {length} bytes exceeds the limit of {self._limit}")
-            end = pos + 4 + length
-            if end > len(buf):
-                break
-            out.append(bytes(buf[pos + 4 : end]))
-            pos = end
-        del buf[:pos]
-        return out
 
 
 class WireServer:
@@ -123,18 +39,18 @@ class WireServer:
         self.connections = 0
         self.requests = 0
         self._ops: dict[str, Callable[[list[Any]], Any]] = {
-            "put": self._put,
-            "delete": self._delete,
-            "cas": self._cas,
-            "get": self._get,
+            wire.Op.PUT: self._put,
+            wire.Op.DELETE: self._delete,
+            wire.Op.CAS: self._cas,
+            wire.Op.GET: self._get,
         }
 
     async def serve(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, version: int
     ) -> None:
-        writer.write(hello(VERSION, self.node.id))
-        if version != VERSION:
-            log.warning("wire_version_refused", client_version=version, ours=VERSION)
+        writer.write(wire.hello(wire.VERSION, self.node.id))
+        if version != wire.VERSION:
+            log.warning("wire_version_refused", client_version=version, ours=wire.VERSION)
             await writer.drain()
             return
         self.connections += 1
@@ -145,23 +61,23 @@ class WireServer:
 
     # --- operations: each returns (status, body) or raises ApiError ---------------------
     async def _put(self, req: list[Any]) -> tuple[int, dict[str, Any]]:
-        _, _, key, value, idem = _shape(req, 5)
+        _, _, key, value, idem = _shape(req, wire.ARITY[wire.Op.PUT])
         value = check_value(_bytes(value, "value"), self.max_value_bytes)
         return 200, await self.node.put(_key(key), value, _idem(idem), "")
 
     async def _delete(self, req: list[Any]) -> tuple[int, dict[str, Any]]:
-        _, _, key, idem = _shape(req, 4)
+        _, _, key, idem = _shape(req, wire.ARITY[wire.Op.DELETE])
         return 200, await self.node.delete(_key(key), _idem(idem), "")
 
     async def _cas(self, req: list[Any]) -> tuple[int, dict[str, Any]]:
-        _, _, key, expected, value, idem = _shape(req, 6)
+        _, _, key, expected, value, idem = _shape(req, wire.ARITY[wire.Op.CAS])
         expected = None if expected is None else _bytes(expected, "expected")
         if value is not None:
             value = check_value(_bytes(value, "value"), self.max_value_bytes)
         return 200, await self.node.cas(_key(key), expected, value, _idem(idem), "")
 
     async def _get(self, req: list[Any]) -> tuple[int, dict[str, Any]]:
-        _, _, key, mode, staleness, token = _shape(req, 6)
+        _, _, key, mode, staleness, token = _shape(req, wire.ARITY[wire.Op.GET])
         if mode is not None and not isinstance(mode, str):
             raise ApiError(400, "bad_field", "consistency must be a string or nil")
         body = await self.node.get(
@@ -188,7 +104,7 @@ class WireServer:
             status, body = await op(req)
             return [rid, status, body]
         except ApiError as e:
-            body = {"error": e.code, "message": str(e), **e.extra}
+            body = e.body()
             if e.retry_after is not None:
                 body["retry_after"] = e.retry_after
             return [rid, e.status, body]
@@ -215,14 +131,14 @@ class _Connection:
         self.room.set()
 
     async def run(self) -> None:
-        frames = Frames()
+        frames = FrameReader(self.reader, limit=MAX_CLIENT_FRAME)
         try:
             while True:
                 await self.room.wait()
-                data = await self.reader.read(_READ_CHUNK)
-                if not data:
+                payloads = await frames.read()
+                if payloads is None:
                     return
-                for payload in frames.feed(data):
+                for payload in payloads:
                     self._dispatch(payload)
                 await self.writer.drain()  # a client that stops reading stops being read
         except FrameError as e:
@@ -233,12 +149,9 @@ class _Connection:
 
     def _dispatch(self, payload: bytes) -> None:
         try:
-            batch = msgpack.unpackb(payload, raw=False)
-        except (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as e:
-            self._queue([0, 400, {"error": "bad_frame", "message": f"not msgpack: {e}"}])
-            return
-        if not isinstance(batch, list):
-            self._queue([0, 400, {"error": "bad_frame", "message": "a frame is an array"}])
+            batch = wire.decode_batch(payload)
+        except wire.BatchError as e:
+            self._queue([0, 400, {"error": "bad_frame", "message": str(e)}])
             return
         for req in batch:
             task = self.loop.create_task(self._one(req))
@@ -266,7 +179,7 @@ class _Connection:
     def _send(self, answers: list[list[Any]]) -> None:
         if answers and not self.writer.is_closing():
             with contextlib.suppress(ConnectionError, RuntimeError):
-                self.writer.write(frame(msgpack.packb(answers, use_bin_type=True)))
+                self.writer.write(wire.encode_batch(answers))
 
 
 def _shape(req: list[Any], n: int) -> list[Any]:

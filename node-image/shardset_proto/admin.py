@@ -128,24 +128,25 @@ class CreateReplica(AdminBody):
     voters: NodeIds | None = None
 
 
-class AddLearner(AdminBody):
-    action = AdminAction.ADD_LEARNER
+class MembershipChange(AdminBody):
+    """On the shard's leader: one change to the shard's Raft membership, for `node`."""
+
     shard: Index
     node: Index
 
 
-class Promote(AdminBody):
+class AddLearner(MembershipChange):
+    action = AdminAction.ADD_LEARNER
+
+
+class Promote(MembershipChange):
     """Make learner `node` a voter of the shard."""
 
     action = AdminAction.PROMOTE
-    shard: Index
-    node: Index
 
 
-class RemoveReplica(AdminBody):
+class RemoveReplica(MembershipChange):
     action = AdminAction.REMOVE_REPLICA
-    shard: Index
-    node: Index
 
 
 class DropReplica(AdminBody):

@@ -13,7 +13,7 @@ import msgpack
 from clusterkit import layout, stable_leaders
 
 from shardset.client import Client
-from shardset_node import wire
+from shardset_proto import framing, wire
 
 TIMEOUT = 90.0
 
@@ -28,7 +28,7 @@ class RawWire:
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.reader = reader
         self.writer = writer
-        self.frames = wire.Frames()
+        self.frames = framing.FrameReader(limit=framing.MAX_CLIENT_FRAME)
         self.pending: list[bytes] = []
 
     @classmethod
@@ -52,7 +52,7 @@ class RawWire:
         return await self.answers(len(requests))
 
     def send(self, payload: bytes) -> None:
-        self.writer.write(wire.frame(payload))
+        self.writer.write(framing.frame(payload))
 
     async def answers(self, n: int) -> dict[int, tuple[int, dict[str, Any]]]:
         got: dict[int, tuple[int, dict[str, Any]]] = {}
@@ -193,7 +193,7 @@ def test_wire_redirects_and_refuses_bad_input(cluster_factory: Any) -> None:
         assert got[10][0] == 404  # never written: the 307 above wrote nothing
 
         # A frame longer than the limit: refused by name, then the connection is closed.
-        conn.writer.write((wire.MAX_FRAME + 1).to_bytes(4, "big"))
+        conn.writer.write((framing.MAX_CLIENT_FRAME + 1).to_bytes(4, "big"))
         (status, body) = (await conn.answers(1))[0]
         assert status == 400 and "exceeds the limit" in body["message"], body
         assert await conn.closed()

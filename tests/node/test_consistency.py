@@ -19,9 +19,9 @@ from shardset_node.consistency import (
     resolve,
 )
 from shardset_node.drain import pick_transferee
-from shardset_node.errors import ApiError
 from shardset_node.host import RaftHost
 from shardset_node.main import id_from_hostname, parse, read_policy
+from shardset_proto.errors import ApiError
 
 
 # --------------------------------------------------------------------- admin body

@@ -11,7 +11,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from shardset_node.commands import (
+from shardset_node.kvengine import (
+    KvEngine,
+    SnapshotCorrupt,
+    SnapshotMismatch,
+    StaleIndex,
+)
+from shardset_proto.commands import (
     MAX_KEY_BYTES,
     MAX_VALUE_BYTES,
     Cas,
@@ -20,12 +26,6 @@ from shardset_node.commands import (
     Put,
     Result,
     SizeLimitError,
-)
-from shardset_node.kvengine import (
-    KvEngine,
-    SnapshotCorrupt,
-    SnapshotMismatch,
-    StaleIndex,
 )
 from shardset_proto.slots import slot_of
 

@@ -13,11 +13,11 @@ from shardset_node.admin.replicas import ReplicaActions
 from shardset_node.admin.resharding import Resharding
 from shardset_node.admin.shardmap import MapActions
 from shardset_node.core import Node
-from shardset_node.errors import ApiError
 from shardset_node.peers.client import PeerClient
 from shardset_node.reads import ReadPath
 from shardset_proto import admin as a
 from shardset_proto.admin import AdminAction, AdminBody, BadBody
+from shardset_proto.errors import ApiError
 
 B = TypeVar("B", bound=AdminBody)
 

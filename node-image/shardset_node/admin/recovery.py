@@ -11,7 +11,6 @@ import structlog
 
 from shardset_node.admin.replicas import ReplicaActions
 from shardset_node.core import Node
-from shardset_node.errors import ApiError
 from shardset_node.group import ReplicaGroup
 from shardset_node.machines import ShardMachine
 from shardset_node.peers.client import PeerClient
@@ -23,6 +22,7 @@ from shardset_proto.admin import (
     RecoverShard,
     SystemCommand,
 )
+from shardset_proto.errors import ApiError
 
 log = structlog.get_logger(__name__)
 

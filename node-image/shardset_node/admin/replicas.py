@@ -8,7 +8,6 @@ from typing import Any
 from shardset_node.admin.shardmap import MapActions
 from shardset_node.config import META_GROUP
 from shardset_node.core import Node
-from shardset_node.errors import ApiError
 from shardset_proto.admin import (
     AddLearner,
     CreateReplica,
@@ -17,6 +16,7 @@ from shardset_proto.admin import (
     RemoveReplica,
     TransferLeader,
 )
+from shardset_proto.errors import ApiError
 from shardset_raft import ConfChange, ConfChangeRejected, ConfChangeType, Role
 
 

@@ -13,8 +13,8 @@ from typing import Any
 import aiohttp
 
 from shardset_node.config import META_GROUP, REQUEST_TIMEOUT
-from shardset_node.errors import ApiError
 from shardset_proto.admin import AdminBody
+from shardset_proto.errors import ApiError
 from shardset_proto.shardmap import ShardMap
 
 LocalAdmin = Callable[[AdminBody], Awaitable[dict[str, Any]]]

@@ -30,7 +30,7 @@ from shardset_raft.types import (
     SnapshotMeta,
 )
 
-__all__ = ["CodecError", "decode_batch", "encode_batch"]
+__all__ = ["ARRAY_HEADER", "CodecError", "decode_batch", "encode_batch", "max_encoded_size"]
 
 _U64_MAX = (1 << 64) - 1
 _ITEM_ARITY = 13
@@ -80,6 +80,25 @@ def _encode_snapshot(snap: Snapshot) -> tuple[object, ...]:
     meta = snap.meta
     conf = meta.conf
     return (meta.index, meta.term, sorted(conf.voters), sorted(conf.learners), snap.data)
+
+
+# Upper bounds of the codec's msgpack output: an int takes at most 9 bytes, a bin or
+# array header at most 5. An item is 12 scalars and 2 headers; an entry 3 ints and 2 headers.
+ARRAY_HEADER = 5
+_ITEM_BOUND = 12 * 9 + 2 * ARRAY_HEADER
+_ENTRY_BOUND = 3 * 9 + 2 * ARRAY_HEADER
+
+
+def max_encoded_size(m: Message) -> int:
+    """An upper bound of the bytes `m` takes in a batch (without the batch's header)."""
+    size = _ITEM_BOUND
+    for e in m.entries:
+        size += _ENTRY_BOUND + len(e.data)
+    snap = m.snapshot
+    if snap is not None:
+        members = len(snap.meta.conf.voters) + len(snap.meta.conf.learners)
+        size += 2 * 9 + 4 * ARRAY_HEADER + 9 * members + len(snap.data)
+    return size
 
 
 def decode_batch(data: bytes) -> list[_Item]:

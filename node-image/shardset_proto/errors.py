@@ -1,4 +1,9 @@
-"""Errors the node turns into HTTP answers."""
+"""The error answer of the node's API, over HTTP and over the wire protocol alike.
+
+The node raises ApiError; the answer is its `status` with the JSON body `body()`:
+``{"error": code, "message": ..., <extra fields>}`` (a 307 names `leader` and
+`leader_url`, a 409 the map's `epoch`, ...). Clients read the status and those fields.
+"""
 
 from __future__ import annotations
 
@@ -24,3 +29,7 @@ class ApiError(Exception):
         self.location = location
         self.retry_after = retry_after
         self.extra = extra
+
+    def body(self) -> dict[str, Any]:
+        """The answer's JSON body (Retry-After is a header over HTTP)."""
+        return {"error": self.code, "message": str(self), **self.extra}

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from shardset_node.commands import (
+from shardset_proto.commands import (
     MAX_IDEM_BYTES,
     MAX_KEY_BYTES,
     MAX_VALUE_BYTES,

@@ -9,8 +9,13 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from shardset_node.codec import CodecError, decode_batch, encode_batch
-from shardset_node.transport import _ARRAY_HEADER, _max_encoded_size
+from shardset_proto.peer import (
+    ARRAY_HEADER,
+    CodecError,
+    decode_batch,
+    encode_batch,
+    max_encoded_size,
+)
 from shardset_raft.types import (
     ConfState,
     Entry,
@@ -77,7 +82,7 @@ def test_round_trip(batch: list[tuple[int, Message]]) -> None:
 @given(st.lists(st.tuples(ids, messages), min_size=1, max_size=8))
 def test_transport_size_bound_holds(batch: list[tuple[int, Message]]) -> None:
     # The transport cuts frames by this bound before encoding; it must never underestimate.
-    bound = _ARRAY_HEADER + sum(_max_encoded_size(m) for _, m in batch)
+    bound = ARRAY_HEADER + sum(max_encoded_size(m) for _, m in batch)
     assert len(encode_batch(batch)) <= bound
 
 

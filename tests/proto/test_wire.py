@@ -1,4 +1,4 @@
-"""The wire protocol's framing and hello (shardset_node.wire), without a node."""
+"""The wire protocol's framing and hello (shardset_proto.framing, .wire), without a node."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from shardset_node import wire
+from shardset_proto import framing, wire
 
 
 @given(
@@ -19,9 +19,9 @@ from shardset_node import wire
 def test_frames_survive_any_split_of_the_stream(payloads: list[bytes], cuts: list[int]) -> None:
     """TCP delivers a stream in arbitrary pieces: every frame comes out whole, in order,
     exactly once, however the bytes were cut."""
-    stream = b"".join(wire.frame(p) for p in payloads)
+    stream = b"".join(framing.frame(p) for p in payloads)
     bounds = sorted({0, len(stream), *(c for c in cuts if c < len(stream))})
-    frames = wire.Frames()
+    frames = framing.FrameReader(limit=framing.MAX_CLIENT_FRAME)
     out: list[bytes] = []
     for a, b in itertools.pairwise(bounds):
         out.extend(frames.feed(stream[a:b]))
@@ -29,22 +29,24 @@ def test_frames_survive_any_split_of_the_stream(payloads: list[bytes], cuts: lis
 
 
 def test_an_oversized_frame_is_refused_before_it_is_buffered() -> None:
-    frames = wire.Frames(limit=1024)
-    with pytest.raises(wire.FrameError, match="2048 bytes exceeds the limit of 1024"):
+    frames = framing.FrameReader(limit=1024)
+    with pytest.raises(framing.FrameError, match="2048 bytes exceeds the limit of 1024"):
         frames.feed((2048).to_bytes(4, "big") + b"x")
 
 
 def test_hello_round_trip_and_bad_magic() -> None:
-    (payload,) = wire.Frames().feed(wire.hello(wire.VERSION, 7))
+    frames = framing.FrameReader(limit=framing.MAX_CLIENT_FRAME)
+    (payload,) = frames.feed(wire.hello(wire.VERSION, 7))
     assert wire.parse_hello(payload) == (wire.VERSION, 7)
-    with pytest.raises(wire.FrameError, match="magic"):
+    with pytest.raises(framing.FrameError, match="magic"):
         wire.parse_hello(b"SHRD" + payload[4:])
-    with pytest.raises(wire.FrameError, match="hello of 3 bytes"):
+    with pytest.raises(framing.FrameError, match="hello of 3 bytes"):
         wire.parse_hello(b"SHK")
 
 
 def test_a_batch_is_a_msgpack_array_of_requests() -> None:
     """What the client sends is what the module doc says: [id, op, key, ...] items."""
     batch = [[1, "put", "k", b"v", None], [2, "get", "k", None, None, 0]]
-    (payload,) = wire.Frames().feed(wire.frame(msgpack.packb(batch, use_bin_type=True)))
+    frames = framing.FrameReader(limit=framing.MAX_CLIENT_FRAME)
+    (payload,) = frames.feed(wire.encode_batch(batch))
     assert msgpack.unpackb(payload, raw=False) == batch

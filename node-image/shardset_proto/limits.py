@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from shardset_node.commands import MAX_KEY_BYTES
-from shardset_node.errors import ApiError
+from shardset_proto.commands import MAX_KEY_BYTES
+from shardset_proto.errors import ApiError
 
 MAX_IDEMPOTENCY_KEY = 128
 

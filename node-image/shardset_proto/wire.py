@@ -1,0 +1,100 @@
+"""The binary client protocol: key-value requests as msgpack over one TCP connection.
+
+HTTP costs a Python-level parse, a request object and a JSON body per operation on
+both ends, which on a small machine is most of a put's CPU (docs/performance.md). This
+protocol carries the same operations, with the same answers, pipelined and batched:
+
+* It is served on the node's **peer port**. The node tells a client from a peer by the
+  first frame (shardset_proto.framing: CLIENT_MAGIC), so no third port is needed and
+  every address a client needs is already in the shard map (`nodes[n].peer`).
+* Framing as in the transport (shardset_proto.framing). The client's hello is
+  ``b"SHKV" | uint16 version | uint64 0``; the node answers with its own
+  (``b"SHKV" | version | node id``) and closes when the versions differ.
+* Every later frame is a msgpack array of requests (client to node) or of answers
+  (node to client). Everything queued during one event-loop iteration leaves in one
+  frame, so many clients sharing a connection cost one write and one read per batch.
+* Requests, each ``[id, op, key, ...]`` with `id` a client-chosen unsigned integer:
+
+  ``[id, "put", key, value, idempotency_key | nil]``
+  ``[id, "delete", key, idempotency_key | nil]``
+  ``[id, "cas", key, expected | nil, value | nil, idempotency_key | nil]``
+  ``[id, "get", key, consistency | nil, max_staleness_ms | nil, min_index]``
+
+* Answers, in any order: ``[id, status, body]``. `status` and `body` are what the HTTP
+  API would answer (200, 404 for a missing key, 307 with `leader` naming the node to
+  ask, 409, 503, ...), except that a read's `value` is raw bytes, not base64.
+* A frame that is not a msgpack array, or a request of the wrong shape, gets a 400
+  naming what is wrong (with id 0 when no id can be read); framing errors close the
+  connection.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Any
+
+import msgpack  # type: ignore[import-untyped]  # ships no type information
+
+from shardset_proto import framing
+
+VERSION = 1
+
+
+class Op(StrEnum):
+    PUT = "put"
+    DELETE = "delete"
+    CAS = "cas"
+    GET = "get"
+
+
+# Fields of each request, its id and op included.
+ARITY: dict[str, int] = {Op.PUT: 5, Op.DELETE: 4, Op.CAS: 6, Op.GET: 6}
+
+
+class BatchError(ValueError):
+    """A frame's payload is not a msgpack array."""
+
+
+def hello(version: int, node_id: int) -> bytes:
+    """A wire hello frame (a client says node id 0)."""
+    return framing.hello(framing.CLIENT_MAGIC, version, node_id)
+
+
+def parse_hello(payload: bytes) -> tuple[int, int]:
+    """(version, node id) from a wire hello frame's payload."""
+    _, version, node_id = framing.parse_hello(payload, (framing.CLIENT_MAGIC,))
+    return version, node_id
+
+
+# --- requests, without their id (the connection numbers them) ----------------------
+def put(key: str, value: bytes, idem: str | None) -> list[Any]:
+    return [Op.PUT.value, key, value, idem]
+
+
+def delete(key: str, idem: str | None) -> list[Any]:
+    return [Op.DELETE.value, key, idem]
+
+
+def cas(key: str, expected: bytes | None, value: bytes | None, idem: str | None) -> list[Any]:
+    return [Op.CAS.value, key, expected, value, idem]
+
+
+def get(key: str, consistency: str | None, max_staleness_ms: int | None, token: int) -> list[Any]:
+    return [Op.GET.value, key, consistency, max_staleness_ms, token]
+
+
+# --- batches -----------------------------------------------------------------------
+def encode_batch(items: list[list[Any]]) -> bytes:
+    """One frame holding `items` (requests or answers)."""
+    return framing.frame(msgpack.packb(items, use_bin_type=True))
+
+
+def decode_batch(payload: bytes) -> list[Any]:
+    """The requests or answers of one frame's payload."""
+    try:
+        batch = msgpack.unpackb(payload, raw=False)
+    except (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as e:
+        raise BatchError(f"not msgpack: {e}") from None
+    if not isinstance(batch, list):
+        raise BatchError("a frame is an array")
+    return batch
