@@ -21,7 +21,6 @@ from aiohttp import web
 
 from shardset_node.admin.dispatch import Admin
 from shardset_node.api import build_app
-from shardset_node.clientops import ClientOps
 from shardset_node.config import NodeConfig
 from shardset_node.consistency import ReadPolicy, policy_from_body
 from shardset_node.core import Node
@@ -219,7 +218,7 @@ def assemble(cfg: NodeConfig) -> NodeProcess:
     kv = KvWrites(node)
     admin = Admin(node, peers, reads)
     peers.serve_locally(admin.call)  # an orchestration's call to this node itself
-    wire = WireServer(ClientOps(node.id, kv, reads), max_value_bytes=MAX_VALUE_BYTES)
+    wire = WireServer(node.id, kv, reads, max_value_bytes=MAX_VALUE_BYTES)
     metrics = NodeMetrics(node, reads, wire)
     return NodeProcess(node, peers, reads, kv, admin, wire, metrics)
 
