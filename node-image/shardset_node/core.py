@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 from collections.abc import Sequence
 from typing import Any
 
 import structlog
 
 from shardset_node.config import META_GROUP, META_VOTERS, REQUEST_TIMEOUT, NodeConfig
+from shardset_node.files import atomic_replace
 from shardset_node.group import LeadershipLost, ReplicaGroup, StateMachine
 from shardset_node.host import RaftHost
 from shardset_node.kvengine import KvEngine
@@ -126,12 +126,7 @@ class Node:
                 "empty data directory in an existing store: rejoining, not bootstrapping",
                 node=self.id,
             )
-        tmp = path.with_suffix(".tmp")
-        with open(tmp, "w") as f:
-            json.dump({"origin": origin}, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        atomic_replace(path, json.dumps({"origin": origin}).encode())
         return origin
 
     def _peer_addresses(self, m: ShardMap) -> dict[int, tuple[str, int]]:
@@ -180,10 +175,9 @@ class Node:
         return set(json.loads(path.read_text())) if path.exists() else set()
 
     def _save_tombstones(self) -> None:
-        path = self.cfg.data_dir / TOMBSTONES
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(sorted(self.tombstones)))
-        os.replace(tmp, path)
+        # Durable before the drop goes on: this file alone stops the replica being
+        # recreated from the bootstrap map at the next start.
+        atomic_replace(self.cfg.data_dir / TOMBSTONES, json.dumps(sorted(self.tombstones)).encode())
 
     def _add_group(self, gid: int, machine: StateMachine, bootstrap: ConfState) -> None:
         gs = self.storage.group(gid)

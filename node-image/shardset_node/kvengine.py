@@ -25,7 +25,7 @@ import struct
 import threading
 import zlib
 from collections.abc import Collection, Iterable, Iterator, Sequence
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
@@ -33,6 +33,7 @@ from typing import Any, BinaryIO
 
 import msgpack  # type: ignore[import-untyped]  # ships no type information
 
+from shardset_node.files import atomic_write
 from shardset_proto.commands import (
     MAX_KEY_BYTES,
     MAX_VALUE_BYTES,
@@ -554,30 +555,23 @@ def _write_snapshot(
     kv: Iterable[Sequence[object]],
     idem: Iterable[Sequence[object]],
 ) -> _Header:
-    """Temp file, body, then the real header over the placeholder; fsync; rename."""
+    """Body after a placeholder, then the real header over it, replacing ``path`` durably."""
     kind, shard, applied, idem_seq = meta
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(bytes(_HEADER_SIZE))
-            body = _Body(f)
-            key_count = body.write_all(kv)
-            idem_count = body.write_all(idem)
-            header = _Header(
-                kind, shard, applied, key_count, idem_count, idem_seq, body.length,
-                body.digest.digest(),
-            )
-            f.seek(0)
-            f.write(header.pack())
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with suppress(FileNotFoundError):
-            tmp.unlink()
-        raise
-    _fsync_dir(path.parent)
-    return header
+
+    def write(f: BinaryIO) -> _Header:
+        f.write(bytes(_HEADER_SIZE))
+        body = _Body(f)
+        key_count = body.write_all(kv)
+        idem_count = body.write_all(idem)
+        header = _Header(
+            kind, shard, applied, key_count, idem_count, idem_seq, body.length,
+            body.digest.digest(),
+        )
+        f.seek(0)
+        f.write(header.pack())
+        return header
+
+    return atomic_write(path, write)
 
 
 def _load_full(db: sqlite3.Connection, shard: int, path: Path, header: _Header) -> None:
@@ -594,15 +588,6 @@ def _load_full(db: sqlite3.Connection, shard: int, path: Path, header: _Header) 
             ),
         )
         _expect_end(path, records)
-
-
-def _fsync_dir(directory: Path) -> None:
-    # The rename is only durable once the directory entry is.
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _verify(path: Path) -> _Header:

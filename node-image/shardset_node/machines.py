@@ -11,11 +11,15 @@ from __future__ import annotations
 import base64
 import json
 import os
+import struct
 import tempfile
-from collections.abc import Callable, Sequence
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from shardset_node.files import atomic_replace
 from shardset_node.kvengine import KvEngine
 from shardset_proto.commands import Command, decode_command
 from shardset_proto.shardmap import ShardMap
@@ -23,6 +27,36 @@ from shardset_proto.slots import slot_of
 from shardset_raft import Entry, EntryType, Snapshot
 
 SYSTEM = b"\xc1"  # never the first byte of msgpack: marks a slot-move command (JSON)
+
+Ranges = list[tuple[int, int]]
+
+# A shard's snapshot (ShardMachine.snapshot): version 1 is this header, the moved-slot
+# ranges (JSON), then the engine's snapshot file. Version 0, written before the ranges
+# were part of it, is the engine's file alone (it starts with the engine's own magic).
+SNAPSHOT_MAGIC = b"SSSHARD\x00"
+SNAPSHOT_VERSION = 1
+_SNAPSHOT_HEADER = struct.Struct(">8sHI")  # magic, version, length of the ranges' JSON
+# An export retried this many times, each because a slot move changed the ranges while
+# it ran, gives up until the next compaction point (moves are rare: one retry is plenty).
+_EXPORT_ATTEMPTS = 3
+
+
+def encode_shard_snapshot(moved: Ranges, state: bytes) -> bytes:
+    ranges = json.dumps(sorted(moved)).encode()
+    return _SNAPSHOT_HEADER.pack(SNAPSHOT_MAGIC, SNAPSHOT_VERSION, len(ranges)) + ranges + state
+
+
+def decode_shard_snapshot(data: bytes) -> tuple[Ranges | None, bytes]:
+    """The moved ranges (None in a version 0 snapshot, which has none) and the engine's
+    snapshot file."""
+    if not data.startswith(SNAPSHOT_MAGIC):
+        return None, data
+    _, version, size = _SNAPSHOT_HEADER.unpack_from(data)
+    if version != SNAPSHOT_VERSION:
+        raise ValueError(f"shard snapshot version {version} is not supported")
+    start = _SNAPSHOT_HEADER.size
+    ranges = json.loads(data[start : start + size])
+    return [(int(a), int(b)) for a, b in ranges], data[start + size :]
 
 
 def system_command(op: str, start: int, end: int, **fields: object) -> bytes:
@@ -43,8 +77,17 @@ class ShardMachine:
         self.engine = engine
         self.shard = shard
         self.scratch = scratch
+        # The moved ranges are part of the snapshot, and kept in this side file too: at a
+        # restart the engine is usually past the last snapshot (restore() then keeps the
+        # engine's state, and apply() skips the entries it holds), so a freeze applied
+        # after that snapshot is known only from here.
         self._moved_path = scratch.parent / f"moved-slots-{shard}.json"
-        self.moved: list[tuple[int, int]] = self._load_moved()
+        self.moved: Ranges = self._load_moved()
+        # Held while the ranges and the engine change together (a system command, a
+        # restore); the version counts those changes, so an export running in another
+        # thread can tell whether the ranges it read match the state it exported.
+        self._moving_lock = threading.Lock()
+        self._moved_version = 0
 
     def refuses(self, slot: int) -> bool:
         return any(a <= slot < b for a, b in self.moved)
@@ -82,35 +125,43 @@ class ShardMachine:
         start, end = int(cmd["start"]), int(cmd["end"])
         slots = range(start, end)
         if cmd["op"] == "freeze":
-            self._set_moved([*self.moved, (start, end)])
-            self.engine.apply(self.shard, index, [])
+            with self._moving():
+                self._set_moved([*self.moved, (start, end)])
+                self.engine.apply(self.shard, index, [])
             return {"frozen": [start, end]}
         if cmd["op"] == "drop":
             removed = self.engine.delete_slots(self.shard, index, slots)
             return {"dropped": removed}
         if cmd["op"] == "ingest":
-            self._set_moved([r for r in self.moved if r[1] <= start or r[0] >= end])
             path = self._scratch_file()
             try:
                 path.write_bytes(base64.b64decode(cmd["data"]))
-                info = self.engine.import_slots(self.shard, index, path)
+                with self._moving():
+                    self._set_moved([r for r in self.moved if r[1] <= start or r[0] >= end])
+                    info = self.engine.import_slots(self.shard, index, path)
             finally:
                 path.unlink(missing_ok=True)
             return {"ingested": info.key_count}
         raise ValueError(f"unknown system command {cmd['op']!r}")
 
-    def _load_moved(self) -> list[tuple[int, int]]:
+    @contextmanager
+    def _moving(self) -> Iterator[None]:
+        with self._moving_lock:
+            try:
+                yield
+            finally:
+                self._moved_version += 1
+
+    def _load_moved(self) -> Ranges:
         if not self._moved_path.exists():
             return []
         return [(int(a), int(b)) for a, b in json.loads(self._moved_path.read_text())]
 
-    def _set_moved(self, ranges: list[tuple[int, int]]) -> None:
-        # Written before the engine records the command's index, so a crash in
+    def _set_moved(self, ranges: Ranges) -> None:
+        # Written (durably) before the engine records the command's index, so a crash in
         # between replays the command (both writes are idempotent).
         self.scratch.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self._moved_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(sorted(set(ranges))))
-        os.replace(tmp, self._moved_path)
+        atomic_replace(self._moved_path, json.dumps(sorted(set(ranges))).encode())
         self.moved = sorted(set(ranges))
 
     def export_slots(self, start: int, end: int) -> bytes:
@@ -125,9 +176,23 @@ class ShardMachine:
         return self.export_state()[1]
 
     def export_state(self) -> tuple[int, bytes]:
-        """The shard's whole state and the applied index it is at. Safe off the event
-        loop: the engine exports through its own connection in one read transaction,
-        while applies go on (ReplicaGroup compacts with it from a thread)."""
+        """The shard's whole state (moved ranges included) and the applied index it is at.
+
+        Safe off the event loop: the engine exports through its own connection in one
+        read transaction, while applies go on (ReplicaGroup compacts with it from a
+        thread). The ranges read before the export belong to the exported index only if
+        no system command changed them meanwhile; else the export is taken again.
+        """
+        for _ in range(_EXPORT_ATTEMPTS):
+            with self._moving_lock:
+                version, moved = self._moved_version, self.moved
+            index, state = self._export_engine()
+            with self._moving_lock:
+                if version == self._moved_version:
+                    return index, encode_shard_snapshot(moved, state)
+        raise RuntimeError(f"shard {self.shard}: slot moves kept changing during the export")
+
+    def _export_engine(self) -> tuple[int, bytes]:
         path = self._scratch_file()
         try:
             info = self.engine.export_snapshot(self.shard, path)
@@ -141,10 +206,16 @@ class ShardMachine:
         if not snapshot.data:
             self.engine.drop_shard(self.shard)
             return
+        moved, state = decode_shard_snapshot(snapshot.data)
         path = self._scratch_file()
         try:
-            path.write_bytes(snapshot.data)
-            self.engine.import_snapshot(self.shard, path)
+            path.write_bytes(state)
+            with self._moving():
+                # The side file first, as for a freeze: a crash before the engine holds
+                # the snapshot restores it again at the restart (it is stored already).
+                if moved is not None:  # a version 0 snapshot: the side file's ranges stay
+                    self._set_moved(moved)
+                self.engine.import_snapshot(self.shard, path)
         finally:
             path.unlink(missing_ok=True)
 

@@ -27,7 +27,6 @@ then the meta ``[group, index, term, conf]`` and the data.
 from __future__ import annotations
 
 import asyncio
-import os
 import re
 import struct
 import zlib
@@ -40,6 +39,7 @@ from typing import Any
 import msgpack  # type: ignore[import-untyped]  # ships no type information
 import structlog
 
+from shardset_node.files import atomic_replace, fsync_dir, temporary_name
 from shardset_node.wal import WalError, WalRecord, WriteAheadLog
 from shardset_raft.types import (
     ConfState,
@@ -194,20 +194,6 @@ def _decode_snapshot(blob: bytes, group: int) -> Snapshot:
     return Snapshot(snap_meta, bytes(body[meta_len:]))
 
 
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view) :]
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 @dataclass(frozen=True, slots=True)
 class _SnapFile:
     group: int
@@ -224,19 +210,9 @@ class _SnapshotDir:
         self.fsync = fsync
 
     def write(self, group: int, snapshot: Snapshot) -> Path:
-        """Temp file, fsync, rename, fsync the directory: all or nothing."""
+        """All or nothing, and durable when the store fsyncs."""
         path = self.directory / snapshot_name(group, snapshot.meta)
-        tmp = path.with_name(path.name + ".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
-        try:
-            _write_all(fd, _encode_snapshot(group, snapshot))
-            if self.fsync:
-                os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-        if self.fsync:
-            _fsync_dir(self.directory)
+        atomic_replace(path, _encode_snapshot(group, snapshot), fsync=self.fsync)
         return path
 
     def read(self, group: int, meta: SnapshotMeta) -> Snapshot:
@@ -260,7 +236,8 @@ class _SnapshotDir:
         return sorted(found, key=lambda f: (f.group, f.index, f.term))
 
     def remove_temporaries(self) -> None:
-        for path in self.directory.glob("*.snap.tmp"):
+        # What a crash left of files.atomic_write's temporary files.
+        for path in self.directory.glob(temporary_name(Path("*.snap")).name):
             path.unlink(missing_ok=True)
 
     def quarantine(self, group: int, meta: SnapshotMeta) -> None:
@@ -382,7 +359,7 @@ class NodeStorage:
         for sub in (self.wal.directory, self._snapshots.directory):
             sub.mkdir(parents=True, exist_ok=True)
         if self.wal.fsync:
-            _fsync_dir(self.directory)  # the new subdirectories' names must survive too
+            fsync_dir(self.directory)  # the new subdirectories' names must survive too
         records = await asyncio.to_thread(self.wal.open)
         replayed = _replay(records)
         loaded = await asyncio.to_thread(self._load_snapshots, replayed)

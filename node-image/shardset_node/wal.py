@@ -42,6 +42,8 @@ from typing import Any
 import msgpack  # type: ignore[import-untyped]  # ships no type information
 import structlog
 
+from shardset_node.files import fsync_dir, fsync_file
+
 __all__ = ["MAGIC", "WalCorruption", "WalError", "WalRecord", "WriteAheadLog"]
 
 log = structlog.get_logger(__name__)
@@ -223,7 +225,7 @@ class WriteAheadLog:
         if paths:
             # A process crash leaves unsynced bytes in the page cache that replay just
             # read as if durable: make them so before anything depends on them.
-            _fsync_file(paths[-1][1])
+            fsync_file(paths[-1][1])
         self._opened = True
         return records
 
@@ -363,7 +365,7 @@ class WriteAheadLog:
         if self._fd is not None and self.fsync:
             os.fdatasync(self._fd)
         if created and self.fsync:
-            _fsync_dir(self.directory)  # the new segment's name must survive a crash
+            fsync_dir(self.directory)  # the new segment's name must survive a crash
 
     def _switch_file(self, chunk: _Chunk) -> None:
         if self._fd is not None:
@@ -488,19 +490,3 @@ def _write_all(fd: int, data: bytearray) -> None:
     view = memoryview(data)
     while view:
         view = view[os.write(fd, view) :]
-
-
-def _fsync_file(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
