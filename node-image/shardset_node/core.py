@@ -18,13 +18,13 @@ from typing import Any
 import structlog
 
 from shardset_node.config import META_GROUP, META_VOTERS, REQUEST_TIMEOUT, NodeConfig
-from shardset_node.files import atomic_replace
-from shardset_node.group import LeadershipLost, ReplicaGroup, StateMachine
-from shardset_node.host import RaftHost
-from shardset_node.kvengine import KvEngine
-from shardset_node.machines import MetaMachine, ShardMachine
-from shardset_node.raftstore import NodeStorage
-from shardset_node.transport import ClientHandler, Transport
+from shardset_node.peers.transport import ClientHandler, Transport
+from shardset_node.replication.group import LeadershipLost, ReplicaGroup, StateMachine
+from shardset_node.replication.host import RaftHost
+from shardset_node.replication.machines import MetaMachine, ShardMachine
+from shardset_node.storage.files import atomic_replace
+from shardset_node.storage.kvengine import KvEngine
+from shardset_node.storage.raftstore import NodeStorage
 from shardset_proto.errors import ApiError
 from shardset_proto.shardmap import ShardMap
 from shardset_proto.slots import slot_of

@@ -10,7 +10,7 @@ from collections.abc import Mapping
 import structlog
 
 from shardset_node.core import Node
-from shardset_node.group import ReplicaGroup
+from shardset_node.replication.group import ReplicaGroup
 from shardset_raft import Role
 
 log = structlog.get_logger(__name__)

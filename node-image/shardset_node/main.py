@@ -20,16 +20,16 @@ import structlog
 from aiohttp import web
 
 from shardset_node.admin.dispatch import Admin
-from shardset_node.api import build_app
 from shardset_node.config import NodeConfig
 from shardset_node.consistency import ReadPolicy, policy_from_body
 from shardset_node.core import Node
 from shardset_node.drain import drain_leadership
+from shardset_node.frontends.http import build_app
+from shardset_node.frontends.wire import WireServer
 from shardset_node.kv import KvWrites
 from shardset_node.metrics import NodeMetrics
 from shardset_node.peers.client import PeerClient
 from shardset_node.reads import ReadPath
-from shardset_node.wire import WireServer
 from shardset_proto.commands import MAX_VALUE_BYTES
 from shardset_proto.consistency import MODES
 from shardset_proto.errors import ApiError

@@ -34,8 +34,8 @@ from shardset_node.consistency import (
     resolve,
 )
 from shardset_node.core import Node
-from shardset_node.group import ReplicaGroup
 from shardset_node.peers.client import PeerClient
+from shardset_node.replication.group import ReplicaGroup
 from shardset_proto.admin import ReadIndex
 from shardset_proto.consistency import LEADER_MODES
 from shardset_proto.errors import ApiError

@@ -7,8 +7,8 @@ from __future__ import annotations
 from typing import Literal
 
 from shardset_node.core import Node
-from shardset_node.group import ReplicaGroup
 from shardset_node.reads import ReadPath
+from shardset_node.replication.group import ReplicaGroup
 from shardset_proto.status import (
     ConsistencyView,
     FollowerProgress,

@@ -20,9 +20,9 @@ import pytest
 
 from shardset_node.config import NodeConfig
 from shardset_node.core import ORIGIN, TOMBSTONES, Node
-from shardset_node.kvengine import KvEngine
-from shardset_node.machines import ShardMachine, system_command
 from shardset_node.main import assemble
+from shardset_node.replication.machines import ShardMachine, system_command
+from shardset_node.storage.kvengine import KvEngine
 from shardset_proto.commands import Put, encode_command
 from shardset_proto.shardmap import NodeAddress, bootstrap_map
 from shardset_proto.slots import SLOTS, slot_of

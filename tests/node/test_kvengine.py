@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from shardset_node.kvengine import (
+from shardset_node.storage.kvengine import (
     KvEngine,
     SnapshotCorrupt,
     SnapshotMismatch,
@@ -358,7 +358,7 @@ def test_well_checksummed_but_malformed_body_is_rolled_back(
 ) -> None:
     # A writer bug rather than disk damage: the checksums match, the records do not. The
     # load has already cleared the shard when it finds out, so this checks the rollback.
-    from shardset_node import kvengine
+    from shardset_node.storage import kvengine
 
     kvengine._write_snapshot(tmp_path / "snap", (0, 1, 99, 0), kv, [])
     engine.apply(1, 3, [Put(b"mine", b"kept")])

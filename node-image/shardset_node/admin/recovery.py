@@ -11,9 +11,9 @@ import structlog
 
 from shardset_node.admin.replicas import ReplicaActions
 from shardset_node.core import Node
-from shardset_node.group import ReplicaGroup
-from shardset_node.machines import ShardMachine
 from shardset_node.peers.client import PeerClient
+from shardset_node.replication.group import ReplicaGroup
+from shardset_node.replication.machines import ShardMachine
 from shardset_proto.admin import (
     CreateReplica,
     DropReplica,

@@ -7,9 +7,9 @@ import base64
 from typing import Any
 
 from shardset_node.core import Node
-from shardset_node.group import ReplicaGroup
-from shardset_node.machines import ShardMachine, system_command
 from shardset_node.peers.client import PeerClient
+from shardset_node.replication.group import ReplicaGroup
+from shardset_node.replication.machines import ShardMachine, system_command
 from shardset_proto.admin import CreateReplica, MapSplit, ProposeSystem, SplitShard, SystemCommand
 from shardset_proto.errors import ApiError
 

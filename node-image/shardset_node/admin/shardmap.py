@@ -9,9 +9,9 @@ from typing import Any
 
 from shardset_node.config import META_GROUP, REQUEST_TIMEOUT
 from shardset_node.core import Node
-from shardset_node.group import ReplicaGroup
-from shardset_node.machines import MetaMachine
 from shardset_node.peers.client import PeerClient
+from shardset_node.replication.group import ReplicaGroup
+from shardset_node.replication.machines import MetaMachine
 from shardset_proto.admin import AddNode, MapRecover, MapSplit, RecordReplicas, RemoveNode
 from shardset_proto.errors import ApiError
 from shardset_proto.placement import SlotRange

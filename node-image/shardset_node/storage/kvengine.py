@@ -33,7 +33,7 @@ from typing import Any, BinaryIO
 
 import msgpack  # type: ignore[import-untyped]  # ships no type information
 
-from shardset_node.files import atomic_write
+from shardset_node.storage.files import atomic_write
 from shardset_proto.commands import (
     MAX_KEY_BYTES,
     MAX_VALUE_BYTES,

@@ -22,8 +22,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 
 from shardset_node.admin.dispatch import Admin
 from shardset_node.core import Node
+from shardset_node.frontends.openapi import OPENAPI
 from shardset_node.kv import KvWrites
-from shardset_node.openapi import OPENAPI
 from shardset_node.reads import ReadPath
 from shardset_node.status import shardmap_view, status
 from shardset_proto.errors import ApiError
