@@ -15,6 +15,7 @@ import base64
 import binascii
 import json
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
@@ -26,6 +27,7 @@ from shardset_node.frontends.openapi import OPENAPI
 from shardset_node.kv import KvWrites
 from shardset_node.reads import ReadPath
 from shardset_node.status import shardmap_view, status
+from shardset_proto import urls
 from shardset_proto.errors import ApiError
 from shardset_proto.limits import check_idem, check_key, check_value
 
@@ -64,37 +66,29 @@ def build_app(
     """Routes over a node's parts: writes, reads, admin actions, status and metrics."""
     app = web.Application(middlewares=[errors_as_json], client_max_size=max_value_bytes + 4096)
     h = _Handlers(node, kv, reads, admin, registry, max_value_bytes)
-    app.router.add_put("/v1/kv/{key}", h.put)
-    app.router.add_get("/v1/kv/{key}", h.get)
-    app.router.add_delete("/v1/kv/{key}", h.delete)
-    app.router.add_post("/v1/cas/{key}", h.cas)
-    app.router.add_get("/v1/scan", h.scan)
-    app.router.add_get("/v1/shardmap", h.shardmap)
-    app.router.add_get("/v1/status", h.status)
-    app.router.add_get("/v1/openapi.json", h.openapi)
-    app.router.add_post("/v1/admin/{action}", h.admin)
-    app.router.add_get("/healthz", h.healthz)
-    app.router.add_get("/readyz", h.readyz)
-    app.router.add_get("/metrics", h.metrics)
+    app.router.add_put(urls.KV + "{key}", h.put)
+    app.router.add_get(urls.KV + "{key}", h.get)
+    app.router.add_delete(urls.KV + "{key}", h.delete)
+    app.router.add_post(urls.CAS + "{key}", h.cas)
+    app.router.add_get(urls.SCAN, h.scan)
+    app.router.add_get(urls.SHARDMAP, h.shardmap)
+    app.router.add_get(urls.STATUS, h.status)
+    app.router.add_get(urls.OPENAPI, h.openapi)
+    app.router.add_post(urls.ADMIN + "{action}", h.admin)
+    app.router.add_get(urls.HEALTHZ, h.healthz)
+    app.router.add_get(urls.READYZ, h.readyz)
+    app.router.add_get(urls.METRICS, h.metrics)
     return app
 
 
+@dataclass(frozen=True)
 class _Handlers:
-    def __init__(
-        self,
-        node: Node,
-        kv: KvWrites,
-        reads: ReadPath,
-        admin: Admin,
-        registry: CollectorRegistry,
-        max_value_bytes: int,
-    ) -> None:
-        self.node = node
-        self.kv = kv
-        self.reads = reads
-        self.admin_actions = admin
-        self.registry = registry
-        self.max_value_bytes = max_value_bytes
+    node: Node
+    kv: KvWrites
+    reads: ReadPath
+    admin_actions: Admin
+    registry: CollectorRegistry
+    max_value_bytes: int
 
     async def put(self, request: web.Request) -> web.Response:
         key = _key(request)
