@@ -33,6 +33,8 @@ lint: $(STAMP)
 	$(BIN)/mypy node-image/shardset_raft node-image/shardset_sim node-image/shardset_proto node-image/shardset_node node-image/shardset \
 		operator/shardset_operator
 	$(BIN)/lint-imports
+	$(BIN)/python hack/lint/structure.py node-image/shardset_proto node-image/shardset_node \
+		node-image/shardset node-image/shardset_raft operator/shardset_operator
 
 # Everything CI runs (.ci/run): the suite, the linters, then the local cluster
 # brought up, every e2e test run against it, and the cluster torn down.

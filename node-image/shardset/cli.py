@@ -96,13 +96,13 @@ def cmd_status(ns: argparse.Namespace) -> int:
         if ns.json:
             print(json.dumps(status, indent=2))
         else:
-            _print_status(status)
+            print_status(status)
         return 0
 
     return _run(ns, act)
 
 
-def _print_status(status: dict[str, Any]) -> None:
+def print_status(status: dict[str, Any]) -> None:
     print(f"shard map epoch {status['epoch']}")
     print(
         f"{'node':>4} {'group':>5} {'role':<10} {'term':>5} {'leader':>6} "

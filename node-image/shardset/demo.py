@@ -16,7 +16,7 @@ from collections import Counter
 from pathlib import Path
 
 from shardset import local
-from shardset.cli import _print_status
+from shardset.cli import print_status
 from shardset.client import Client, ShardsetError
 
 
@@ -62,7 +62,7 @@ async def main_async(data_dir: Path, count: int) -> int:
             cluster.wait_ready()
             print(f"node {victim} restarted and caught up")
             missing = [k for k, v in acked.items() if (await client.get(k)).value != v]
-            _print_status(await client.status())
+            print_status(await client.status())
             print(f"read back {len(acked)} acknowledged writes: {len(missing)} missing or wrong")
             return 1 if missing else 0
     except ShardsetError as e:

@@ -6,15 +6,12 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Mapping
-from typing import TYPE_CHECKING
 
 import structlog
 
+from shardset_node.core import Node
+from shardset_node.replication.group import ReplicaGroup
 from shardset_raft import Role
-
-if TYPE_CHECKING:
-    from shardset_node.group import ReplicaGroup
-    from shardset_node.node import Node
 
 log = structlog.get_logger(__name__)
 

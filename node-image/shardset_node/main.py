@@ -1,4 +1,5 @@
-"""Command line of the node process."""
+"""The node process: its command line, and the composition root that builds a node
+from its parts (core, peer client, reads, writes, admin actions, front ends, metrics)."""
 
 from __future__ import annotations
 
@@ -11,16 +12,24 @@ import signal
 import socket
 import sys
 from collections.abc import Coroutine
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import structlog
 from aiohttp import web
 
-from shardset_node.api import build_app
+from shardset_node.admin.dispatch import Admin
+from shardset_node.config import NodeConfig
 from shardset_node.consistency import ReadPolicy, policy_from_body
+from shardset_node.core import Node
 from shardset_node.drain import drain_leadership
-from shardset_node.node import Node, NodeConfig
+from shardset_node.frontends.http import build_app
+from shardset_node.frontends.wire import WireServer
+from shardset_node.kv import KvWrites
+from shardset_node.metrics import NodeMetrics
+from shardset_node.peers.client import PeerClient
+from shardset_node.reads import ReadPath
 from shardset_proto.commands import MAX_VALUE_BYTES
 from shardset_proto.consistency import MODES
 from shardset_proto.errors import ApiError
@@ -171,6 +180,49 @@ def read_policy(ns: argparse.Namespace) -> ReadPolicy:
         raise SystemExit(f"{flag}: {e}") from None
 
 
+@dataclass(frozen=True)
+class NodeProcess:
+    """One node's parts, wired together."""
+
+    node: Node
+    peers: PeerClient
+    reads: ReadPath
+    kv: KvWrites
+    admin: Admin
+    wire: WireServer
+    metrics: NodeMetrics
+
+    async def start(self) -> None:
+        await self.node.start(on_client=self.wire.serve)
+
+    async def stop(self) -> None:
+        await self.reads.close()
+        await self.peers.close()
+        await self.node.stop()
+
+    def app(self) -> web.Application:
+        return build_app(
+            self.node,
+            self.kv,
+            self.reads,
+            self.admin,
+            self.metrics.registry,
+            max_value_bytes=MAX_VALUE_BYTES,
+        )
+
+
+def assemble(cfg: NodeConfig) -> NodeProcess:
+    node = Node(cfg)
+    peers = PeerClient(cfg.node_id, lambda: node.meta.map)
+    reads = ReadPath(node, peers, cfg.read_policy)
+    kv = KvWrites(node)
+    admin = Admin(node, peers, reads)
+    peers.serve_locally(admin.call)  # an orchestration's call to this node itself
+    wire = WireServer(node.id, kv, reads, max_value_bytes=MAX_VALUE_BYTES)
+    metrics = NodeMetrics(node, reads, wire)
+    return NodeProcess(node, peers, reads, kv, admin, wire, metrics)
+
+
 async def serve(ns: argparse.Namespace) -> None:
     me = node_id(ns)
     policy = read_policy(ns)
@@ -193,9 +245,9 @@ async def serve(ns: argparse.Namespace) -> None:
         read_policy=policy,
         store_created=ns.store_created_file is not None and ns.store_created_file.exists(),
     )
-    node = Node(cfg)
-    await node.start()
-    runner = web.AppRunner(build_app(node, max_value_bytes=MAX_VALUE_BYTES), access_log=None)
+    process = assemble(cfg)
+    await process.start()
+    runner = web.AppRunner(process.app(), access_log=None)
     await runner.setup()
     await web.TCPSite(runner, ns.api[0], ns.api[1]).start()
     stop = asyncio.Event()
@@ -207,9 +259,9 @@ async def serve(ns: argparse.Namespace) -> None:
     await stop.wait()
     # Keep serving (redirects) while the leaderships move away, then stop.
     logger.info("stopping: draining leadership", node=me)
-    drained = await drain_leadership(node, ns.drain_timeout_s)
+    drained = await drain_leadership(process.node, ns.drain_timeout_s)
     await runner.cleanup()
-    await node.stop()
+    await process.stop()
     logger.info("stopped", node=me, drained=drained)
 
 

@@ -3,24 +3,37 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
+from typing import Protocol
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from shardset_node.core import Node
+from shardset_node.reads import ReadPath
 from shardset_proto.consistency import MODES
 
 
+class WireCounters(Protocol):
+    """What the wire server counts (a front end, above this module)."""
+
+    @property
+    def connections(self) -> int: ...
+    @property
+    def requests(self) -> int: ...
+
+
 class NodeMetrics:
-    def __init__(self, node: Any) -> None:
+    def __init__(self, node: Node, reads: ReadPath, wire: WireCounters) -> None:
         self.registry = CollectorRegistry()
-        self.registry.register(_NodeCollector(node))
+        self.registry.register(_NodeCollector(node, reads, wire))
 
 
 class _NodeCollector(Collector):
-    def __init__(self, node: Any) -> None:
+    def __init__(self, node: Node, reads: ReadPath, wire: WireCounters) -> None:
         self.node = node
+        self.reads = reads
+        self.wire = wire
 
     def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
         host = self.node.host
@@ -39,7 +52,7 @@ class _NodeCollector(Collector):
             commit.add_metric(label, g.raft.committed)
             applied.add_metric(label, g.raft.applied)
         yield from (term, leader, commit, applied)
-        reads = self.node.reads
+        reads = self.reads
         served = CounterMetricFamily(
             "shardset_reads_served", "Reads this node served, by consistency mode", labels=["mode"]
         )
@@ -56,7 +69,7 @@ class _NodeCollector(Collector):
         yield CounterMetricFamily(
             "shardset_disk_syncs", "Rounds that synced the write-ahead log", value=host.syncs
         )
-        wire = self.node.wire
+        wire = self.wire
         yield GaugeMetricFamily(
             "shardset_wire_connections",
             "Open client connections of the binary wire protocol",

@@ -23,7 +23,7 @@ import base64
 import collections
 import contextlib
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import aiohttp
 
@@ -33,21 +33,22 @@ from shardset_node.consistency import (
     proves,
     resolve,
 )
+from shardset_node.core import Node
+from shardset_node.peers.client import PeerClient
+from shardset_node.replication.group import ReplicaGroup
+from shardset_proto.admin import ReadIndex
 from shardset_proto.consistency import LEADER_MODES
 from shardset_proto.errors import ApiError
 from shardset_raft import Role
-
-if TYPE_CHECKING:
-    from shardset_node.group import ReplicaGroup
-    from shardset_node.node import Node
 
 SESSION_WAIT = 1.0  # seconds a replica waits to reach a client's session token
 PROOF_TIMEOUT = 1.0  # seconds a follower waits for the leader's read index
 
 
 class ReadPath:
-    def __init__(self, node: Node, policy: ReadPolicy) -> None:
+    def __init__(self, node: Node, peers: PeerClient, policy: ReadPolicy) -> None:
         self.node = node
+        self.peers = peers
         self.policy = policy
         self.served: collections.Counter[str] = collections.Counter()
         self.refused: collections.Counter[str] = collections.Counter()
@@ -64,7 +65,7 @@ class ReadPath:
         self, key: bytes, mode: str | None, bound: int | None, token: int, path: str
     ) -> dict[str, Any]:
         chosen, bound = resolve(self.policy, mode, bound)
-        g = self.node._group_for_key(key, path)
+        g = self.node.group_for_key(key, path)
         index, extra = await self._counted(g, chosen, bound, token, path)
         value = self.node.engine.get(g.id, key)  # no await since `index` was taken
         return {
@@ -86,7 +87,7 @@ class ReadPath:
         path: str,
     ) -> dict[str, Any]:
         chosen, bound = resolve(self.policy, mode, bound)
-        g = self.node._group(shard, path)
+        g = self.node.group(shard, path)
         index, extra = await self._counted(g, chosen, bound, token, path)
         end_key = None if end is None else end.encode()
         items = self.node.engine.scan(g.id, start.encode(), end_key, limit)
@@ -134,7 +135,7 @@ class ReadPath:
         if g.raft.role != Role.LEADER:
             raise self._elsewhere(g, path, f"{mode} reads are served by the shard's leader")
         try:
-            index = await self.node._await(g, g.read_index(use_lease=mode == "lease"), path)
+            index = await self.node.wait(g, g.read_index(use_lease=mode == "lease"), path)
         except ApiError as e:
             if e.code != "no_leader":
                 raise
@@ -201,9 +202,7 @@ class ReadPath:
             return None
         asked_at = time.monotonic()  # before the request leaves: the proof's origin
         try:
-            answer = await self.node._call(
-                leader, "read-index", {"shard": g.id}, timeout=PROOF_TIMEOUT
-            )
+            answer = await self.peers.call(leader, ReadIndex(shard=g.id), timeout=PROOF_TIMEOUT)
             index = int(answer["index"])
         except (ApiError, aiohttp.ClientError, TimeoutError, ValueError, KeyError):
             return None
@@ -218,7 +217,7 @@ class ReadPath:
         """Send the client to the leader (307), or refuse (503) when none is known."""
         leader = g.raft.leader
         if leader not in (0, self.node.id) and leader in self.node.meta.map.nodes:
-            err = self.node._redirect(g.id, leader, path)
+            err = self.node.redirect(g.id, leader, path)
             return ApiError(
                 err.status, err.code, f"{why}; node {leader} leads shard {g.id}",
                 location=err.location, **err.extra,

@@ -34,8 +34,8 @@ import msgpack
 
 from shardset.client import Client, ShardsetError
 from shardset.local import LocalCluster
-from shardset_node.raftstore import RecordKind
-from shardset_node.wal import MAGIC, WalRecord, WriteAheadLog
+from shardset_node.storage.raftstore import RecordKind
+from shardset_node.storage.wal import MAGIC, WalRecord, WriteAheadLog
 from shardset_proto.slots import slot_of
 from shardset_sim.linearizability import Op, check_kv
 

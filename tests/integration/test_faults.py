@@ -43,8 +43,8 @@ from clusterkit import (
 
 from shardset.client import Client, ShardsetError
 from shardset.local import LocalCluster
-from shardset_node.raftstore import RecordKind
-from shardset_node.wal import frame
+from shardset_node.storage.raftstore import RecordKind
+from shardset_node.storage.wal import frame
 from shardset_sim.linearizability import Op
 
 SCENARIO_TIMEOUT = 150.0  # a bound on each test's wall time, far above the expected ~20 s

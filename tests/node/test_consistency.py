@@ -19,8 +19,8 @@ from shardset_node.consistency import (
     resolve,
 )
 from shardset_node.drain import pick_transferee
-from shardset_node.host import RaftHost
 from shardset_node.main import id_from_hostname, parse, read_policy
+from shardset_node.replication.host import RaftHost
 from shardset_proto.errors import ApiError
 
 

@@ -18,9 +18,11 @@ from pathlib import Path
 
 import pytest
 
-from shardset_node.kvengine import KvEngine
-from shardset_node.machines import ShardMachine, system_command
-from shardset_node.node import ORIGIN, TOMBSTONES, Node, NodeConfig
+from shardset_node.config import NodeConfig
+from shardset_node.core import ORIGIN, TOMBSTONES, Node
+from shardset_node.main import assemble
+from shardset_node.replication.machines import ShardMachine, system_command
+from shardset_node.storage.kvengine import KvEngine
 from shardset_proto.commands import Put, encode_command
 from shardset_proto.shardmap import NodeAddress, bootstrap_map
 from shardset_proto.slots import SLOTS, slot_of
@@ -70,32 +72,38 @@ def assert_durable(path: Path, syncs: list[_Sync]) -> None:
     assert min(files) < max(dirs)
 
 
-def _node(tmp_path: Path) -> Node:
+def _config(tmp_path: Path) -> NodeConfig:
     nodes = {1: NodeAddress("127.0.0.1:1", "127.0.0.1:2")}
-    cfg = NodeConfig(1, tmp_path / "data", "127.0.0.1", 0, bootstrap_map(nodes, 1, 1))
-    return Node(cfg)
+    return NodeConfig(1, tmp_path / "data", "127.0.0.1", 0, bootstrap_map(nodes, 1, 1))
 
 
 def test_tombstones_are_durable_when_saved(tmp_path: Path, fsyncs: list[_Sync]) -> None:
-    node = _node(tmp_path)
-    try:
-        node.tombstones = {3, 7}
-        node._save_tombstones()
-        assert_durable(node.cfg.data_dir / TOMBSTONES, fsyncs)
-        assert node._load_tombstones() == {3, 7}
-    finally:
-        node.engine.close()
-
-
-def test_origin_is_durable_when_decided(tmp_path: Path, fsyncs: list[_Sync]) -> None:
-    node = _node(tmp_path)
+    node = Node(_config(tmp_path))
     try:
         asyncio.run(node.storage.open())
-        assert node._origin() == "bootstrap"
-        assert_durable(node.cfg.data_dir / ORIGIN, fsyncs)
+        node.tombstones = {3, 7, 9}
+        node.host_shard(9, frozenset())  # shard 9 hosted again: the file is saved without it
+        assert_durable(node.cfg.data_dir / TOMBSTONES, fsyncs)
         asyncio.run(node.storage.close())
     finally:
         node.engine.close()
+    again = Node(_config(tmp_path))  # loads the tombstones at construction
+    try:
+        assert again.tombstones == {3, 7}
+    finally:
+        again.engine.close()
+
+
+def test_origin_is_durable_when_decided(tmp_path: Path, fsyncs: list[_Sync]) -> None:
+    process = assemble(_config(tmp_path))
+
+    async def start_and_stop() -> None:
+        await process.start()
+        await process.stop()
+
+    asyncio.run(start_and_stop())
+    assert process.node.origin == "bootstrap"
+    assert_durable(process.node.cfg.data_dir / ORIGIN, fsyncs)
 
 
 @pytest.fixture

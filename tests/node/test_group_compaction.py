@@ -1,6 +1,6 @@
 """Compaction of a big shard must not stop the node: the state machine's export runs in
 a thread, writes keep being answered meanwhile, and the log is compacted afterwards at
-the index the export captured (shardset_node.group.ReplicaGroup._maybe_compact)."""
+the index the export captured (shardset_node.replication.group.ReplicaGroup._maybe_compact)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import threading
 import time
 from collections.abc import Sequence
 
-from shardset_node.group import ReplicaGroup
-from shardset_node.host import RaftHost
+from shardset_node.replication.group import ReplicaGroup
+from shardset_node.replication.host import RaftHost
 from shardset_raft import ConfState, Entry, Raft, RaftConfig, Ready, Snapshot
 
 EXPORT_SECONDS = 0.5

@@ -11,12 +11,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from shardset_node.kvengine import (
-    KvEngine,
-    SnapshotCorrupt,
-    SnapshotMismatch,
-    StaleIndex,
-)
+from shardset_node.storage.kvengine import KvEngine, StaleIndex
+from shardset_node.storage.snapshot import SnapshotCorrupt, SnapshotMismatch, write_snapshot
 from shardset_proto.commands import (
     MAX_KEY_BYTES,
     MAX_VALUE_BYTES,
@@ -358,9 +354,7 @@ def test_well_checksummed_but_malformed_body_is_rolled_back(
 ) -> None:
     # A writer bug rather than disk damage: the checksums match, the records do not. The
     # load has already cleared the shard when it finds out, so this checks the rollback.
-    from shardset_node import kvengine
-
-    kvengine._write_snapshot(tmp_path / "snap", (0, 1, 99, 0), kv, [])
+    write_snapshot(tmp_path / "snap", (0, 1, 99, 0), kv, [])
     engine.apply(1, 3, [Put(b"mine", b"kept")])
     with pytest.raises(SnapshotCorrupt, match=reason):
         engine.import_snapshot(1, tmp_path / "snap")

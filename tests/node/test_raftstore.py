@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from structlog.testing import capture_logs
 
-from shardset_node.raftstore import NodeStorage, snapshot_name
+from shardset_node.storage.raftstore import NodeStorage, snapshot_name
 from shardset_raft import (
     ConfState,
     Entry,

@@ -18,7 +18,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from shardset_node.faults import FaultProxy
-from shardset_node.transport import PROTOCOL_VERSION, Transport, TransportConfig
+from shardset_node.peers.transport import PROTOCOL_VERSION, Transport, TransportConfig
 from shardset_raft.types import Entry, Message, MessageType
 
 # Unclosed sockets or transports surface as ResourceWarnings: make them failures.

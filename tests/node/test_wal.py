@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from structlog.testing import capture_logs
 
-from shardset_node.wal import WalCorruption, WalError, WalRecord, WriteAheadLog
+from shardset_node.storage.wal import WalCorruption, WalError, WalRecord, WriteAheadLog
 
 
 def rec(group: int, index: int, body: object = b"x" * 32) -> WalRecord:

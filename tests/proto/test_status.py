@@ -12,7 +12,9 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from shardset_node.node import Node, NodeConfig
+from shardset_node.config import NodeConfig
+from shardset_node.main import assemble
+from shardset_node.status import shardmap_view, status
 from shardset_proto.shardmap import NodeAddress, bootstrap_map
 from shardset_proto.status import (
     META_KEY,
@@ -137,18 +139,19 @@ def test_a_real_nodes_status_and_shardmap_parse_back_unchanged(tmp_path: Path) -
         port = _free_port()
         addr = NodeAddress(f"127.0.0.1:{port}", "http://127.0.0.1:1")
         boot = bootstrap_map({1: addr}, shards=2, replication=1)
-        node = Node(NodeConfig(1, tmp_path, "127.0.0.1", port, boot, fsync=False))
-        await node.start()
+        process = assemble(NodeConfig(1, tmp_path, "127.0.0.1", port, boot, fsync=False))
+        node = process.node
+        await process.start()
         try:
             for _ in range(200):
                 if not node.readiness_problems():
                     break
                 await asyncio.sleep(0.02)
-            return node.status(), node.shardmap_view()
+            return status(node, process.reads).to_json(), shardmap_view(node).to_json()
         finally:
-            await node.stop()
+            await process.stop()
 
-    status, view = asyncio.run(run())
-    assert NodeStatus.model_validate(status).to_json() == status
+    report, view = asyncio.run(run())
+    assert NodeStatus.model_validate(report).to_json() == report
     assert ShardMapView.model_validate(view).to_json() == view
-    assert NodeStatus.model_validate(status).shards[1].is_leader
+    assert NodeStatus.model_validate(report).shards[1].is_leader

@@ -39,8 +39,8 @@ from typing import Any
 import msgpack  # type: ignore[import-untyped]  # ships no type information
 import structlog
 
-from shardset_node.files import atomic_replace, fsync_dir, temporary_name
-from shardset_node.wal import WalError, WalRecord, WriteAheadLog
+from shardset_node.storage.files import atomic_replace, fsync_dir, temporary_name
+from shardset_node.storage.wal import WalError, WalRecord, WriteAheadLog
 from shardset_raft.types import (
     ConfState,
     Entry,

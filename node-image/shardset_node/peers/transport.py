@@ -69,7 +69,7 @@ BatchHandler = Callable[[int, list[Item]], None]
 ClientHandler = Callable[[asyncio.StreamReader, asyncio.StreamWriter, int], Awaitable[None]]
 Address = tuple[str, int]
 
-_LOGGER = "shardset_node.transport"
+_LOGGER = "shardset_node.peers.transport"
 
 
 @dataclass(frozen=True, slots=True)

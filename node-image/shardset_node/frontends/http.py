@@ -15,12 +15,19 @@ import base64
 import binascii
 import json
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-from shardset_node.openapi import OPENAPI
+from shardset_node.admin.dispatch import Admin
+from shardset_node.core import Node
+from shardset_node.frontends.openapi import OPENAPI
+from shardset_node.kv import KvWrites
+from shardset_node.reads import ReadPath
+from shardset_node.status import shardmap_view, status
+from shardset_proto import urls
 from shardset_proto.errors import ApiError
 from shardset_proto.limits import check_idem, check_key, check_value
 
@@ -47,38 +54,50 @@ async def errors_as_json(request: web.Request, handler: Handler) -> web.StreamRe
         )
 
 
-def build_app(node: Any, *, max_value_bytes: int) -> web.Application:
-    """Routes over `node` (a shardset_node.node.Node)."""
+def build_app(
+    node: Node,
+    kv: KvWrites,
+    reads: ReadPath,
+    admin: Admin,
+    registry: CollectorRegistry,
+    *,
+    max_value_bytes: int,
+) -> web.Application:
+    """Routes over a node's parts: writes, reads, admin actions, status and metrics."""
     app = web.Application(middlewares=[errors_as_json], client_max_size=max_value_bytes + 4096)
-    h = _Handlers(node, max_value_bytes)
-    app.router.add_put("/v1/kv/{key}", h.put)
-    app.router.add_get("/v1/kv/{key}", h.get)
-    app.router.add_delete("/v1/kv/{key}", h.delete)
-    app.router.add_post("/v1/cas/{key}", h.cas)
-    app.router.add_get("/v1/scan", h.scan)
-    app.router.add_get("/v1/shardmap", h.shardmap)
-    app.router.add_get("/v1/status", h.status)
-    app.router.add_get("/v1/openapi.json", h.openapi)
-    app.router.add_post("/v1/admin/{action}", h.admin)
-    app.router.add_get("/healthz", h.healthz)
-    app.router.add_get("/readyz", h.readyz)
-    app.router.add_get("/metrics", h.metrics)
+    h = _Handlers(node, kv, reads, admin, registry, max_value_bytes)
+    app.router.add_put(urls.KV + "{key}", h.put)
+    app.router.add_get(urls.KV + "{key}", h.get)
+    app.router.add_delete(urls.KV + "{key}", h.delete)
+    app.router.add_post(urls.CAS + "{key}", h.cas)
+    app.router.add_get(urls.SCAN, h.scan)
+    app.router.add_get(urls.SHARDMAP, h.shardmap)
+    app.router.add_get(urls.STATUS, h.status)
+    app.router.add_get(urls.OPENAPI, h.openapi)
+    app.router.add_post(urls.ADMIN + "{action}", h.admin)
+    app.router.add_get(urls.HEALTHZ, h.healthz)
+    app.router.add_get(urls.READYZ, h.readyz)
+    app.router.add_get(urls.METRICS, h.metrics)
     return app
 
 
+@dataclass(frozen=True)
 class _Handlers:
-    def __init__(self, node: Any, max_value_bytes: int) -> None:
-        self.node = node
-        self.max_value_bytes = max_value_bytes
+    node: Node
+    kv: KvWrites
+    reads: ReadPath
+    admin_actions: Admin
+    registry: CollectorRegistry
+    max_value_bytes: int
 
     async def put(self, request: web.Request) -> web.Response:
         key = _key(request)
         value = check_value(await request.read(), self.max_value_bytes)
-        body = await self.node.put(key, value, _idem(request), request.path_qs)
+        body = await self.kv.put(key, value, _idem(request), request.path_qs)
         return web.json_response(body)
 
     async def delete(self, request: web.Request) -> web.Response:
-        body = await self.node.delete(_key(request), _idem(request), request.path_qs)
+        body = await self.kv.delete(_key(request), _idem(request), request.path_qs)
         return web.json_response(body)
 
     async def cas(self, request: web.Request) -> web.Response:
@@ -89,7 +108,7 @@ class _Handlers:
                 raise ApiError(400, "missing_field", f"JSON body needs {field!r} (base64 or null)")
         expected = _b64field(raw, "expected")
         value = _b64field(raw, "value")
-        body = await self.node.cas(key, expected, value, _idem(request), request.path_qs)
+        body = await self.kv.cas(key, expected, value, _idem(request), request.path_qs)
         return web.json_response(body)
 
     async def get(self, request: web.Request) -> web.Response:
@@ -97,7 +116,7 @@ class _Handlers:
         mode = request.query.get("consistency")
         staleness = _int_param(request, "max_staleness_ms")
         token = _int_param(request, "min_index") or 0
-        body = await self.node.get(key, mode, staleness, token, request.path_qs)
+        body = await self.reads.get(key, mode, staleness, token, request.path_qs)
         value = body["value"]
         status = 200 if value is not None else 404
         if value is not None:
@@ -109,30 +128,31 @@ class _Handlers:
         if shard is None:
             raise ApiError(400, "missing_parameter", "scan needs ?shard=N (the client fans out)")
         limit = _int_param(request, "limit") or 1000
-        body = await self.node.scan(
+        body = await self.reads.scan(
             shard,
             request.query.get("start", ""),
             request.query.get("end"),
             limit,
+            request.query.get("consistency"),
+            _int_param(request, "max_staleness_ms"),
+            _int_param(request, "min_index") or 0,
             request.path_qs,
-            mode=request.query.get("consistency"),
-            staleness_ms=_int_param(request, "max_staleness_ms"),
-            token=_int_param(request, "min_index") or 0,
         )
         return web.json_response(body, headers=_read_headers(body))
 
     async def shardmap(self, request: web.Request) -> web.Response:
-        return web.json_response(self.node.shardmap_view())
+        return web.json_response(shardmap_view(self.node).to_json())
 
     async def status(self, request: web.Request) -> web.Response:
-        return web.json_response(self.node.status())
+        return web.json_response(status(self.node, self.reads).to_json())
 
     async def openapi(self, request: web.Request) -> web.Response:
         return web.json_response(OPENAPI)
 
     async def admin(self, request: web.Request) -> web.Response:
         body = await _json_object(request)
-        return web.json_response(await self.node.admin(request.match_info["action"], body))
+        action = request.match_info["action"]
+        return web.json_response(await self.admin_actions.run(action, body))
 
     async def healthz(self, request: web.Request) -> web.Response:
         return web.json_response({"status": "ok", "node": self.node.id})
@@ -144,7 +164,7 @@ class _Handlers:
         return web.json_response({"status": "ready"})
 
     async def metrics(self, request: web.Request) -> web.Response:
-        data = generate_latest(self.node.metrics.registry)
+        data = generate_latest(self.registry)
         return web.Response(body=data, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 

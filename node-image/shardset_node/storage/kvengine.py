@@ -18,28 +18,33 @@ replica of a shard.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import sqlite3
-import struct
 import threading
-import zlib
-from collections.abc import Collection, Iterable, Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
-from itertools import islice
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
-import msgpack  # type: ignore[import-untyped]  # ships no type information
-
-from shardset_node.files import atomic_write
+from shardset_node.storage.snapshot import (
+    KIND_FULL,
+    KIND_SLOTS,
+    Header,
+    SnapshotCorrupt,
+    SnapshotInfo,
+    expect_end,
+    expect_kind,
+    idem_records,
+    kv_records,
+    open_records,
+    verify,
+    write_snapshot,
+)
 from shardset_proto.commands import (
     MAX_KEY_BYTES,
     MAX_VALUE_BYTES,
     Cas,
     Command,
-    CommandError,
     Delete,
     Put,
     Result,
@@ -55,10 +60,6 @@ __all__ = [
     "MAX_KEY_BYTES",
     "MAX_VALUE_BYTES",
     "KvEngine",
-    "SnapshotCorrupt",
-    "SnapshotError",
-    "SnapshotInfo",
-    "SnapshotMismatch",
     "StaleIndex",
 ]
 
@@ -80,21 +81,8 @@ CREATE TABLE idem (
 ) WITHOUT ROWID;
 CREATE UNIQUE INDEX idem_by_seq ON idem (shard, seq);
 """
-
-# Snapshot file: a fixed-size header, then a msgpack stream body of ``key_count`` records
-# ``[key, value]`` in key order and ``idem_count`` records ``[idem, seq, slot, result]``
-# in seq order. Fixed size so it can be written last, over a placeholder, once the
-# counts and the body's sha256 are known. The header ends with a crc32 of itself.
-_MAGIC = b"SSKVSNAP"
-_VERSION = 1
-_KIND_FULL, _KIND_SLOTS = 0, 1
-_HEADER = struct.Struct(">8sHHQQQQQQ32s")
-_HEADER_CRC = struct.Struct(">I")
-_HEADER_SIZE = _HEADER.size + _HEADER_CRC.size
 _MAX_SHARD = (1 << 63) - 1  # SQLite INTEGER is signed 64-bit
-# One record is at most a 1 MiB value plus a key; bound the unpacker's buffer to that.
-_MAX_RECORD_BYTES = MAX_VALUE_BYTES + MAX_KEY_BYTES + 64 * 1024
-_END = object()
+
 # A tuple, not the Command union, so the isinstance check is not "always true" to mypy:
 # callers can still pass anything at run time.
 _COMMAND_TYPES: tuple[type, ...] = (Put, Delete, Cas)
@@ -102,59 +90,6 @@ _COMMAND_TYPES: tuple[type, ...] = (Put, Delete, Cas)
 
 class StaleIndex(ValueError):
     """An apply at an index the shard has already applied (replays must skip these)."""
-
-
-class SnapshotError(Exception):
-    """A snapshot file cannot be loaded."""
-
-
-class SnapshotCorrupt(SnapshotError):
-    """The file fails an integrity check; nothing was loaded."""
-
-    def __init__(self, path: Path, reason: str) -> None:
-        super().__init__(f"corrupt snapshot {path}: {reason}")
-        self.path = path
-        self.reason = reason
-
-
-class SnapshotMismatch(SnapshotError):
-    """An intact snapshot of the wrong kind or of another shard."""
-
-
-@dataclass(frozen=True, slots=True)
-class SnapshotInfo:
-    path: Path
-    shard: int
-    applied_index: int
-    key_count: int
-    idem_count: int
-    slots_only: bool  # written by export_slots (a subset of keys) rather than export_snapshot
-    body_sha256: str
-
-
-@dataclass(frozen=True, slots=True)
-class _Header:
-    kind: int
-    shard: int
-    applied_index: int
-    key_count: int
-    idem_count: int
-    idem_seq: int
-    body_len: int
-    body_sha256: bytes
-
-    def pack(self) -> bytes:
-        head = _HEADER.pack(
-            _MAGIC, _VERSION, self.kind, self.shard, self.applied_index, self.key_count,
-            self.idem_count, self.idem_seq, self.body_len, self.body_sha256,
-        )
-        return head + _HEADER_CRC.pack(zlib.crc32(head))
-
-    def info(self, path: Path) -> SnapshotInfo:
-        return SnapshotInfo(
-            path, self.shard, self.applied_index, self.key_count, self.idem_count,
-            self.kind == _KIND_SLOTS, self.body_sha256.hex(),
-        )
 
 
 class KvEngine:
@@ -165,7 +100,10 @@ class KvEngine:
     """
 
     def __init__(
-        self, path: str | os.PathLike[str], *, idem_capacity: int = IDEM_CAPACITY,
+        self,
+        path: str | os.PathLike[str],
+        *,
+        idem_capacity: int = IDEM_CAPACITY,
         durable_commits: bool = False,
     ) -> None:
         if idem_capacity < 1:
@@ -362,11 +300,11 @@ class KvEngine:
                 "SELECT idem, seq, slot, result FROM idem WHERE shard = ? ORDER BY seq", (shard,)
             )
             if slots is None:
-                header = _write_snapshot(path, (_KIND_FULL, shard, applied, idem_seq), kv, idem)
+                header = write_snapshot(path, (KIND_FULL, shard, applied, idem_seq), kv, idem)
             else:
-                header = _write_snapshot(
+                header = write_snapshot(
                     path,
-                    (_KIND_SLOTS, shard, applied, idem_seq),
+                    (KIND_SLOTS, shard, applied, idem_seq),
                     (r for r in kv if slot_of(r[0]) in slots),
                     (r for r in idem if r[2] in slots),
                 )
@@ -383,8 +321,8 @@ class KvEngine:
         """
         _check_shard(shard)
         path = Path(path)
-        header = _verify(path)
-        _expect(path, header, _KIND_FULL, shard)
+        header = verify(path)
+        expect_kind(path, header, KIND_FULL, shard)
         with self._write() as db:
             self._clear_shard(db, shard)
             try:
@@ -394,29 +332,27 @@ class KvEngine:
             self._set_meta(db, shard, header.applied_index, header.idem_seq)
         return header.info(path)
 
-    def import_slots(
-        self, shard: int, index: int, path: str | os.PathLike[str]
-    ) -> SnapshotInfo:
+    def import_slots(self, shard: int, index: int, path: str | os.PathLike[str]) -> SnapshotInfo:
         """Add the keys and idempotency records of an :meth:`export_slots` file to ``shard``,
         recording ``index`` as applied in the same transaction (the destination's side of a
         slot move, applied through its Raft log). Verified first, like import_snapshot."""
         _check_shard(shard)
         path = Path(path)
-        header = _verify(path)
-        _expect(path, header, _KIND_SLOTS, None)
+        header = verify(path)
+        expect_kind(path, header, KIND_SLOTS, None)
         with self._write() as db:
             applied, seq = self._meta(shard)
             _check_index(shard, index, applied)
-            with _records(path) as records:
+            with open_records(path) as records:
                 db.executemany(
                     "INSERT OR REPLACE INTO kv VALUES (?, ?, ?)",
-                    ((shard, k, v) for k, v in _kv_records(path, records, header.key_count)),
+                    ((shard, k, v) for k, v in kv_records(path, records, header.key_count)),
                 )
                 # Imported records get this shard's next sequence numbers, in their original
                 # order, so eviction stays a function of this shard's own history.
-                for idem, _, slot, result in _idem_records(path, records, header.idem_count):
+                for idem, _, slot, result in idem_records(path, records, header.idem_count):
                     seq = self._remember(db, shard, seq, (idem, slot, result))
-                _expect_end(path, records)
+                expect_end(path, records)
             self._evict(db, shard, seq)
             self._set_meta(db, shard, index, seq)
         return header.info(path)
@@ -526,168 +462,17 @@ def _clear_shard(db: sqlite3.Connection, shard: int) -> None:
         db.execute(f"DELETE FROM {table} WHERE shard = ?", (shard,))
 
 
-# -- snapshot files -------------------------------------------------------------------------
-
-
-class _Body:
-    """Writes msgpack records after the header placeholder, hashing and counting them."""
-
-    def __init__(self, f: BinaryIO) -> None:
-        self.f = f
-        self.digest = hashlib.sha256()
-        self.length = 0
-        self.packer = msgpack.Packer(use_bin_type=True)
-
-    def write_all(self, records: Iterable[Sequence[object]]) -> int:
-        count = 0
-        for record in records:
-            chunk: bytes = self.packer.pack(list(record))
-            self.digest.update(chunk)
-            self.f.write(chunk)
-            self.length += len(chunk)
-            count += 1
-        return count
-
-
-def _write_snapshot(
-    path: Path,
-    meta: tuple[int, int, int, int],
-    kv: Iterable[Sequence[object]],
-    idem: Iterable[Sequence[object]],
-) -> _Header:
-    """Body after a placeholder, then the real header over it, replacing ``path`` durably."""
-    kind, shard, applied, idem_seq = meta
-
-    def write(f: BinaryIO) -> _Header:
-        f.write(bytes(_HEADER_SIZE))
-        body = _Body(f)
-        key_count = body.write_all(kv)
-        idem_count = body.write_all(idem)
-        header = _Header(
-            kind, shard, applied, key_count, idem_count, idem_seq, body.length,
-            body.digest.digest(),
-        )
-        f.seek(0)
-        f.write(header.pack())
-        return header
-
-    return atomic_write(path, write)
-
-
-def _load_full(db: sqlite3.Connection, shard: int, path: Path, header: _Header) -> None:
-    with _records(path) as records:
+def _load_full(db: sqlite3.Connection, shard: int, path: Path, header: Header) -> None:
+    with open_records(path) as records:
         db.executemany(
             "INSERT INTO kv VALUES (?, ?, ?)",
-            ((shard, k, v) for k, v in _kv_records(path, records, header.key_count)),
+            ((shard, k, v) for k, v in kv_records(path, records, header.key_count)),
         )
         db.executemany(
             "INSERT INTO idem VALUES (?, ?, ?, ?, ?)",
             (
                 (shard, i, seq, slot, encode_result(r))
-                for i, seq, slot, r in _idem_records(path, records, header.idem_count)
+                for i, seq, slot, r in idem_records(path, records, header.idem_count)
             ),
         )
-        _expect_end(path, records)
-
-
-def _verify(path: Path) -> _Header:
-    """Check the header and the body's length and sha256 before anything is loaded."""
-    try:
-        with open(path, "rb") as f:
-            header = _parse_header(path, f.read(_HEADER_SIZE))
-            digest, length = hashlib.sha256(), 0
-            while chunk := f.read(1 << 20):
-                digest.update(chunk)
-                length += len(chunk)
-    except OSError as exc:
-        raise SnapshotCorrupt(path, f"cannot read: {exc}") from exc
-    if length != header.body_len:
-        raise SnapshotCorrupt(path, f"body is {length} bytes, header says {header.body_len}")
-    if digest.digest() != header.body_sha256:
-        raise SnapshotCorrupt(path, "body sha256 does not match the header")
-    return header
-
-
-def _parse_header(path: Path, raw: bytes) -> _Header:
-    if len(raw) < _HEADER_SIZE:
-        raise SnapshotCorrupt(path, f"file is {len(raw)} bytes, shorter than the header")
-    head, (crc,) = raw[: _HEADER.size], _HEADER_CRC.unpack(raw[_HEADER.size :])
-    magic, version, kind, *fields = _HEADER.unpack(head)
-    if magic != _MAGIC:
-        raise SnapshotCorrupt(path, "not a Shardset snapshot (bad magic)")
-    if zlib.crc32(head) != crc:
-        raise SnapshotCorrupt(path, "header crc32 does not match")
-    if version != _VERSION or kind not in (_KIND_FULL, _KIND_SLOTS):
-        raise SnapshotCorrupt(path, f"unsupported version {version} / kind {kind}")
-    return _Header(kind, *fields)
-
-
-def _expect(path: Path, header: _Header, kind: int, shard: int | None) -> None:
-    if header.kind != kind:
-        want = "a full shard snapshot" if kind == _KIND_FULL else "a slot export"
-        raise SnapshotMismatch(f"{path} is not {want}")
-    if shard is not None and header.shard != shard:
-        raise SnapshotMismatch(f"{path} is a snapshot of shard {header.shard}, not {shard}")
-
-
-@contextmanager
-def _records(path: Path) -> Iterator[Iterator[Any]]:
-    """The body's records; a msgpack error while reading becomes SnapshotCorrupt."""
-    with open(path, "rb") as f:
-        f.seek(_HEADER_SIZE)
-        unpacker = msgpack.Unpacker(
-            f, raw=False, use_list=True, strict_map_key=True, max_buffer_size=_MAX_RECORD_BYTES
-        )
-
-        def gen() -> Iterator[Any]:
-            try:
-                yield from unpacker
-            except (ValueError, TypeError, msgpack.UnpackException) as exc:
-                raise SnapshotCorrupt(path, f"bad record: {exc}") from exc
-
-        yield gen()
-
-
-def _take(path: Path, records: Iterator[Any], count: int, what: str) -> Iterator[Any]:
-    got = 0
-    for record in islice(records, count):
-        got += 1
-        yield record
-    if got != count:
-        raise SnapshotCorrupt(path, f"body ends after {got} of {count} {what}")
-
-
-def _kv_records(path: Path, records: Iterator[Any], count: int) -> Iterator[tuple[bytes, bytes]]:
-    prev: bytes | None = None
-    for record in _take(path, records, count, "keys"):
-        try:
-            key, value = record
-            check_key(key)
-        except (ValueError, TypeError) as exc:
-            raise SnapshotCorrupt(path, f"bad key record: {exc}") from exc
-        if not isinstance(value, bytes) or len(value) > MAX_VALUE_BYTES:
-            raise SnapshotCorrupt(path, f"bad value for key {key!r}")
-        # Strictly ascending: the order export writes, and it rules out duplicates.
-        if prev is not None and key <= prev:
-            raise SnapshotCorrupt(path, f"key {key!r} out of order")
-        prev = key
-        yield key, value
-
-
-def _idem_records(
-    path: Path, records: Iterator[Any], count: int
-) -> Iterator[tuple[bytes, int, int, Result]]:
-    for record in _take(path, records, count, "idempotency records"):
-        try:
-            idem, seq, slot, raw = record
-            if not (isinstance(idem, bytes) and type(seq) is int and type(slot) is int):
-                raise TypeError("field types")
-            result = decode_result(raw)
-        except (ValueError, TypeError, CommandError) as exc:
-            raise SnapshotCorrupt(path, f"bad idempotency record: {exc}") from exc
-        yield idem, seq, slot, result
-
-
-def _expect_end(path: Path, records: Iterator[Any]) -> None:
-    if next(records, _END) is not _END:
-        raise SnapshotCorrupt(path, "records after the counted ones")
+        expect_end(path, records)

@@ -17,7 +17,7 @@ from collections.abc import Awaitable, Callable
 
 import structlog
 
-from shardset_node.group import ReplicaGroup
+from shardset_node.replication.group import ReplicaGroup
 from shardset_raft import Message, Ready, Role
 
 log = structlog.get_logger(__name__)

@@ -19,8 +19,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from shardset_node.files import atomic_replace
-from shardset_node.kvengine import KvEngine
+from shardset_node.storage.files import atomic_replace
+from shardset_node.storage.kvengine import KvEngine
 from shardset_proto.commands import Command, decode_command
 from shardset_proto.shardmap import ShardMap
 from shardset_proto.slots import slot_of

@@ -42,7 +42,7 @@ from typing import Any
 import msgpack  # type: ignore[import-untyped]  # ships no type information
 import structlog
 
-from shardset_node.files import fsync_dir, fsync_file
+from shardset_node.storage.files import fsync_dir, fsync_file
 
 __all__ = ["MAGIC", "WalCorruption", "WalError", "WalRecord", "WriteAheadLog"]
 

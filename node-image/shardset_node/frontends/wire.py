@@ -11,17 +11,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import structlog
 
+from shardset_node.kv import KvWrites
+from shardset_node.reads import ReadPath
 from shardset_proto import wire
 from shardset_proto.errors import ApiError
 from shardset_proto.framing import MAX_CLIENT_FRAME, FrameError, FrameReader
 from shardset_proto.limits import check_idem, check_key, check_value
-
-if TYPE_CHECKING:
-    from shardset_node.node import Node
 
 __all__ = ["MAX_IN_FLIGHT", "WireServer"]
 
@@ -33,8 +32,12 @@ log = structlog.get_logger(__name__)
 class WireServer:
     """Serves client connections handed over by the transport (see module doc)."""
 
-    def __init__(self, node: Node, *, max_value_bytes: int) -> None:
-        self.node = node
+    def __init__(
+        self, node_id: int, kv: KvWrites, reads: ReadPath, *, max_value_bytes: int
+    ) -> None:
+        self.node_id = node_id
+        self.kv = kv
+        self.reads = reads
         self.max_value_bytes = max_value_bytes
         self.connections = 0
         self.requests = 0
@@ -48,7 +51,7 @@ class WireServer:
     async def serve(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, version: int
     ) -> None:
-        writer.write(wire.hello(wire.VERSION, self.node.id))
+        writer.write(wire.hello(wire.VERSION, self.node_id))
         if version != wire.VERSION:
             log.warning("wire_version_refused", client_version=version, ours=wire.VERSION)
             await writer.drain()
@@ -63,24 +66,24 @@ class WireServer:
     async def _put(self, req: list[Any]) -> tuple[int, dict[str, Any]]:
         _, _, key, value, idem = _shape(req, wire.ARITY[wire.Op.PUT])
         value = check_value(_bytes(value, "value"), self.max_value_bytes)
-        return 200, await self.node.put(_key(key), value, _idem(idem), "")
+        return 200, await self.kv.put(_key(key), value, _idem(idem), "")
 
     async def _delete(self, req: list[Any]) -> tuple[int, dict[str, Any]]:
         _, _, key, idem = _shape(req, wire.ARITY[wire.Op.DELETE])
-        return 200, await self.node.delete(_key(key), _idem(idem), "")
+        return 200, await self.kv.delete(_key(key), _idem(idem), "")
 
     async def _cas(self, req: list[Any]) -> tuple[int, dict[str, Any]]:
         _, _, key, expected, value, idem = _shape(req, wire.ARITY[wire.Op.CAS])
         expected = None if expected is None else _bytes(expected, "expected")
         if value is not None:
             value = check_value(_bytes(value, "value"), self.max_value_bytes)
-        return 200, await self.node.cas(_key(key), expected, value, _idem(idem), "")
+        return 200, await self.kv.cas(_key(key), expected, value, _idem(idem), "")
 
     async def _get(self, req: list[Any]) -> tuple[int, dict[str, Any]]:
         _, _, key, mode, staleness, token = _shape(req, wire.ARITY[wire.Op.GET])
         if mode is not None and not isinstance(mode, str):
             raise ApiError(400, "bad_field", "consistency must be a string or nil")
-        body = await self.node.get(
+        body = await self.reads.get(
             _key(key),
             mode,
             _count(staleness, "max_staleness_ms"),

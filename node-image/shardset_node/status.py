@@ -1,0 +1,73 @@
+"""What a node reports about itself, as the typed reports of the contract: its status
+(`/v1/status`: every group's Raft state, the default read consistency) and its view of
+the shard map (`/v1/shardmap`)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from shardset_node.core import Node
+from shardset_node.reads import ReadPath
+from shardset_node.replication.group import ReplicaGroup
+from shardset_proto.status import (
+    ConsistencyView,
+    FollowerProgress,
+    GroupRole,
+    GroupStatus,
+    NodeStatus,
+    ShardMapView,
+    group_key,
+)
+from shardset_raft import Role
+from shardset_raft.progress import ProgressState
+
+_ROLES = {
+    Role.FOLLOWER: GroupRole.FOLLOWER,
+    Role.PRE_CANDIDATE: GroupRole.PRE_CANDIDATE,
+    Role.CANDIDATE: GroupRole.CANDIDATE,
+    Role.LEADER: GroupRole.LEADER,
+}
+_STATES: dict[ProgressState, Literal["probe", "replicate", "snapshot"]] = {
+    ProgressState.PROBE: "probe",
+    ProgressState.REPLICATE: "replicate",
+    ProgressState.SNAPSHOT: "snapshot",
+}
+
+
+def shardmap_view(node: Node) -> ShardMapView:
+    leaders = {gid: g.raft.leader for gid, g in node.host.groups.items() if gid}
+    return ShardMapView.of(node.meta.map, leaders)
+
+
+def status(node: Node, reads: ReadPath) -> NodeStatus:
+    policy = reads.policy
+    return NodeStatus(
+        node=node.id,
+        origin="rejoin" if node.origin == "rejoin" else "bootstrap",
+        epoch=node.meta.map.epoch,
+        consistency=ConsistencyView(mode=policy.mode, maxStalenessMs=policy.max_staleness_ms),
+        groups={group_key(gid): _group(node.id, g) for gid, g in sorted(node.host.groups.items())},
+    )
+
+
+def _group(me: int, g: ReplicaGroup) -> GroupStatus:
+    r = g.raft
+    followers = None
+    if r.role == Role.LEADER:
+        last = r.log.last_index()
+        followers = {
+            p: FollowerProgress(match=pr.match, lag=last - pr.match, state=_STATES[pr.state])
+            for p, pr in r.progress.items()
+            if p != me
+        }
+    return GroupStatus(
+        role=_ROLES[r.role],
+        term=r.term,
+        leader=r.leader,
+        commit=r.committed,
+        applied=r.applied,
+        last_index=r.log.last_index(),
+        voters=sorted(r.conf.voters),
+        learners=sorted(r.conf.learners),
+        followers=followers,
+    )
