@@ -21,7 +21,7 @@ from shardset_proto.admin import AddNode, CreateReplica, DropReplica, Promote, R
 from shardset_proto.shardmap import NodeAddress
 from shardset_proto.status import META_GROUP, GroupStatus, NodeStatus
 
-META_VOTERS = 5  # as the node keeps it (its META_VOTERS)
+META_VOTERS = 5  # as the node keeps it (shardset_node.config.META_VOTERS)
 
 
 @dataclass(frozen=True)
