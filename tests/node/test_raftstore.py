@@ -186,6 +186,27 @@ def test_a_corrupt_only_snapshot_falls_back_to_empty(tmp_path: Path) -> None:
     assert recovered(tmp_path, 1) == [(HardState(5, 2, 0), Snapshot(), [])]
 
 
+def test_pruning_keeps_the_durable_snapshot_among_files_at_its_index(tmp_path: Path) -> None:
+    """Files a crash left at the same index (their WAL records never became durable)
+    sort after the durable snapshot by term; pruning must still keep the one the WAL
+    names, or the group comes back with no voters (Hypothesis found it)."""
+
+    async def go() -> None:
+        storage = await opened(tmp_path)
+        for term in (1, 3):
+            storage.group(0).stage(ready(snapshot=snap(0, term, b"")))
+            crash(storage)
+            storage = await opened(tmp_path)
+        storage.group(0).stage(ready(snapshot=snap(0, 0, b"")))  # the bootstrap conf state
+        await storage.sync()
+        await storage.close()
+
+    asyncio.run(go())
+    with capture_logs() as logs:
+        assert recovered(tmp_path, 0) == [(HardState(), snap(0, 0, b""), [])]
+    assert not [e for e in logs if e["log_level"] == "error"]
+
+
 def flip_last_byte(path: Path) -> None:
     blob = bytearray(path.read_bytes())
     blob[-1] ^= 0x01

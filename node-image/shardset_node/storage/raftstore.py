@@ -248,10 +248,17 @@ class _SnapshotDir:
 
     def prune(self, group: int, durable: SnapshotMeta) -> None:
         """Keep the durable snapshot, one older (a fallback) and any newer ones (a
-        write whose WAL record is not durable yet); delete the rest."""
-        files = self.files(group)
-        older = [f for f in files if f.index <= durable.index]
-        for f in older[: max(0, len(older) - _KEEP_SNAPSHOTS)]:
+        write whose WAL record is not durable yet); delete the rest.
+
+        Only files at a LOWER index than the durable snapshot may go. Sorting by
+        (index, term) does not tell which file at the durable index the WAL names:
+        a crash can leave files at that index with a higher term (their records never
+        became durable), and a later pending write may share the index. Counting
+        those as "newer" once deleted the durable file itself, so the group came
+        back from the empty fallback with no voters.
+        """
+        older = [f for f in self.files(group) if f.index < durable.index]
+        for f in older[: max(0, len(older) - (_KEEP_SNAPSHOTS - 1))]:
             f.path.unlink(missing_ok=True)
 
 
