@@ -99,6 +99,16 @@ def _env_seconds(name: str, default: float) -> float:
     return value
 
 
+def _integrity_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--check-interval-s",
+        type=float,
+        default=_env_seconds("SHARDSET_CHECK_INTERVAL_S", 600.0),
+        help="seconds between consistency checks of each shard this node leads "
+        "(env SHARDSET_CHECK_INTERVAL_S; default 600, 0 turns periodic checks off)",
+    )
+
+
 def parse(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="shardset-node", description="Run one Shardset node.")
     who = p.add_mutually_exclusive_group(required=True)
@@ -155,13 +165,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         metavar="ID=HOST:PORT",
         help="tests only: reach peer ID through another address (a fault proxy)",
     )
-    p.add_argument(
-        "--check-interval-s",
-        type=float,
-        default=_env_seconds("SHARDSET_CHECK_INTERVAL_S", 600.0),
-        help="seconds between consistency checks of each shard this node leads "
-        "(env SHARDSET_CHECK_INTERVAL_S; default 600, 0 turns periodic checks off)",
-    )
+    _integrity_args(p)
     p.add_argument("--log-format", choices=("json", "console"), default="json")
     return p.parse_args(argv)
 

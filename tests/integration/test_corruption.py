@@ -15,6 +15,7 @@ import asyncio
 import base64
 import sqlite3
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -108,86 +109,106 @@ def _pick(lay: Any, leaders: dict[int, int]) -> tuple[int, int, int, int]:
     return victim, s[0], s[-1], s[len(s) // 2]
 
 
+@dataclass
+class _Plan:
+    victim: int
+    shards: tuple[int, int, int]  # flipped, diverged, linearizable
+    keys: tuple[str, str, str]
+
+
+async def _prepare(cluster: LocalCluster) -> _Plan:
+    """Write good values on every shard, then stop a node, change its file, restart it."""
+    lay = await layout(cluster)
+    keys = {s: [k for k in lay.keys("ck", 3) if lay.shard_of(k) == s] for s in lay.shards}
+    client = Client(cluster.endpoints)
+    try:
+        for shard_keys in keys.values():
+            for k in shard_keys:
+                await client.put(k, _good(k).encode())
+    finally:
+        await client.close()
+    await wait_converged(cluster)
+    leaders = await stable_leaders(cluster, lay.shards)
+    victim, s_flip, s_div, s_lin = _pick(lay, leaders)
+    plan = _Plan(victim, (s_flip, s_div, s_lin), (keys[s_flip][0], keys[s_div][1], keys[s_lin][2]))
+    log(f"{plan}; leaders {leaders}")
+    cluster.stop_node(victim)
+    db_file = cluster.node_dir(victim) / "kv.sqlite3"
+    wal = Path(f"{db_file}-wal")
+    assert not wal.exists() or wal.stat().st_size == 0, "a clean stop checkpoints the WAL"
+    _flip_value_bytes(db_file, plan.keys[0])
+    _flip_value_bytes(db_file, plan.keys[2])
+    _diverge(db_file, s_div, plan.keys[1])
+    cluster.start_node(victim)
+    await wait_converged(cluster)
+    return plan
+
+
+async def _eventual_reads(session: aiohttp.ClientSession, cluster: LocalCluster, p: _Plan) -> None:
+    """Refused (never the flipped bytes) until rebuilt from the leader, then the good value."""
+    seen = await _until_served(session, cluster.node(p.victim).api, p.keys[0], "eventual")
+    assert seen[0][0] == 503 and seen[0][1]["error"] == "replica_corrupt", seen[0]
+    log(f"eventual reads of {p.keys[0]} on {p.victim}: {[a[0] for a in seen]}")
+
+
+async def _linearizable_reads(
+    session: aiohttp.ClientSession, cluster: LocalCluster, p: _Plan
+) -> None:
+    """After a leadership move to the victim: refused there; the shard keeps serving."""
+    shard, key, api = p.shards[2], p.keys[2], cluster.node(p.victim).api
+    leader = (await stable_leaders(cluster, [shard]))[shard]
+    moved = await _admin(
+        session, cluster.node(leader).api, "transfer-leader", {"shard": shard, "to": p.victim}
+    )
+    assert moved[0] == 200, moved
+    await _until_led(cluster, shard, p.victim)
+    first = await _get(session, api, key, "linearizable")
+    assert first[0] == 503 and first[1]["error"] == "replica_corrupt", first
+    client = Client(cluster.endpoints)
+    try:
+        for _ in range(10):  # the cluster keeps answering with the good value
+            got = await client.get(key, consistency="linearizable")
+            assert got.value == _good(key).encode(), got
+    finally:
+        await client.close()
+    seen = [first, *await _until_served(session, api, key, "eventual")]
+    log(f"linearizable, then eventual reads of {key} on {p.victim}: {[a[0] for a in seen]}")
+
+
+async def _checker_finds_divergence(
+    session: aiohttp.ClientSession, cluster: LocalCluster, p: _Plan
+) -> None:
+    """The diverged row passes its checksum: the checker names the shard and replica."""
+    shard = p.shards[1]
+    leader = (await stable_leaders(cluster, [shard]))[shard]
+    api = cluster.node(leader).api
+    st, report = await _admin(session, api, "check-consistency", {"shard": shard})
+    assert st == 200, report
+    log(f"check of shard {shard}: {report}")
+    assert report["ok"] is False and report["decided"] is True, report
+    assert report["shard"] == shard and report["mismatched"] == [p.victim], report
+    status = (await statuses(cluster, [leader]))[leader]
+    assert status is not None
+    assert status["groups"][str(shard)]["consistency_check"]["mismatched"] == [p.victim]
+    async with session.get(f"{api}/metrics") as r:
+        metrics = await r.text()
+    line = f'shardset_consistency_mismatch{{replica="{p.victim}",shard="{shard}"}} 1.0'
+    assert line in metrics, [m for m in metrics.splitlines() if "mismatch" in m]
+
+
 def test_corrupt_and_diverged_replicas_are_never_served_and_are_rebuilt(
     cluster_factory: Any,
 ) -> None:
     cluster: LocalCluster = cluster_factory(node_args=("--check-interval-s", "0"))
 
     async def scenario() -> None:
-        lay = await layout(cluster)
-        keys = {s: [k for k in lay.keys("ck", 3) if lay.shard_of(k) == s] for s in lay.shards}
-        client = Client(cluster.endpoints)
-        try:
-            for shard_keys in keys.values():
-                for k in shard_keys:
-                    await client.put(k, _good(k).encode())
-        finally:
-            await client.close()
-        await wait_converged(cluster)
-        leaders = await stable_leaders(cluster, lay.shards)
-        victim, s_flip, s_div, s_lin = _pick(lay, leaders)
-        k_flip, k_div, k_lin = keys[s_flip][0], keys[s_div][1], keys[s_lin][2]
-        log(f"victim {victim}: flip {k_flip}@{s_flip}, diverge {k_div}@{s_div}, "
-            f"linearizable {k_lin}@{s_lin}; leaders {leaders}")  # fmt: skip
-
-        cluster.stop_node(victim)
-        db_file = cluster.node_dir(victim) / "kv.sqlite3"
-        assert not Path(f"{db_file}-wal").exists() or Path(f"{db_file}-wal").stat().st_size == 0
-        _flip_value_bytes(db_file, k_flip)
-        _flip_value_bytes(db_file, k_lin)
-        _diverge(db_file, s_div, k_div)
-        cluster.start_node(victim)
-        await wait_converged(cluster)
-        api = cluster.node(victim).api
-
+        plan = await _prepare(cluster)
         async with aiohttp.ClientSession() as session:
-            # 1. Eventual reads on the victim: refused (never the flipped bytes) until
-            # the replica is rebuilt from the leader, then the good value.
-            seen = await _until_served(session, api, k_flip, "eventual")
-            assert seen[0][0] == 503 and seen[0][1]["error"] == "replica_corrupt", seen[0]
-            log(f"eventual reads of {k_flip} on {victim}: {[a[0] for a in seen]}")
-
-            # 2. Linearizable after a leadership move to the victim.
-            leader = (await stable_leaders(cluster, [s_lin]))[s_lin]
-            st, body = await _admin(
-                session, cluster.node(leader).api, "transfer-leader",
-                {"shard": s_lin, "to": victim},
-            )  # fmt: skip
-            assert st == 200, body
-            await _until_led(cluster, s_lin, victim)
-            first = await _get(session, api, k_lin, "linearizable")
-            assert first[0] == 503 and first[1]["error"] == "replica_corrupt", first
-            seen = [first]
-            client = Client(cluster.endpoints)
-            try:
-                for _ in range(10):  # the cluster keeps answering with the good value
-                    got = await client.get(k_lin, consistency="linearizable")
-                    assert got.value == _good(k_lin).encode(), got
-            finally:
-                await client.close()
-            seen += await _until_served(session, api, k_lin, "eventual")
-            log(f"linearizable/eventual reads of {k_lin} on {victim}: {[a[0] for a in seen]}")
-
-            # 3. The diverged row has a matching checksum: served until a check finds it?
-            # No: the checker runs first here; it names the shard and the replica.
-            leader = (await stable_leaders(cluster, [s_div]))[s_div]
-            st, report = await _admin(
-                session, cluster.node(leader).api, "check-consistency", {"shard": s_div}
-            )
-            assert st == 200, report
-            log(f"check of shard {s_div}: {report}")
-            assert report["ok"] is False and report["decided"] is True, report
-            assert report["shard"] == s_div and report["mismatched"] == [victim], report
-            status = (await statuses(cluster, [leader]))[leader]
-            assert status is not None
-            assert status["groups"][str(s_div)]["consistency_check"]["mismatched"] == [victim]
-            async with session.get(f"{cluster.node(leader).api}/metrics") as r:
-                metrics = await r.text()
-            line = f'shardset_consistency_mismatch{{replica="{victim}",shard="{s_div}"}} 1.0'
-            assert line in metrics, [m for m in metrics.splitlines() if "mismatch" in m]
-
-            # 4. Rebuilt from the leader, the replica agrees again.
-            await _until_agrees(session, cluster, s_div, k_div, victim)
+            await _eventual_reads(session, cluster, plan)
+            await _linearizable_reads(session, cluster, plan)
+            await _checker_finds_divergence(session, cluster, plan)
+            # Rebuilt from the leader, the replica agrees again.
+            await _until_agrees(session, cluster, plan.shards[1], plan.keys[1], plan.victim)
 
     asyncio.run(scenario())
 
