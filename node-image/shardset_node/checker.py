@@ -38,6 +38,9 @@ log = structlog.get_logger(__name__)
 CORRUPT = "corrupt"  # the digest of a replica whose rows failed their checksums
 DIGEST_TIMEOUT = 30.0  # seconds a voter may take to answer with its digest
 POLL = 5.0  # seconds between looks for a shard due for a check
+# After a mismatch, the shard is checked again this soon (if periodic checks are on):
+# a rebuilt replica then clears the Degraded condition without waiting a full interval.
+RECHECK = 30.0
 
 
 def judge(index: int, voters: list[int], digests: dict[int, str | None]) -> ConsistencyCheckView:
@@ -130,6 +133,7 @@ class ConsistencyChecker:
             log.error("consistency_mismatch", shard=shard, index=index,
                       mismatched=view.mismatched, decided=view.decided,
                       digests=view.digests)  # fmt: skip
+            self._due[shard] = time.monotonic() + min(self.interval, RECHECK)
             if view.decided:
                 await self._rebuild(shard, index, view.mismatched)
         return view
