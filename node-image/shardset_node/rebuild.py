@@ -106,8 +106,10 @@ class Rebuilder:
         machine = g.machine
         if not isinstance(machine, ShardMachine):
             return True
-        applied = self.node.engine.applied_index(g.id)
-        answer = await self.peers.call(leader, ShardState(shard=g.id, min_index=applied))
+        # At least what this engine has applied (else the install is refused) and what
+        # it knows committed (it will have applied that by the time the answer is back).
+        want = max(self.node.engine.applied_index(g.id), g.raft.committed)
+        answer = await self.peers.call(leader, ShardState(shard=g.id, min_index=want))
         index, data = int(answer["index"]), base64.b64decode(answer["data"])
         # Synchronous from here: no apply runs between the index check and the import.
         if not machine.install_state(index, data):
