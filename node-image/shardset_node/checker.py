@@ -10,7 +10,7 @@ for status (`consistency_check` of the group), metrics and the operator's Degrad
 condition. Without a majority nothing is rebuilt, only reported.
 
 Rate: each shard is checked every `interval` seconds (default 10 minutes) by its leader;
-one digest at a time per node. The cost is measured in bench/ (docs/consistency-checks.md).
+one digest at a time per node. The cost is measured in bench/ (docs/integrity.md).
 """
 
 from __future__ import annotations
