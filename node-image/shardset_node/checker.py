@@ -73,7 +73,7 @@ class ConsistencyChecker:
         self.node = node
         self.peers = peers
         self.interval = interval
-        self.poll = poll
+        self.poll = min(poll, interval) if interval > 0 else poll
         # (shard, replica) -> checks that found that replica mismatched
         self.mismatches: collections.Counter[tuple[int, int]] = collections.Counter()
         self.checks: collections.Counter[int] = collections.Counter()  # shard -> checks run
