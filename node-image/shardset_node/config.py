@@ -31,3 +31,6 @@ class NodeConfig:
     # the node must not bootstrap its groups from the bootstrap map, whose membership
     # would make an empty log a voter, and waits to be re-added instead.
     store_created: bool = False
+    # Seconds between consistency checks of each shard this node leads (0: only on
+    # request, POST /v1/admin/check-consistency). Issue 15.
+    check_interval: float = 600.0

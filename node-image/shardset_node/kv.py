@@ -8,6 +8,7 @@ from typing import Any
 
 from shardset_node.core import Node, moving
 from shardset_proto.commands import Cas, Delete, Put, encode_command
+from shardset_proto.errors import ApiError
 from shardset_proto.slots import slot_of
 from shardset_raft import Role
 
@@ -35,6 +36,19 @@ class KvWrites:
         index, result = await node.wait(g, g.propose(command), path)
         if isinstance(result, dict) and result.get("error") == "slot_moved":
             raise moving(g.id, slot_of(key), node.meta.map.epoch)
+        if isinstance(result, dict) and result.get("error") == "replica_corrupt":
+            # Committed, but this (leader) replica read a corrupt value and could not
+            # compute the outcome; the other replicas did. Issue 15.
+            raise ApiError(
+                503,
+                "replica_corrupt",
+                f"node {node.id}'s replica of shard {g.id} is corrupt: the write was "
+                f"committed at index {index} but its outcome is unknown here; retry with the "
+                "same Idempotency-Key (another replica will lead and answer)",
+                retry_after=1,
+                shard=g.id,
+                index=index,
+            )
         body = {"shard": g.id, "index": index, "epoch": node.meta.map.epoch, "replica": node.id}
         if isinstance(result, dict):
             body.update({k: _jsonable(v) for k, v in result.items()})

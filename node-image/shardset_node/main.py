@@ -20,6 +20,7 @@ import structlog
 from aiohttp import web
 
 from shardset_node.admin.dispatch import Admin
+from shardset_node.checker import ConsistencyChecker
 from shardset_node.config import NodeConfig
 from shardset_node.consistency import ReadPolicy, policy_from_body
 from shardset_node.core import Node
@@ -30,6 +31,7 @@ from shardset_node.kv import KvWrites
 from shardset_node.metrics import NodeMetrics
 from shardset_node.peers.client import PeerClient
 from shardset_node.reads import ReadPath
+from shardset_node.rebuild import Rebuilder
 from shardset_proto.commands import MAX_VALUE_BYTES
 from shardset_proto.consistency import MODES
 from shardset_proto.errors import ApiError
@@ -97,6 +99,16 @@ def _env_seconds(name: str, default: float) -> float:
     return value
 
 
+def _integrity_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--check-interval-s",
+        type=float,
+        default=_env_seconds("SHARDSET_CHECK_INTERVAL_S", 600.0),
+        help="seconds between consistency checks of each shard this node leads "
+        "(env SHARDSET_CHECK_INTERVAL_S; default 600, 0 turns periodic checks off)",
+    )
+
+
 def parse(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="shardset-node", description="Run one Shardset node.")
     who = p.add_mutually_exclusive_group(required=True)
@@ -153,6 +165,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         metavar="ID=HOST:PORT",
         help="tests only: reach peer ID through another address (a fault proxy)",
     )
+    _integrity_args(p)
     p.add_argument("--log-format", choices=("json", "console"), default="json")
     return p.parse_args(argv)
 
@@ -191,11 +204,17 @@ class NodeProcess:
     admin: Admin
     wire: WireServer
     metrics: NodeMetrics
+    checker: ConsistencyChecker
+    rebuilder: Rebuilder
 
     async def start(self) -> None:
         await self.node.start(on_client=self.wire.serve)
+        await self.checker.start()
+        await self.rebuilder.start()
 
     async def stop(self) -> None:
+        await self.checker.stop()
+        await self.rebuilder.stop()
         await self.reads.close()
         await self.peers.close()
         await self.node.stop()
@@ -216,11 +235,14 @@ def assemble(cfg: NodeConfig) -> NodeProcess:
     peers = PeerClient(cfg.node_id, lambda: node.meta.map)
     reads = ReadPath(node, peers, cfg.read_policy)
     kv = KvWrites(node)
-    admin = Admin(node, peers, reads)
+    checker = ConsistencyChecker(node, peers, cfg.check_interval)
+    admin = Admin(node, peers, reads, checker)
     peers.serve_locally(admin.call)  # an orchestration's call to this node itself
     wire = WireServer(node.id, kv, reads, max_value_bytes=MAX_VALUE_BYTES)
     metrics = NodeMetrics(node, reads, wire)
-    return NodeProcess(node, peers, reads, kv, admin, wire, metrics)
+    return NodeProcess(
+        node, peers, reads, kv, admin, wire, metrics, checker, Rebuilder(node, peers)
+    )
 
 
 async def serve(ns: argparse.Namespace) -> None:
@@ -244,6 +266,7 @@ async def serve(ns: argparse.Namespace) -> None:
         peer_overrides=tuple(_override(o) for o in ns.peer_override),
         read_policy=policy,
         store_created=ns.store_created_file is not None and ns.store_created_file.exists(),
+        check_interval=ns.check_interval_s,
     )
     process = assemble(cfg)
     await process.start()

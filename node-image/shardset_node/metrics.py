@@ -11,6 +11,7 @@ from prometheus_client.registry import Collector
 
 from shardset_node.core import Node
 from shardset_node.reads import ReadPath
+from shardset_node.replication.machines import ShardMachine
 from shardset_proto.consistency import MODES
 
 
@@ -52,6 +53,7 @@ class _NodeCollector(Collector):
             commit.add_metric(label, g.raft.committed)
             applied.add_metric(label, g.raft.applied)
         yield from (term, leader, commit, applied)
+        yield from self._integrity()
         reads = self.reads
         served = CounterMetricFamily(
             "shardset_reads_served", "Reads this node served, by consistency mode", labels=["mode"]
@@ -80,3 +82,35 @@ class _NodeCollector(Collector):
             "Requests answered over the wire protocol",
             value=wire.requests,
         )
+
+    def _integrity(self) -> Iterator[GaugeMetricFamily]:
+        """Issue 15: corrupt replicas here, and the last consistency check of each shard
+        this node led (which replicas the majority outvoted)."""
+        corrupt = GaugeMetricFamily(
+            "shardset_replica_corrupt",
+            "1 if this node's replica of the shard failed a checksum or a consistency "
+            "check and is being rebuilt",
+            labels=["shard"],
+        )
+        for shard in sorted(self.node.engine.corrupt):
+            corrupt.add_metric([str(shard)], 1.0)
+        mismatch = GaugeMetricFamily(
+            "shardset_consistency_mismatch",
+            "1 if the last consistency check this node led found the replica's digest "
+            "different from the majority's (or its rows corrupt)",
+            labels=["shard", "replica"],
+        )
+        checked = GaugeMetricFamily(
+            "shardset_consistency_check_index",
+            "Applied index of the last consistency check this node led",
+            labels=["shard"],
+        )
+        for gid, g in sorted(self.node.host.groups.items()):
+            view = g.machine.last_check if isinstance(g.machine, ShardMachine) else None
+            if view is None:
+                continue
+            checked.add_metric([str(gid)], view.index)
+            for replica in view.digests:
+                bad = 1.0 if replica in view.mismatched else 0.0
+                mismatch.add_metric([str(gid), str(replica)], bad)
+        yield from (corrupt, mismatch, checked)

@@ -9,6 +9,7 @@ from typing import Literal
 from shardset_node.core import Node
 from shardset_node.reads import ReadPath
 from shardset_node.replication.group import ReplicaGroup
+from shardset_node.replication.machines import ShardMachine
 from shardset_proto.status import (
     ConsistencyView,
     FollowerProgress,
@@ -46,7 +47,10 @@ def status(node: Node, reads: ReadPath) -> NodeStatus:
         origin="rejoin" if node.origin == "rejoin" else "bootstrap",
         epoch=node.meta.map.epoch,
         consistency=ConsistencyView(mode=policy.mode, maxStalenessMs=policy.max_staleness_ms),
-        groups={group_key(gid): _group(node.id, g) for gid, g in sorted(node.host.groups.items())},
+        groups={
+            group_key(gid): _with_checks(node, g, _group(node.id, g))
+            for gid, g in sorted(node.host.groups.items())
+        },
     )
 
 
@@ -71,3 +75,13 @@ def _group(me: int, g: ReplicaGroup) -> GroupStatus:
         learners=sorted(r.conf.learners),
         followers=followers,
     )
+
+
+def _with_checks(node: Node, g: ReplicaGroup, report: GroupStatus) -> GroupStatus:
+    """Issue 15's fields: whether this replica is corrupt, and the last consistency check
+    it ran as the shard's leader (both left out of the JSON when there is nothing)."""
+    corrupt = node.engine.corrupt.get(g.id)
+    check = g.machine.last_check if isinstance(g.machine, ShardMachine) else None
+    if corrupt is None and check is None:
+        return report
+    return report.model_copy(update={"corrupt": corrupt, "consistency_check": check})

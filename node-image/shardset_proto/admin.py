@@ -1,4 +1,4 @@
-"""The admin API: its 16 actions and one typed request body per action.
+"""The admin API: its 20 actions and one typed request body per action.
 
 The operator (and a node orchestrating a split or a recovery) POSTs a body to
 `/v1/admin/<action>` of a node; every action is idempotent, so a caller retries it
@@ -45,6 +45,11 @@ class AdminAction(StrEnum):
     MAP_RECOVER = "map-recover"
     REMOVE_NODE = "remove-node"
     READ_INDEX = "read-index"
+    # Consistency checks and rebuilds of corrupt replicas (issue 15).
+    CHECK_CONSISTENCY = "check-consistency"
+    REPLICA_DIGEST = "replica-digest"
+    SHARD_STATE = "shard-state"
+    REBUILD_REPLICA = "rebuild-replica"
 
     @property
     def path(self) -> str:
@@ -273,6 +278,39 @@ class ReadIndex(AdminBody):
     shard: Index
 
 
+class CheckConsistency(AdminBody):
+    """On the shard's leader: run a consistency check of the shard now (every voter
+    digests its state at one applied index; the outvoted replicas are rebuilt)."""
+
+    action = AdminAction.CHECK_CONSISTENCY
+    shard: Index
+
+
+class ReplicaDigest(AdminBody):
+    """On a replica: its digest of the shard's state at the index of check entry `index`."""
+
+    action = AdminAction.REPLICA_DIGEST
+    shard: Index
+    index: Index
+
+
+class ShardState(AdminBody):
+    """On the shard's leader: its whole state (base64), once applied to `min_index` at
+    least; a corrupt replica installs it to rebuild itself."""
+
+    action = AdminAction.SHARD_STATE
+    shard: Index
+    min_index: Index = 0
+
+
+class RebuildReplica(AdminBody):
+    """On a replica: mark it corrupt (`reason`) and rebuild it from the shard's leader."""
+
+    action = AdminAction.REBUILD_REPLICA
+    shard: Index
+    reason: str = "asked to rebuild"
+
+
 BODIES: dict[AdminAction, type[AdminBody]] = {
     b.action: b
     for b in (
@@ -292,6 +330,10 @@ BODIES: dict[AdminAction, type[AdminBody]] = {
         MapRecover,
         RemoveNode,
         ReadIndex,
+        CheckConsistency,
+        ReplicaDigest,
+        ShardState,
+        RebuildReplica,
     )
 }
 

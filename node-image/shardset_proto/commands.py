@@ -7,6 +7,10 @@ it stays small)::
     [2, key, idem]                     Delete
     [3, key, expected, new, idem]      Cas   (expected/new may be nil = "absent")
 
+A consistency check (:class:`ComputeChecksum`) is not a key-value command: its entry is
+the byte ``0xc2`` (never the first byte of a msgpack array) then a msgpack array ``[id]``;
+every replica that applies it computes a digest of the shard's state at that index.
+
 ``key``/``value``/``expected``/``new``/``idem`` are msgpack bin; ``idem`` is nil when the
 client did not ask for exactly-once. :func:`decode_command` treats its input as untrusted
 and raises :class:`CommandError` for anything that is not exactly this shape.
@@ -30,16 +34,20 @@ __all__ = [
     "Cas",
     "Command",
     "CommandError",
+    "ComputeChecksum",
     "Delete",
     "Outcome",
     "Put",
     "Result",
     "SizeLimitError",
+    "decode_check",
     "decode_command",
     "decode_result",
+    "encode_check",
     "encode_command",
     "encode_result",
     "execute",
+    "is_check",
     "make_idem",
 ]
 
@@ -175,6 +183,44 @@ def decode_command(data: bytes) -> Command:
     return Cas(*args)
 
 
+CHECK_MARKER = b"\xc2"  # msgpack's `false`: never the first byte of a command array
+
+
+@dataclass(frozen=True, slots=True)
+class ComputeChecksum:
+    """Replicated through a shard's log by its leader: every replica digests the shard's
+    state when it applies this entry, so all digests are of the same applied index."""
+
+    check_id: int
+
+    def __post_init__(self) -> None:
+        if type(self.check_id) is not int or not 0 <= self.check_id < 1 << 63:
+            raise CommandError("a check id is an integer in [0, 2**63)")
+
+
+def is_check(data: bytes) -> bool:
+    """Whether a log entry's bytes are a :class:`ComputeChecksum` (not a command)."""
+    return data[:1] == CHECK_MARKER
+
+
+def encode_check(check: ComputeChecksum) -> bytes:
+    packed: bytes = msgpack.packb([check.check_id])
+    return CHECK_MARKER + packed
+
+
+def decode_check(data: bytes) -> ComputeChecksum:
+    """Parse a check entry; anything malformed raises :class:`CommandError`."""
+    if not is_check(data):
+        raise CommandError("not a consistency check entry")
+    try:
+        fields = msgpack.unpackb(data[1:], raw=False, use_list=True, strict_map_key=True)
+    except (ValueError, TypeError, msgpack.UnpackException) as exc:
+        raise CommandError(f"not a msgpack check: {exc}") from exc
+    if not isinstance(fields, list) or len(fields) != 1:
+        raise CommandError("a check is a msgpack array [id]")
+    return ComputeChecksum(fields[0])
+
+
 @dataclass(frozen=True, slots=True)
 class Outcome:
     """What one command does: the result for the client and the write to make, if any."""
@@ -211,8 +257,7 @@ def decode_result(data: bytes) -> Result:
     except (ValueError, TypeError, msgpack.UnpackException) as exc:
         raise CommandError(f"not a msgpack result: {exc}") from exc
     if not isinstance(result, dict) or not all(
-        isinstance(k, str) and (v is None or isinstance(v, bool | bytes))
-        for k, v in result.items()
+        isinstance(k, str) and (v is None or isinstance(v, bool | bytes)) for k, v in result.items()
     ):
         raise CommandError("a result is a map of str to bool, bytes or nil")
     return result

@@ -46,6 +46,19 @@ class FollowerProgress(_Report):
     state: Literal["probe", "replicate", "snapshot"] | None = None
 
 
+class ConsistencyCheckView(_Report):
+    """The last consistency check of a shard its leader ran (issue 15): every voter's
+    digest of the state at one applied index; `mismatched` names the replicas that
+    disagree with the majority (or whose rows failed their checksums)."""
+
+    index: int
+    at: float = 0.0  # unix time the check finished
+    ok: bool = True
+    digests: dict[int, str | None] = Field(default_factory=dict)  # None: no answer
+    mismatched: list[int] = Field(default_factory=list)
+    decided: bool = True  # False: no majority agreed, so no replica was rebuilt
+
+
 class GroupStatus(_Report):
     """One Raft group (a shard, or the metadata group) as one of its replicas sees it."""
 
@@ -59,6 +72,11 @@ class GroupStatus(_Report):
     learners: list[int] = Field(default_factory=list)
     # Only on the leader: every other member's progress.
     followers: dict[int, FollowerProgress] | None = None
+    # Issue 15, only when set: why this replica is corrupt (a row failed its checksum, or
+    # a consistency check outvoted it): it serves nothing and is being rebuilt.
+    corrupt: str | None = None
+    # Issue 15, only on a leader that ran one: its last consistency check of the shard.
+    consistency_check: ConsistencyCheckView | None = None
 
     @property
     def is_leader(self) -> bool:
@@ -72,8 +90,9 @@ class GroupStatus(_Report):
     def _omit_followers(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
         # A follower's entry has no "followers" key at all (not null), as always.
         out: dict[str, Any] = handler(self)
-        if self.followers is None:
-            out.pop("followers", None)
+        for optional in ("followers", "corrupt", "consistency_check"):
+            if getattr(self, optional) is None:
+                out.pop(optional, None)
         return out
 
 

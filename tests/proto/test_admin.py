@@ -15,6 +15,7 @@ from shardset_proto.admin import (
     AdminAction,
     AdminBody,
     BadBody,
+    CheckConsistency,
     CreateReplica,
     DropReplica,
     MapRecover,
@@ -22,11 +23,14 @@ from shardset_proto.admin import (
     Promote,
     ProposeSystem,
     ReadIndex,
+    RebuildReplica,
     RecordReplicas,
     RecoverShard,
     RemoveNode,
     RemoveReplica,
+    ReplicaDigest,
     SetConsistency,
+    ShardState,
     SplitShard,
     SystemCommand,
     TransferLeader,
@@ -80,11 +84,15 @@ EXAMPLES: list[tuple[AdminBody, dict[str, Any]]] = [
     ),
     (RemoveNode(node=4), {"node": 4}),
     (ReadIndex(shard=3), {"shard": 3}),
+    (CheckConsistency(shard=3), {"shard": 3}),
+    (ReplicaDigest(shard=3, index=17), {"shard": 3, "index": 17}),
+    (ShardState(shard=3, min_index=17), {"shard": 3, "min_index": 17}),
+    (RebuildReplica(shard=3, reason="why"), {"shard": 3, "reason": "why"}),
 ]
 
 
 def test_every_action_has_one_body_named_for_it() -> None:
-    assert len(AdminAction) == 16
+    assert len(AdminAction) == 20
     assert set(BODIES) == set(AdminAction)
     assert all(body.action == action for action, body in BODIES.items())
     assert {type(b).action for b, _ in EXAMPLES} == set(AdminAction)

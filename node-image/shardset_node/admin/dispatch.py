@@ -7,11 +7,13 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Any, Generic, TypeVar
 
+from shardset_node.admin.checks import CheckActions
 from shardset_node.admin.consistency import ConsistencyActions
 from shardset_node.admin.recovery import Recovery
 from shardset_node.admin.replicas import ReplicaActions
 from shardset_node.admin.resharding import Resharding
 from shardset_node.admin.shardmap import MapActions
+from shardset_node.checker import ConsistencyChecker
 from shardset_node.core import Node
 from shardset_node.peers.client import PeerClient
 from shardset_node.reads import ReadPath
@@ -45,12 +47,15 @@ class _Route(Generic[B]):
 class Admin:
     """Idempotent operations for the operator; each is safe to retry."""
 
-    def __init__(self, node: Node, peers: PeerClient, reads: ReadPath) -> None:
+    def __init__(
+        self, node: Node, peers: PeerClient, reads: ReadPath, checker: ConsistencyChecker
+    ) -> None:
         shard_map = MapActions(node, peers)
         replicas = ReplicaActions(node, shard_map)
         resharding = Resharding(node, peers)
         recovery = Recovery(node, peers, replicas)
         consistency = ConsistencyActions(node, reads)
+        checks = CheckActions(node, checker)
         routes: list[_Route[Any]] = [
             _Route(a.TransferLeader, replicas.transfer_leader),
             _Route(a.CreateReplica, replicas.create),
@@ -68,6 +73,10 @@ class Admin:
             _Route(a.MapRecover, shard_map.map_recover),
             _Route(a.RemoveNode, shard_map.remove_node),
             _Route(a.ReadIndex, consistency.read_index),
+            _Route(a.CheckConsistency, checks.check),
+            _Route(a.ReplicaDigest, checks.digest),
+            _Route(a.ShardState, checks.shard_state),
+            _Route(a.RebuildReplica, checks.rebuild),
         ]
         self._routes = {r.body.action: r for r in routes}
         assert set(self._routes) == set(AdminAction), "an admin action has no handler"

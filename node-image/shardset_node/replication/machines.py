@@ -9,6 +9,7 @@ twice. `MetaMachine` holds the shard map of the metadata group.
 from __future__ import annotations
 
 import base64
+import concurrent.futures
 import json
 import os
 import struct
@@ -21,9 +22,16 @@ from typing import Any
 
 from shardset_node.storage.files import atomic_replace
 from shardset_node.storage.kvengine import KvEngine
-from shardset_proto.commands import Command, decode_command
+from shardset_proto.commands import (
+    Command,
+    ComputeChecksum,
+    decode_check,
+    decode_command,
+    is_check,
+)
 from shardset_proto.shardmap import ShardMap
 from shardset_proto.slots import slot_of
+from shardset_proto.status import ConsistencyCheckView
 from shardset_raft import Entry, EntryType, Snapshot
 
 SYSTEM = b"\xc1"  # never the first byte of msgpack: marks a slot-move command (JSON)
@@ -39,6 +47,10 @@ _SNAPSHOT_HEADER = struct.Struct(">8sHI")  # magic, version, length of the range
 # An export retried this many times, each because a slot move changed the ranges while
 # it ran, gives up until the next compaction point (moves are rare: one retry is plenty).
 _EXPORT_ATTEMPTS = 3
+# Digests of consistency checks are computed off the event loop, one at a time per node
+# (a check is rare; one worker bounds the CPU it takes from serving).
+_DIGESTS = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="digest")
+KEEP_CHECKS = 8  # digests kept per shard (by index) for the leader to collect
 
 
 def encode_shard_snapshot(moved: Ranges, state: bytes) -> bytes:
@@ -88,6 +100,10 @@ class ShardMachine:
         # thread can tell whether the ranges it read match the state it exported.
         self._moving_lock = threading.Lock()
         self._moved_version = 0
+        # Consistency checks (see _consistency_check): applied index -> digest (hex, keys)
+        # being computed or done; and the last check this replica led, for status/metrics.
+        self.checks: dict[int, concurrent.futures.Future[tuple[str, int]]] = {}
+        self.last_check: ConsistencyCheckView | None = None
 
     def refuses(self, slot: int) -> bool:
         return any(a <= slot < b for a, b in self.moved)
@@ -103,6 +119,10 @@ class ShardMachine:
                 self._flush(batch, entries[pos - 1].index if pos else done, results)
                 batch = []
                 results[pos] = self._system(e.index, json.loads(e.data[1:]))
+            elif e.type == EntryType.NORMAL and is_check(e.data):
+                self._flush(batch, entries[pos - 1].index if pos else done, results)
+                batch = []
+                results[pos] = self._consistency_check(e.index, decode_check(e.data))
             elif e.type == EntryType.NORMAL and e.data:
                 cmd = decode_command(e.data)
                 if self.moved and self.refuses(slot_of(cmd.key)):
@@ -143,6 +163,38 @@ class ShardMachine:
                 path.unlink(missing_ok=True)
             return {"ingested": info.key_count}
         raise ValueError(f"unknown system command {cmd['op']!r}")
+
+    # -- consistency checks and rebuilds (issue 15) -----------------------------------------
+
+    def _consistency_check(self, index: int, check: ComputeChecksum) -> object:
+        """Apply a check entry: record its index, then digest the state at exactly that
+        index (a read transaction pinned here, on the applying thread) in a worker thread."""
+        extra = json.dumps(sorted(self.moved)).encode()  # the moved ranges are state too
+        self.engine.apply(self.shard, index, [])
+        view = self.engine.digest_at(self.shard)
+        self.checks[index] = _DIGESTS.submit(view.compute, extra)
+        for old in sorted(self.checks)[:-KEEP_CHECKS]:
+            del self.checks[old]
+        return {"check": check.check_id}
+
+    def install_state(self, index: int, data: bytes) -> bool:
+        """Replace a (corrupt) replica's state by a leader's export at `index` (from
+        export_state). Refused (False) if the engine is already past `index`: entries it
+        applied above it would be lost; the caller asks again for a later export. Runs on
+        the applying thread, so no apply interleaves between the check and the import."""
+        if index < self.engine.applied_index(self.shard):
+            return False
+        moved, state = decode_shard_snapshot(data)
+        path = self._scratch_file()
+        try:
+            path.write_bytes(state)
+            with self._moving():
+                if moved is not None:
+                    self._set_moved(moved)
+                self.engine.import_snapshot(self.shard, path)
+        finally:
+            path.unlink(missing_ok=True)
+        return True
 
     @contextmanager
     def _moving(self) -> Iterator[None]:

@@ -10,6 +10,14 @@ that matches that index (SQLite's WAL is atomic). The Raft log therefore must ke
 entries above :meth:`KvEngine.applied_index` until :meth:`KvEngine.sync` or a snapshot
 export has made them durable.
 
+Integrity: every kv row carries a crc32 of (shard, key, value) (``row_crc``), written with
+the row and checked on every read of it (get, scan, a CAS's current value, a snapshot
+export, a consistency digest). A row that fails is never served: the read raises
+:class:`ReplicaCorrupt` (a retryable 503 ``replica_corrupt``) and the shard is recorded
+in :attr:`KvEngine.corrupt` until its state is replaced (import_snapshot, drop_shard).
+A whole-file scan at open would be too slow for big stores, so rows are checked lazily.
+Schema 1 files (no checksums) get them computed once, at open (schema 2).
+
 Determinism: :meth:`KvEngine.apply` results depend only on the shard's state and the
 commands, including the idempotency table, which evicts by per-shard insertion sequence
 (not by when a caller chose to batch entries). ``idem_capacity`` must be the same on every
@@ -18,13 +26,18 @@ replica of a shard.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import sqlite3
+import struct
 import threading
-from collections.abc import Collection, Iterator, Sequence
+import zlib
+from collections.abc import Collection, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+import structlog
 
 from shardset_node.storage.snapshot import (
     KIND_FULL,
@@ -53,21 +66,27 @@ from shardset_proto.commands import (
     encode_result,
     execute,
 )
+from shardset_proto.errors import ApiError
 from shardset_proto.slots import slot_of
+
+log = structlog.get_logger(__name__)
 
 __all__ = [
     "IDEM_CAPACITY",
     "MAX_KEY_BYTES",
     "MAX_VALUE_BYTES",
     "KvEngine",
+    "ReplicaCorrupt",
+    "ShardDigest",
     "StaleIndex",
+    "row_crc",
 ]
 
 IDEM_CAPACITY = 100_000
-_SCHEMA_VERSION = 1
+_SCHEMA_VERSION = 2  # 2: kv rows carry crc (row_crc)
 _SCHEMA = """
 CREATE TABLE kv (
-    shard INTEGER NOT NULL, key BLOB NOT NULL, value BLOB NOT NULL,
+    shard INTEGER NOT NULL, key BLOB NOT NULL, value BLOB NOT NULL, crc INTEGER NOT NULL,
     PRIMARY KEY (shard, key)
 ) WITHOUT ROWID;
 CREATE TABLE shard_meta (
@@ -90,6 +109,47 @@ _COMMAND_TYPES: tuple[type, ...] = (Put, Delete, Cas)
 
 class StaleIndex(ValueError):
     """An apply at an index the shard has already applied (replays must skip these)."""
+
+
+class ReplicaCorrupt(ApiError):
+    """This replica's copy of a shard failed a checksum: nothing of it is served.
+
+    A 503 so clients retry elsewhere (another replica, or the leader once this one has
+    handed its leadership over); the node rebuilds the replica from its peers."""
+
+    def __init__(self, shard: int, reason: str) -> None:
+        super().__init__(
+            503,
+            "replica_corrupt",
+            f"this replica of shard {shard} is corrupt ({reason}); it is being rebuilt "
+            "from its peers: retry, another replica will answer",
+            retry_after=1,
+            shard=shard,
+        )
+        self.shard = shard
+        self.reason = reason
+
+
+class _RowCorrupt(Exception):
+    """A kv row whose checksum does not match (internal: becomes ReplicaCorrupt)."""
+
+    def __init__(self, shard: int, key: bytes) -> None:
+        super().__init__(f"row checksum mismatch at key {key[:64]!r}")
+        self.shard = shard
+        self.key = key
+
+
+def row_crc(shard: int, key: bytes, value: bytes) -> int:
+    """The checksum a kv row carries: crc32 over the shard, the key's length, the key and
+    the value (the length keeps key/value boundaries from aliasing)."""
+    head = struct.pack(">QI", shard, len(key))
+    return zlib.crc32(value, zlib.crc32(key, zlib.crc32(head)))
+
+
+def _checked(shard: int, key: bytes, value: bytes, crc: int) -> bytes:
+    if row_crc(shard, key, value) != crc:
+        raise _RowCorrupt(shard, key)
+    return value
 
 
 class KvEngine:
@@ -115,6 +175,9 @@ class KvEngine:
         # shard -> (applied index, idem seq) as committed: this connection is the only
         # writer, so the table is read once per shard, not on every apply.
         self._meta_cache: dict[int, tuple[int, int]] = {}
+        # shard -> why: replicas that failed a checksum; nothing of them is served until
+        # their state is replaced (import_snapshot, drop_shard).
+        self.corrupt: dict[int, str] = {}
         # NORMAL: no fsync per commit; the Raft log can replay what a power loss undoes.
         self._db.execute(f"PRAGMA synchronous={'FULL' if durable_commits else 'NORMAL'}")
         self._db.execute("PRAGMA journal_size_limit=67108864")
@@ -159,7 +222,13 @@ class KvEngine:
             _check_index(shard, index, applied)
             results = []
             for cmd in commands:
-                result, seq = self._apply_one(db, shard, cmd, seq)
+                try:
+                    result, seq = self._apply_one(db, shard, cmd, seq)
+                except _RowCorrupt as exc:
+                    # The command read a corrupt current value: its outcome here is
+                    # unknowable, so this replica writes nothing for it and is rebuilt.
+                    self._mark(shard, str(exc))
+                    result = {"error": "replica_corrupt"}  # type: ignore[dict-item]
                 results.append(result)
             self._evict(db, shard, seq)
             self._set_meta(db, shard, index, seq)
@@ -186,7 +255,7 @@ class KvEngine:
             if result["prev_exists"]:
                 _update(db, shard, cmd.key, cmd.value)
         else:
-            outcome = execute(cmd, _get(db, shard, cmd.key))
+            outcome = execute(cmd, _get(db, shard, cmd.key))  # may raise _RowCorrupt
             if outcome.write:
                 _put(db, shard, cmd.key, outcome.value)
             result = outcome.result
@@ -217,10 +286,15 @@ class KvEngine:
     # -- reads ----------------------------------------------------------------------------
 
     def get(self, shard: int, key: bytes) -> bytes | None:
+        """The key's value; ReplicaCorrupt if this replica of the shard is corrupt."""
         _check_shard(shard)
         check_key(key)
         with self._lock:
-            return _get(self._db, shard, key)
+            self._refuse_corrupt(shard)
+            try:
+                return _get(self._db, shard, key)
+            except _RowCorrupt as exc:
+                raise self._mark(shard, str(exc)) from None
 
     def scan(
         self, shard: int, start: bytes, end: bytes | None, limit: int
@@ -233,14 +307,47 @@ class KvEngine:
             check_key(end)
         if limit < 0:
             raise ValueError("limit must not be negative")
-        sql = "SELECT key, value FROM kv WHERE shard = ? AND key >= ?"
+        sql = "SELECT key, value, crc FROM kv WHERE shard = ? AND key >= ?"
         args: tuple[Any, ...] = (shard, start)
         if end is not None:
             sql += " AND key < ?"
             args += (end,)
         with self._lock:
+            self._refuse_corrupt(shard)
             rows = self._db.execute(sql + " ORDER BY key LIMIT ?", (*args, limit)).fetchall()
-        return [(bytes(k), bytes(v)) for k, v in rows]
+            try:
+                return [(bytes(k), _checked(shard, k, v, c)) for k, v, c in rows]
+            except _RowCorrupt as exc:
+                raise self._mark(shard, str(exc)) from None
+
+    # -- integrity ------------------------------------------------------------------------
+
+    def _refuse_corrupt(self, shard: int) -> None:
+        reason = self.corrupt.get(shard)
+        if reason is not None:
+            raise ReplicaCorrupt(shard, reason)
+
+    def _mark(self, shard: int, reason: str) -> ReplicaCorrupt:
+        """Record `shard` as corrupt here (logged once) and return the error to raise."""
+        if shard not in self.corrupt:
+            log.error("replica_corrupt", shard=shard, reason=reason, file=str(self.path))
+            self.corrupt[shard] = reason
+        return ReplicaCorrupt(shard, reason)
+
+    def mark_corrupt(self, shard: int, reason: str) -> None:
+        """Record `shard` as corrupt (e.g. outvoted by a consistency check)."""
+        with self._lock:
+            self._mark(shard, reason)
+
+    def digest_at(self, shard: int) -> ShardDigest:
+        """A consistent read view of `shard` at its current applied index (taken now, on
+        the caller's thread); its :meth:`ShardDigest.compute` may run in another thread
+        while applies go on."""
+        _check_shard(shard)
+        reader = _connect(self.path)
+        reader.execute("BEGIN")
+        applied, idem_seq = _read_meta(reader, shard)  # the first read pins the view
+        return ShardDigest(self, reader, shard, applied, idem_seq)
 
     # -- shard lifecycle and slot moves ---------------------------------------------------
 
@@ -249,6 +356,7 @@ class KvEngine:
         _check_shard(shard)
         with self._write() as db:
             self._clear_shard(db, shard)
+        self.corrupt.pop(shard, None)
 
     def delete_slots(self, shard: int, index: int, slots: Collection[int]) -> int:
         """Delete the keys (and idempotency records) of ``slots``, recording ``index`` as
@@ -295,7 +403,12 @@ class KvEngine:
         try:
             reader.execute("BEGIN")
             applied, idem_seq = _read_meta(reader, shard)
-            kv = reader.execute("SELECT key, value FROM kv WHERE shard = ? ORDER BY key", (shard,))
+            kv = self.verified(
+                shard,
+                reader.execute(
+                    "SELECT key, value, crc FROM kv WHERE shard = ? ORDER BY key", (shard,)
+                ),
+            )
             idem = reader.execute(
                 "SELECT idem, seq, slot, result FROM idem WHERE shard = ? ORDER BY seq", (shard,)
             )
@@ -311,6 +424,15 @@ class KvEngine:
         finally:
             reader.close()
         return header.info(path)
+
+    def verified(self, shard: int, rows: Iterator[Any]) -> Iterator[tuple[bytes, bytes]]:
+        """(key, value) of (key, value, crc) rows; a snapshot never ships a corrupt row."""
+        for k, v, c in rows:
+            try:
+                yield bytes(k), _checked(shard, k, v, c)
+            except _RowCorrupt as exc:
+                with self._lock:
+                    raise self._mark(shard, str(exc)) from None
 
     def import_snapshot(self, shard: int, path: str | os.PathLike[str]) -> SnapshotInfo:
         """Replace the shard's whole state with a snapshot from :meth:`export_snapshot`.
@@ -330,6 +452,8 @@ class KvEngine:
             except sqlite3.IntegrityError as exc:  # e.g. two records with one seq
                 raise SnapshotCorrupt(path, f"inconsistent records: {exc}") from exc
             self._set_meta(db, shard, header.applied_index, header.idem_seq)
+        if self.corrupt.pop(shard, None) is not None:
+            log.info("replica_rebuilt", shard=shard, applied=header.applied_index)
         return header.info(path)
 
     def import_slots(self, shard: int, index: int, path: str | os.PathLike[str]) -> SnapshotInfo:
@@ -345,8 +469,8 @@ class KvEngine:
             _check_index(shard, index, applied)
             with open_records(path) as records:
                 db.executemany(
-                    "INSERT OR REPLACE INTO kv VALUES (?, ?, ?)",
-                    ((shard, k, v) for k, v in kv_records(path, records, header.key_count)),
+                    "INSERT OR REPLACE INTO kv VALUES (?, ?, ?, ?)",
+                    _rows(shard, kv_records(path, records, header.key_count)),
                 )
                 # Imported records get this shard's next sequence numbers, in their original
                 # order, so eviction stays a function of this shard's own history.
@@ -404,8 +528,31 @@ def _ensure_schema(db: sqlite3.Connection) -> None:
     (version,) = db.execute("PRAGMA user_version").fetchone()
     if version == 0:
         db.executescript(f"BEGIN; {_SCHEMA} PRAGMA user_version={_SCHEMA_VERSION}; COMMIT;")
+    elif version == 1:
+        _add_checksums(db)
     elif version != _SCHEMA_VERSION:
         raise RuntimeError(f"state file has schema version {version}, expected {_SCHEMA_VERSION}")
+
+
+def _add_checksums(db: sqlite3.Connection) -> None:
+    """Schema 1 -> 2, once: every existing row gets its checksum (one transaction, so a
+    crash leaves the file at schema 1 and the next open does it again)."""
+    db.create_function("row_crc", 3, lambda s, k, v: row_crc(s, k, v), deterministic=True)
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        db.execute("ALTER TABLE kv ADD COLUMN crc INTEGER NOT NULL DEFAULT 0")
+        cur = db.execute("UPDATE kv SET crc = row_crc(shard, key, value)")
+        db.execute(f"PRAGMA user_version={_SCHEMA_VERSION}")
+        db.execute("COMMIT")
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+    log.info("kv_schema_migrated", version=_SCHEMA_VERSION, rows=cur.rowcount)
+
+
+def _rows(shard: int, pairs: Iterable[tuple[bytes, bytes]]) -> Iterator[tuple[Any, ...]]:
+    """kv table rows, checksums included, for (key, value) pairs of `shard`."""
+    return ((shard, k, v, row_crc(shard, k, v)) for k, v in pairs)
 
 
 def _check_shard(shard: int) -> None:
@@ -434,27 +581,37 @@ def _set_meta(db: sqlite3.Connection, shard: int, applied: int, idem_seq: int) -
 
 
 def _get(db: sqlite3.Connection, shard: int, key: bytes) -> bytes | None:
-    row = db.execute("SELECT value FROM kv WHERE shard = ? AND key = ?", (shard, key)).fetchone()
-    return None if row is None else bytes(row[0])
+    """The checked value (_RowCorrupt if its checksum fails), None if absent."""
+    row = db.execute(
+        "SELECT value, crc FROM kv WHERE shard = ? AND key = ?", (shard, key)
+    ).fetchone()
+    return None if row is None else _checked(shard, key, bytes(row[0]), row[1])
 
 
 def _put(db: sqlite3.Connection, shard: int, key: bytes, value: bytes | None) -> None:
     if value is None:
         db.execute("DELETE FROM kv WHERE shard = ? AND key = ?", (shard, key))
     else:
-        db.execute("INSERT OR REPLACE INTO kv VALUES (?, ?, ?)", (shard, key, value))
+        db.execute(
+            "INSERT OR REPLACE INTO kv VALUES (?, ?, ?, ?)",
+            (shard, key, value, row_crc(shard, key, value)),
+        )
 
 
 def _insert_new(db: sqlite3.Connection, shard: int, key: bytes, value: bytes) -> bool:
     """Insert the pair if the key is absent; whether it was."""
     cur = db.execute(
-        "INSERT INTO kv VALUES (?, ?, ?) ON CONFLICT (shard, key) DO NOTHING", (shard, key, value)
+        "INSERT INTO kv VALUES (?, ?, ?, ?) ON CONFLICT (shard, key) DO NOTHING",
+        (shard, key, value, row_crc(shard, key, value)),
     )
     return cur.rowcount == 1
 
 
 def _update(db: sqlite3.Connection, shard: int, key: bytes, value: bytes) -> None:
-    db.execute("UPDATE kv SET value = ? WHERE shard = ? AND key = ?", (value, shard, key))
+    db.execute(
+        "UPDATE kv SET value = ?, crc = ? WHERE shard = ? AND key = ?",
+        (value, row_crc(shard, key, value), shard, key),
+    )
 
 
 def _clear_shard(db: sqlite3.Connection, shard: int) -> None:
@@ -465,8 +622,8 @@ def _clear_shard(db: sqlite3.Connection, shard: int) -> None:
 def _load_full(db: sqlite3.Connection, shard: int, path: Path, header: Header) -> None:
     with open_records(path) as records:
         db.executemany(
-            "INSERT INTO kv VALUES (?, ?, ?)",
-            ((shard, k, v) for k, v in kv_records(path, records, header.key_count)),
+            "INSERT INTO kv VALUES (?, ?, ?, ?)",
+            _rows(shard, kv_records(path, records, header.key_count)),
         )
         db.executemany(
             "INSERT INTO idem VALUES (?, ?, ?, ?, ?)",
@@ -476,3 +633,42 @@ def _load_full(db: sqlite3.Connection, shard: int, path: Path, header: Header) -
             ),
         )
         expect_end(path, records)
+
+
+class ShardDigest:
+    """One shard's state at one applied index, as a digest: blake2b over every kv row
+    (checked against its checksum) and every idempotency record, in key / seq order.
+
+    Built by :meth:`KvEngine.digest_at`, which pins a read transaction at the applied
+    index; :meth:`compute` may then run in any thread (applies go on meanwhile)."""
+
+    def __init__(
+        self, engine: KvEngine, reader: sqlite3.Connection, shard: int, applied: int, seq: int
+    ) -> None:
+        self.engine = engine
+        self.shard = shard
+        self.applied = applied
+        self._reader = reader
+        self._seq = seq
+
+    def compute(self, extra: bytes = b"") -> tuple[str, int]:
+        """(hex digest, number of keys); ReplicaCorrupt (and the shard marked) if a row
+        fails its checksum. `extra` is hashed too (state kept outside the engine)."""
+        h = hashlib.blake2b(digest_size=16)
+        h.update(struct.pack(">QQQ", self.shard, self.applied, self._seq) + extra)
+        keys = 0
+        try:
+            rows = self._reader.execute(
+                "SELECT key, value, crc FROM kv WHERE shard = ? ORDER BY key", (self.shard,)
+            )
+            for key, value in self.engine.verified(self.shard, rows):
+                h.update(struct.pack(">II", len(key), len(value)) + key + value)
+                keys += 1
+            for idem, seq, slot, result in self._reader.execute(
+                "SELECT idem, seq, slot, result FROM idem WHERE shard = ? ORDER BY seq",
+                (self.shard,),
+            ):
+                h.update(struct.pack(">IQII", len(idem), seq, slot, len(result)) + idem + result)
+        finally:
+            self._reader.close()
+        return h.hexdigest(), keys

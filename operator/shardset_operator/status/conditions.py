@@ -140,7 +140,13 @@ def _degraded(obs: Observation, bootstrapped: bool) -> tuple[ConditionStatus, st
             "survivor (writes only the lost replicas held are lost; docs/operations.md)"
         )
     else:
-        reason = "ShardsLeaderless" if any(h.leaderless for h in bad) else "ShardsUnderReplicated"
+        reason = (
+            "ShardsLeaderless"
+            if any(h.leaderless for h in bad)
+            else "ShardsUnderReplicated"
+            if any(h.under_replicated for h in bad)
+            else "ReplicasDiverged"
+        )
         message = "; ".join(h.describe() for h in bad)
     if obs.unreachable:
         message += "; " + _ids("unreachable nodes", list(obs.unreachable))

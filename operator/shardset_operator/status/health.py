@@ -2,8 +2,11 @@
 
 A shard is healthy when some responsive node reports itself its leader and the
 leader's configuration has at least replicationFactor voters, every one of them
-responsive (answering the operator and hosting the shard). Leaderless: no responsive
-node leads it. Under-replicated: led, but short of voters or with voters down.
+responsive (answering the operator and hosting the shard), and no replica is corrupt or
+diverged. Leaderless: no responsive node leads it. Under-replicated: led, but short of
+voters or with voters down. Diverged: a replica reports itself corrupt (a row failed its
+checksum), or the leader's last consistency check outvoted a replica; the nodes rebuild
+such a replica from the leader on their own, so this is reported, not acted on.
 """
 
 from __future__ import annotations
@@ -21,6 +24,12 @@ class ShardHealth:
     voters: tuple[int, ...]
     responsive_voters: tuple[int, ...]
     replication_factor: int
+    corrupt: tuple[int, ...] = ()  # replicas that report themselves corrupt
+    mismatched: tuple[int, ...] = ()  # outvoted by the leader's last consistency check
+
+    @property
+    def diverged(self) -> bool:
+        return bool(self.corrupt or self.mismatched)
 
     @property
     def leaderless(self) -> bool:
@@ -46,11 +55,17 @@ class ShardHealth:
 
     @property
     def healthy(self) -> bool:
-        return not self.leaderless and not self.under_replicated
+        return not self.leaderless and not self.under_replicated and not self.diverged
 
     def describe(self) -> str:
         if self.leaderless:
             return f"shard {self.shard} has no leader"
+        if self.diverged and not self.under_replicated:
+            bad = sorted(set(self.corrupt) | set(self.mismatched))
+            return (
+                f"shard {self.shard}: replicas {bad} corrupt or diverged (consistency check "
+                "or checksum); the nodes rebuild them from the leader"
+            )
         return (
             f"shard {self.shard} has {len(self.responsive_voters)}/{self.replication_factor} "
             "voters responsive"
@@ -101,5 +116,27 @@ def shard_health(
     for shard in sorted(shards):
         leader, voters = _view(shard, reports)
         responsive = tuple(v for v in voters if _hosts(reports.get(v), shard))
-        out[shard] = ShardHealth(shard, leader, voters, responsive, replication_factor)
+        corrupt, mismatched = _integrity(shard, leader, reports)
+        out[shard] = ShardHealth(
+            shard, leader, voters, responsive, replication_factor, corrupt, mismatched
+        )
     return out
+
+
+def _integrity(
+    shard: int, leader: int | None, reports: Mapping[int, NodeStatus | None]
+) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """(replicas reporting themselves corrupt, replicas the leader's last consistency
+    check outvoted) of `shard`."""
+    corrupt = tuple(
+        sorted(
+            n
+            for n, r in reports.items()
+            if r is not None and (g := r.group(shard)) is not None and g.corrupt
+        )
+    )
+    report = reports.get(leader) if leader is not None else None
+    entry = report.group(shard) if report is not None else None
+    check = entry.consistency_check if entry is not None else None
+    mismatched = tuple(check.mismatched) if check is not None and not check.ok else ()
+    return corrupt, mismatched
