@@ -20,7 +20,7 @@ import structlog
 from shardset_node.config import META_GROUP, META_VOTERS, REQUEST_TIMEOUT, NodeConfig
 from shardset_node.peers.transport import ClientHandler, Transport
 from shardset_node.replication.group import LeadershipLost, ReplicaGroup, StateMachine
-from shardset_node.replication.host import RaftHost
+from shardset_node.replication.host import LoopFailed, RaftHost, StorageFull
 from shardset_node.replication.machines import MetaMachine, ShardMachine
 from shardset_node.storage.files import atomic_replace
 from shardset_node.storage.kvengine import KvEngine
@@ -52,6 +52,10 @@ ORIGIN = "origin.json"
 # ticks after an event-loop stall so a paused leader does not keep counting an old lease
 # (docs/consistency.md).
 MAX_CLOCK_DRIFT_TICKS = 2
+# A host round still running after this many seconds is stuck (a sync that never returns):
+# liveness fails, so the kubelet restarts the node. Far above any healthy round (a sync
+# on a loaded disk takes milliseconds to a second or two).
+STUCK_ROUND_S = 20.0
 
 
 class Node:
@@ -225,6 +229,7 @@ class Node:
 
     def group(self, shard: int, path: str) -> ReplicaGroup:
         """The local replica of `shard`; a redirect (or 404) when it is not hosted here."""
+        self.check_alive()
         m = self.meta.map
         g = self.host.groups.get(shard)
         if g is None:
@@ -275,6 +280,12 @@ class Node:
             raise self.redirect(g.id, e.leader or g.raft.leader, path) from None
         except (ProposalDropped, LeadershipLost) as e:
             raise ApiError(503, "retry", str(e), retry_after=1, shard=g.id) from None
+        except LoopFailed as e:
+            raise self.failed(e.cause) from None
+        except StorageFull as e:
+            raise ApiError(
+                507, "insufficient_storage", str(e), shard=g.id, node=self.id, retry_after=1
+            ) from None
         except TimeoutError:
             raise ApiError(
                 504,
@@ -290,12 +301,51 @@ class Node:
         return result
 
     # --- health -----------------------------------------------------------------------
+    def failed(self, cause: BaseException) -> ApiError:
+        """The answer of a node whose Raft loop stopped (it is about to exit)."""
+        return ApiError(
+            503,
+            "node_failed",
+            f"node {self.id} stopped serving: {LoopFailed(cause)}; it restarts, ask another "
+            "replica",
+            node=self.id,
+            retry_after=1,
+        )
+
+    def check_alive(self) -> None:
+        """Raise `failed` once the Raft loop has stopped: nothing this node holds may be
+        served any more (its roles and applied state no longer move)."""
+        if self.host.failure is not None:
+            raise self.failed(self.host.failure)
+
+    def liveness_problems(self) -> list[str]:
+        """Why the process should be restarted (/healthz), if it should."""
+        if self.host.failure is not None:
+            return [str(LoopFailed(self.host.failure))]
+        stuck = self.host.stuck_for()
+        if stuck > STUCK_ROUND_S:
+            return [f"the Raft loop has been stuck in one round for {stuck:.0f}s"]
+        return []
+
     def readiness_problems(self) -> list[str]:
+        alive = self.liveness_problems()
+        if alive:
+            return alive
+        problems = []
+        stall = self.host.disk_stall
+        if stall is not None:
+            problems.append(f"disk full: {stall.reason}; writes are refused until space returns")
         if self.id not in self.meta.map.nodes:
-            return [f"node {self.id} is not yet a member of the store (add-node adds it)"]
+            return [
+                *problems,
+                f"node {self.id} is not yet a member of the store (add-node adds it)",
+            ]
         if META_GROUP not in self.host.groups:
-            return [f"node {self.id} lost its data and waits to be re-added by the operator"]
-        return [
+            return [
+                *problems,
+                f"node {self.id} lost its data and waits to be re-added by the operator",
+            ]
+        return problems + [
             f"group {gid} has no known leader"
             for gid, g in sorted(self.host.groups.items())
             if g.raft.leader == 0

@@ -9,8 +9,10 @@ from typing import Literal
 from shardset_node.core import Node
 from shardset_node.reads import ReadPath
 from shardset_node.replication.group import ReplicaGroup
+from shardset_node.storage.diskspace import disk_space
 from shardset_proto.status import (
     ConsistencyView,
+    DiskView,
     FollowerProgress,
     GroupRole,
     GroupStatus,
@@ -35,11 +37,15 @@ _STATES: dict[ProgressState, Literal["probe", "replicate", "snapshot"]] = {
 
 
 def shardmap_view(node: Node) -> ShardMapView:
+    node.check_alive()  # a dead loop's view of the leaders is stale: not served
     leaders = {gid: g.raft.leader for gid, g in node.host.groups.items() if gid}
     return ShardMapView.of(node.meta.map, leaders)
 
 
 def status(node: Node, reads: ReadPath) -> NodeStatus:
+    """The node's report; a 503 once its Raft loop stopped (the roles it would report
+    are stale), so the operator counts it unavailable."""
+    node.check_alive()
     policy = reads.policy
     return NodeStatus(
         node=node.id,
@@ -47,6 +53,19 @@ def status(node: Node, reads: ReadPath) -> NodeStatus:
         epoch=node.meta.map.epoch,
         consistency=ConsistencyView(mode=policy.mode, maxStalenessMs=policy.max_staleness_ms),
         groups={group_key(gid): _group(node.id, g) for gid, g in sorted(node.host.groups.items())},
+        disk=disk_view(node),
+    )
+
+
+def disk_view(node: Node) -> DiskView:
+    space = disk_space(node.cfg.data_dir)
+    stall = node.host.disk_stall
+    return DiskView(
+        full=stall is not None,
+        reason=stall.reason if stall else None,
+        since=stall.since if stall else None,
+        freeBytes=space.free_bytes if space else None,
+        totalBytes=space.total_bytes if space else None,
     )
 
 

@@ -89,6 +89,17 @@ def group_key(gid: int) -> str:
     return META_KEY if gid == META_GROUP else str(gid)
 
 
+class DiskView(_Report):
+    """The node's data file system: its space, and whether a full disk has stopped
+    writes (`full`; since `since`, a Unix time, for `reason`). Absent from older nodes."""
+
+    full: bool = False
+    reason: str | None = None
+    since: float | None = None
+    free_bytes: int | None = Field(default=None, alias="freeBytes")
+    total_bytes: int | None = Field(default=None, alias="totalBytes")
+
+
 class NodeStatus(_Report):
     """GET /v1/status: the node, how its data began, its shard map epoch, its default
     read consistency, and every Raft group it hosts (keyed by group_key)."""
@@ -98,6 +109,15 @@ class NodeStatus(_Report):
     epoch: int = 0
     consistency: ConsistencyView | None = None
     groups: dict[str, GroupStatus] = Field(default_factory=dict)
+    disk: DiskView | None = None
+
+    @model_serializer(mode="wrap")
+    def _omit_disk(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        # Served only by nodes that know it: no "disk": null for readers of old reports.
+        out: dict[str, Any] = handler(self)
+        if self.disk is None:
+            out.pop("disk", None)
+        return out
 
     @property
     def meta(self) -> GroupStatus | None:
