@@ -101,6 +101,16 @@ def _env_seconds(name: str, default: float) -> float:
     return value
 
 
+def _failure_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--fatal-grace-s",
+        type=float,
+        default=_env_seconds("SHARDSET_FATAL_GRACE_S", 1.0),
+        help="once the Raft loop has died, answer 503 (health, requests) this long before "
+        "exiting with code 70 (env SHARDSET_FATAL_GRACE_S, default 1)",
+    )
+
+
 def parse(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="shardset-node", description="Run one Shardset node.")
     who = p.add_mutually_exclusive_group(required=True)
@@ -130,13 +140,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         default=_env_seconds("SHARDSET_DRAIN_TIMEOUT_S", 10.0),
         help="on SIGTERM, wait at most this long for leadership transfers (default 10)",
     )
-    p.add_argument(
-        "--fatal-grace-s",
-        type=float,
-        default=_env_seconds("SHARDSET_FATAL_GRACE_S", 1.0),
-        help="once the Raft loop has died, answer 503 (health, requests) this long before "
-        "exiting with code 70 (default 1)",
-    )
+    _failure_args(p)
     p.add_argument("--data-dir", type=Path, required=True)
     p.add_argument("--peer", type=_hostport, required=True, help="HOST:PORT for Raft traffic")
     p.add_argument("--api", type=_hostport, required=True, help="HOST:PORT for the client API")

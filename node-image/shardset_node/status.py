@@ -38,7 +38,10 @@ _STATES: dict[ProgressState, Literal["probe", "replicate", "snapshot"]] = {
 
 def shardmap_view(node: Node) -> ShardMapView:
     node.check_alive()  # a dead loop's view of the leaders is stale: not served
-    leaders = {gid: g.raft.leader for gid, g in node.host.groups.items() if gid}
+    # A core stalled on a full disk does not hear of new leaders either: none known
+    # (clients then ask another node) rather than a leader that may have changed.
+    stalled = node.host.disk_stall is not None
+    leaders = {gid: 0 if stalled else g.raft.leader for gid, g in node.host.groups.items() if gid}
     return ShardMapView.of(node.meta.map, leaders)
 
 
