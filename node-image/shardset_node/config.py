@@ -31,3 +31,6 @@ class NodeConfig:
     # the node must not bootstrap its groups from the bootstrap map, whose membership
     # would make an empty log a voter, and waits to be re-added instead.
     store_created: bool = False
+    # Below this many free bytes on the data file system the node refuses client writes
+    # (507) and hands its leaderships off, before the disk is actually full (core.py).
+    min_free_bytes: int = 64 << 20

@@ -22,6 +22,7 @@ from shardset_node.peers.transport import ClientHandler, Transport
 from shardset_node.replication.group import LeadershipLost, ReplicaGroup, StateMachine
 from shardset_node.replication.host import LoopFailed, RaftHost, StorageFull
 from shardset_node.replication.machines import MetaMachine, ShardMachine
+from shardset_node.storage.diskspace import DiskSpace, disk_space
 from shardset_node.storage.files import atomic_replace
 from shardset_node.storage.kvengine import KvEngine
 from shardset_node.storage.raftstore import NodeStorage
@@ -56,6 +57,11 @@ MAX_CLOCK_DRIFT_TICKS = 2
 # liveness fails, so the kubelet restarts the node. Far above any healthy round (a sync
 # on a loaded disk takes milliseconds to a second or two).
 STUCK_ROUND_S = 20.0
+# How often the free space of the data file system is checked (seconds), and how much
+# more than `min_free_bytes` must be free again before writes are taken again (so a
+# node hovering at the threshold does not flap).
+DISK_CHECK_INTERVAL = 1.0
+LOW_SPACE_HYSTERESIS = 1.25
 
 
 class Node:
@@ -71,6 +77,9 @@ class Node:
         # Shards whose replica was dropped here: never recreated from the bootstrap map.
         self.tombstones = self._load_tombstones()
         self.origin = "bootstrap"  # decided in start() (see ORIGIN)
+        # Set while free space is below cfg.min_free_bytes (see watch_disk): why.
+        self.low_space: str | None = None
+        self._disk_watch: asyncio.Task[None] | None = None
 
     # --- lifecycle ------------------------------------------------------------------
     async def start(self, on_client: ClientHandler) -> None:
@@ -91,6 +100,7 @@ class Node:
         self.meta.on_change = self._map_changed
         await self.transport.start()
         await self.host.start()
+        self._disk_watch = asyncio.create_task(self._watch_disk(), name="disk-watch")
         log.info(
             "node started",
             node=self.id,
@@ -143,6 +153,8 @@ class Node:
             self.transport.update_peers(self._peer_addresses(m))
 
     async def stop(self) -> None:
+        if self._disk_watch is not None:
+            self._disk_watch.cancel()
         await self.host.stop()
         if self.transport is not None:
             await self.transport.stop()
@@ -150,6 +162,56 @@ class Node:
             g.fail_all(RaftError("node stopping"))
         await self.storage.close()
         self.engine.close()
+
+    # --- free space ------------------------------------------------------------------
+    async def _watch_disk(self) -> None:
+        """Low free space (before the disk is actually full): client writes are refused
+        with 507 (check_writable) and every leadership is handed to an up-to-date voter,
+        while the cores still run and can send the transfer. Reads go on. A disk that
+        fills anyway stalls the host (replication/host.py) until space returns."""
+        while True:
+            space = disk_space(self.cfg.data_dir)
+            if space is not None:
+                self._check_space(space)
+            if self.low_space is not None and self.host.refusal() is None:
+                self._hand_off_leaderships()
+            await asyncio.sleep(DISK_CHECK_INTERVAL)
+
+    def _check_space(self, space: DiskSpace) -> None:
+        floor = self.cfg.min_free_bytes
+        if self.low_space is None and space.free_bytes < floor:
+            self.low_space = (
+                f"{space.free_bytes} bytes free on the data file system, below the "
+                f"{floor} the node keeps in reserve"
+            )
+            log.error("disk_space_low", node=self.id, free_bytes=space.free_bytes, floor=floor)
+        elif self.low_space is not None and space.free_bytes >= floor * LOW_SPACE_HYSTERESIS:
+            self.low_space = None
+            log.info("disk_space_ok", node=self.id, free_bytes=space.free_bytes, floor=floor)
+
+    def _hand_off_leaderships(self) -> None:
+        for gid, g in sorted(self.host.groups.items()):
+            raft = g.raft
+            if raft.role != Role.LEADER or raft.lead_transferee:
+                continue
+            others = [(pr.match, -p) for p, pr in raft.progress.items() if p != self.id]
+            voters = [(m, p) for m, p in others if -p in raft.conf.voters]
+            if voters:
+                to = -max(voters)[1]
+                log.info("disk_space_low_transfer", node=self.id, group=gid, to=to)
+                g.transfer_leadership(to).add_done_callback(_retrieved)
+
+    def check_writable(self, shard: int) -> None:
+        """Refuse a client write at once while free space is low (nothing is written)."""
+        if self.low_space is not None:
+            raise ApiError(
+                507,
+                "insufficient_storage",
+                f"node {self.id}'s disk is full ({self.low_space}); nothing was written",
+                shard=shard,
+                node=self.id,
+                retry_after=1,
+            )
 
     # --- the replicas hosted here -------------------------------------------------------
     def host_meta(self) -> None:
@@ -332,6 +394,8 @@ class Node:
         if alive:
             return alive
         problems = []
+        if self.low_space is not None:
+            problems.append(f"disk full: {self.low_space}; writes are refused")
         stall = self.host.disk_stall
         if stall is not None:
             problems.append(f"disk full: {stall.reason}; writes are refused until space returns")
@@ -362,6 +426,11 @@ def moving(shard: int, slot: int, epoch: int) -> ApiError:
         epoch=epoch,
         retry_after=1,
     )
+
+
+def _retrieved(fut: asyncio.Future[object]) -> None:
+    if not fut.cancelled():
+        fut.exception()  # a refused transfer is tried again at the next check
 
 
 def _hostport(addr: str) -> tuple[str, int]:

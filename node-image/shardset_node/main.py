@@ -101,6 +101,11 @@ def _env_seconds(name: str, default: float) -> float:
     return value
 
 
+def _default_min_free_mb() -> int:
+    value = _env_int("SHARDSET_MIN_FREE_MB")
+    return 64 if value is None else value
+
+
 def _failure_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--fatal-grace-s",
@@ -108,6 +113,13 @@ def _failure_args(p: argparse.ArgumentParser) -> None:
         default=_env_seconds("SHARDSET_FATAL_GRACE_S", 1.0),
         help="once the Raft loop has died, answer 503 (health, requests) this long before "
         "exiting with code 70 (env SHARDSET_FATAL_GRACE_S, default 1)",
+    )
+    p.add_argument(
+        "--min-free-mb",
+        type=int,
+        default=_default_min_free_mb(),
+        help="below this many MiB free on the data file system, refuse writes (507) and "
+        "hand leaderships off (env SHARDSET_MIN_FREE_MB, default 64)",
     )
 
 
@@ -259,6 +271,7 @@ async def serve(ns: argparse.Namespace) -> int:
         peer_overrides=tuple(_override(o) for o in ns.peer_override),
         read_policy=policy,
         store_created=ns.store_created_file is not None and ns.store_created_file.exists(),
+        min_free_bytes=ns.min_free_mb << 20,
     )
     process = assemble(cfg)
     fatal = asyncio.Event()

@@ -63,12 +63,15 @@ def status(node: Node, reads: ReadPath) -> NodeStatus:
 def disk_view(node: Node) -> DiskView:
     space = disk_space(node.cfg.data_dir)
     stall = node.host.disk_stall
+    reason = stall.reason if stall else node.low_space
     return DiskView(
-        full=stall is not None,
-        reason=stall.reason if stall else None,
+        full=reason is not None,
+        stalled=stall is not None,
+        reason=reason,
         since=stall.since if stall else None,
         freeBytes=space.free_bytes if space else None,
         totalBytes=space.total_bytes if space else None,
+        minFreeBytes=node.cfg.min_free_bytes,
     )
 
 

@@ -90,14 +90,18 @@ def group_key(gid: int) -> str:
 
 
 class DiskView(_Report):
-    """The node's data file system: its space, and whether a full disk has stopped
-    writes (`full`; since `since`, a Unix time, for `reason`). Absent from older nodes."""
+    """The node's data file system (absent from older nodes): `full` when the node
+    refuses writes for lack of space (free space below `minFreeBytes`, or a write that
+    failed with ENOSPC), and `stalled` (since `since`, a Unix time) when a write failed
+    so and its Raft groups wait for space; `reason` says which."""
 
     full: bool = False
+    stalled: bool = False
     reason: str | None = None
     since: float | None = None
     free_bytes: int | None = Field(default=None, alias="freeBytes")
     total_bytes: int | None = Field(default=None, alias="totalBytes")
+    min_free_bytes: int | None = Field(default=None, alias="minFreeBytes")
 
 
 class NodeStatus(_Report):

@@ -2,7 +2,12 @@
 (issue 15: "Full disk"): writes to it are refused with 507 insufficient_storage (not a
 timeout), its leaderships move to the other nodes, safe reads are still served from it,
 /readyz and /v1/status say the disk is full, it recovers by itself once space returns,
-and no acknowledged write is lost (the end-state checks of test_faults.py)."""
+and no acknowledged write is lost (the end-state checks of test_faults.py).
+
+Two ways: a disk with no byte left and no reserve kept (a write fails with ENOSPC: the
+node's Raft groups stall, the others elect leaders), and free space below the node's
+reserve (SHARDSET_MIN_FREE_MB) while writes still fit (writes refused, leaderships
+handed off by transfer, nothing stalls)."""
 
 from __future__ import annotations
 
@@ -35,12 +40,16 @@ from shardset.local import LocalCluster
 
 FULL = 3  # the node whose disk fills
 TIMEOUT = 150.0
+MIN_FREE_MB = 4
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="mounting a small tmpfs needs root")
 
 
 @pytest.fixture
-def small_disk_cluster(cluster_factory: ClusterFactory) -> Iterator[LocalCluster]:
-    """The cluster, with node FULL's data directory moved onto a 24 MiB tmpfs."""
+def small_disk_cluster(
+    cluster_factory: ClusterFactory, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[LocalCluster]:
+    """The cluster, with node FULL's data directory moved onto a 24 MiB tmpfs; node
+    FULL keeps no reserve of free space (it runs into ENOSPC)."""
     cluster = cluster_factory()
     data = cluster.node_dir(FULL)
     cluster.stop_node(FULL)
@@ -50,6 +59,7 @@ def small_disk_cluster(cluster_factory: ClusterFactory) -> Iterator[LocalCluster
     subprocess.run(["mount", "-t", "tmpfs", "-o", "size=24m", "tmpfs", str(data)], check=True)
     try:
         shutil.copytree(aside, data, dirs_exist_ok=True)
+        monkeypatch.setenv("SHARDSET_MIN_FREE_MB", "0")  # inherited by node FULL alone
         cluster.start_node(FULL)
         cluster.wait_ready(60.0)
         yield cluster
@@ -58,8 +68,8 @@ def small_disk_cluster(cluster_factory: ClusterFactory) -> Iterator[LocalCluster
         subprocess.run(["umount", "-l", str(data)], check=False)
 
 
-def fill(directory: Path) -> Path:
-    """Take every free byte of the file system holding `directory`."""
+def fill(directory: Path, leave: int = 0) -> Path:
+    """Take every free byte of the file system holding `directory`, but `leave`."""
     path = directory / "ballast"
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
     try:
@@ -72,6 +82,7 @@ def fill(directory: Path) -> Path:
                     break
     finally:
         os.close(fd)
+    os.truncate(path, max(0, path.stat().st_size - leave))
     return path
 
 
@@ -141,38 +152,16 @@ async def scenario(cluster: LocalCluster) -> None:
     lay = await layout(cluster)
     keys = lay.keys("k", 3)
     direct = lay.keys("direct", 2)
-    await lead_everything_from(cluster, lay, FULL)
-    api = cluster.node(FULL).api
     workload = Workload(cluster.endpoints, keys, clients=3)
     workload.start()
     async with aiohttp.ClientSession() as http:
         allowed: dict[str, set[str]] = {}
-        for key in direct:
-            assert (await put(http, api, key, "before"))["status"] == 200
-            allowed[key] = {"before"}
-        ballast = fill(cluster.node_dir(FULL))
-        log("disk of node 3 filled")
-        await refused_writes(http, api, direct, allowed)
-        ready = await until(
-            "readyz reports the full disk", lambda: _not_ready(http, api), timeout=10.0
-        )
-        assert any("disk full" in p for p in ready["problems"]), ready
-        st = await get_json(http, f"{api}/v1/status")
-        assert st is not None and st["disk"]["full"] is True, st
-        # The other replicas elect leaders among themselves.
-        await until(
-            "every shard led by a node with disk space",
-            lambda: _led_elsewhere(cluster, lay),
-            timeout=30.0,
-        )
-        # Safe reads are still served by the full node: the state it has applied.
-        async with http.get(f"{api}/v1/kv/{direct[0]}", params={"consistency": "eventual"}) as r:
-            assert r.status == 200, await r.text()
-        ballast.unlink()
-        log("space freed on node 3")
-        await until("node 3 recovers by itself", lambda: _ready(http, api), timeout=30.0)
-        st = await get_json(http, f"{api}/v1/status")
-        assert st is not None and st["disk"]["full"] is False, st
+        async with Client(cluster.endpoints, timeout=5.0, attempts=20) as client:
+            for key in direct:
+                await client.put(key, b"before")
+                allowed[key] = {"before"}
+        await no_space_left(cluster, lay, http, direct, allowed)
+        await low_space(cluster, lay, http, direct, allowed)
     await asyncio.sleep(1.0)
     await workload.stop()
     log(f"workload: {dict(workload.served)} errors {dict(workload.errors)}")
@@ -181,6 +170,81 @@ async def scenario(cluster: LocalCluster) -> None:
         for key, values in allowed.items():
             got = await client.get(key)
             assert got.value is not None and got.value.decode() in values, (key, got.value)
+
+
+async def no_space_left(
+    cluster: LocalCluster,
+    lay: Layout,
+    http: aiohttp.ClientSession,
+    direct: list[str],
+    allowed: dict[str, set[str]],
+) -> None:
+    """Not one byte left: a write the node leads is refused with 507 (never a timeout),
+    its groups stall, the other nodes elect leaders, it serves what it has applied, and
+    it resumes by itself once space returns."""
+    api = cluster.node(FULL).api
+    await lead_everything_from(cluster, lay, FULL)
+    ballast = fill(cluster.node_dir(FULL))
+    log("disk of node 3 filled")
+    await refused_writes(http, api, direct, allowed)
+    ready = await until("readyz reports the full disk", lambda: _not_ready(http, api), 10.0)
+    assert any("disk full" in p for p in ready["problems"]), ready
+    st = await get_json(http, f"{api}/v1/status")
+    assert st is not None and st["disk"]["full"] and st["disk"]["stalled"], st
+    await until(
+        "every shard led by a node with disk space",
+        lambda: _led_elsewhere(cluster, lay),
+        timeout=30.0,
+    )
+    # Safe reads are still served by the full node: the state it has applied.
+    async with http.get(f"{api}/v1/kv/{direct[0]}", params={"consistency": "eventual"}) as r:
+        assert r.status == 200, await r.text()
+    ballast.unlink()
+    log("space freed on node 3")
+    await until("node 3 recovers by itself", lambda: _ready(http, api), timeout=30.0)
+    st = await get_json(http, f"{api}/v1/status")
+    assert st is not None and st["disk"]["full"] is False, st
+
+
+async def low_space(
+    cluster: LocalCluster,
+    lay: Layout,
+    http: aiohttp.ClientSession,
+    direct: list[str],
+    allowed: dict[str, set[str]],
+) -> None:
+    """Node FULL restarted with a reserve: below it, writes still fit, yet they are not
+    taken (507, or a redirect once the shard is handed off, never a timeout), and every
+    leadership is handed off by transfer while nothing stalls."""
+    api = cluster.node(FULL).api
+    cluster.stop_node(FULL)
+    # Inherited by node FULL alone (the fixture's monkeypatch unsets it afterwards).
+    os.environ["SHARDSET_MIN_FREE_MB"] = str(MIN_FREE_MB)
+    cluster.start_node(FULL)
+    await asyncio.to_thread(cluster.wait_ready, 60.0)
+    await lead_everything_from(cluster, lay, FULL)
+    ballast = fill(cluster.node_dir(FULL), leave=(MIN_FREE_MB << 20) // 2)
+    log("free space of node 3 below its reserve")
+    await until("readyz reports the disk", lambda: _not_ready(http, api), timeout=10.0)
+    await until(
+        "every shard handed to a node with disk space",
+        lambda: _led_elsewhere(cluster, lay),
+        timeout=30.0,
+    )
+    for i, key in enumerate(direct):
+        answer = await put(http, api, key, f"low-{i}")
+        assert answer["status"] in {307, 507}, answer
+        assert answer["status"] == 307 or "nothing was written" in answer["message"], answer
+    st = await get_json(http, f"{api}/v1/status")
+    assert st is not None and st["disk"]["full"] is True, st
+    assert st["disk"]["stalled"] is False, st  # handed off while it could, not timed out
+    ballast.unlink()
+    await until("node 3 takes writes again", lambda: _ready(http, api), timeout=30.0)
+
+
+async def _stalled(http: aiohttp.ClientSession, api: str) -> bool:
+    st = await get_json(http, f"{api}/v1/status")
+    return st is not None and st["disk"]["stalled"] is True
 
 
 async def _not_ready(http: aiohttp.ClientSession, api: str) -> dict[str, Any] | None:

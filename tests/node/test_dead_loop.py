@@ -13,12 +13,14 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 from aiohttp.test_utils import TestClient, TestServer
 from structlog.testing import capture_logs
 
 from shardset_node.config import NodeConfig
 from shardset_node.main import FATAL_EXIT, NodeProcess, assemble
 from shardset_node.replication.host import LoopFailed
+from shardset_operator.clients.nodeclient import NodeCallError, NodeClient
 from shardset_proto.shardmap import NodeAddress, ShardMap, bootstrap_map
 from shardset_raft import Role
 
@@ -59,6 +61,18 @@ async def _answers(client: TestClient[Any, Any]) -> dict[str, tuple[int, dict[st
     return found
 
 
+async def _operator_counts_it_unavailable(url: str) -> None:
+    """The operator's status call fails (observe.poll_nodes then records the node as not
+    answering, NodeViews.answering leaves it out), naming why."""
+    async with aiohttp.ClientSession() as session:
+        try:
+            await NodeClient(session).status(url)
+        except NodeCallError as e:
+            assert (e.status, e.code) == (503, "node_failed"), e
+        else:
+            raise AssertionError("a node whose Raft loop died still served its status")
+
+
 def test_a_dead_loop_fails_health_and_answers_503_at_once(tmp_path: Path) -> None:
     cfg = NodeConfig(1, tmp_path, "127.0.0.1", _free_port(), _single_node_map(1, 2), fsync=False)
 
@@ -79,6 +93,7 @@ def test_a_dead_loop_fails_health_and_answers_503_at_once(tmp_path: Path) -> Non
                 except LoopFailed as e:
                     outcome = e
                 assert fatal, "the host did not report its death"
+                await _operator_counts_it_unavailable(str(client.make_url("")).rstrip("/"))
                 return await _answers(client), outcome, index
         finally:
             await process.stop()
