@@ -21,10 +21,13 @@ class Disk:
 
     def __init__(self) -> None:
         self.full = False
+        self.stage_full = False  # stage() itself fails (a snapshot file that does not fit)
         self.staged: list[int] = []  # entry indexes staged since the last good sync
         self.durable: set[int] = set()
 
     def stage(self, rd: Ready) -> None:
+        if self.stage_full and rd.entries:
+            raise OSError(errno.ENOSPC, "No space left on device")
         self.staged.extend(e.index for e in rd.entries)
 
     def save_snapshot(self, snapshot: Snapshot) -> None:
@@ -118,6 +121,24 @@ def test_a_full_engine_stalls_the_apply_and_retries_it() -> None:
                 await asyncio.wait_for(group.propose(b"x"), 5.0)
             assert host.disk_stall is not None and "disk is full" in host.disk_stall.reason
             machine.engine_full = False
+            await _recovered(host, group, b"y")
+        finally:
+            await host.stop()
+        assert host.failure is None
+        assert machine.applied == [b"x", b"y"]
+
+    asyncio.run(asyncio.wait_for(scenario(), 60.0))
+
+
+def test_a_stage_that_finds_no_space_is_staged_again_later() -> None:
+    async def scenario() -> None:
+        disk = Disk()
+        host, group, machine = await _single(disk)
+        try:
+            disk.stage_full = True
+            with pytest.raises(StorageFull):
+                await asyncio.wait_for(group.propose(b"x"), 5.0)
+            disk.stage_full = False
             await _recovered(host, group, b"y")
         finally:
             await host.stop()

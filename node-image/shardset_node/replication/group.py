@@ -284,7 +284,15 @@ class ReplicaGroup:
             )
             self._exporting = False
             return
-        self._queue(lambda _: self._compact_at(index, data))
+        self._queue(lambda _: self._compact_at(index, data)).add_done_callback(
+            self._compaction_refused
+        )
+
+    def _compaction_refused(self, fut: asyncio.Future[object]) -> None:
+        # Refused (a full disk, a dead loop) or failed with every request: the next
+        # compaction point exports again.
+        if not fut.cancelled() and fut.exception() is not None:
+            self._exporting = False
 
     def _compact_at(self, index: int, data: bytes) -> None:
         """Between rounds: compact at the exported state's index. The log may have moved
