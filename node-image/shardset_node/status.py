@@ -55,7 +55,10 @@ def status(node: Node, reads: ReadPath) -> NodeStatus:
         origin="rejoin" if node.origin == "rejoin" else "bootstrap",
         epoch=node.meta.map.epoch,
         consistency=ConsistencyView(mode=policy.mode, maxStalenessMs=policy.max_staleness_ms),
-        groups={group_key(gid): _group(node.id, g) for gid, g in sorted(node.host.groups.items())},
+        groups={
+            group_key(gid): _group(node.id, g, stalled=node.host.disk_stall is not None)
+            for gid, g in sorted(node.host.groups.items())
+        },
         disk=disk_view(node),
     )
 
@@ -75,10 +78,16 @@ def disk_view(node: Node) -> DiskView:
     )
 
 
-def _group(me: int, g: ReplicaGroup) -> GroupStatus:
+def _group(me: int, g: ReplicaGroup, *, stalled: bool = False) -> GroupStatus:
+    """One group's report. A core stalled on a full disk is frozen: it claims no
+    leadership (the other replicas elect a leader meanwhile) and names no leader."""
     r = g.raft
     followers = None
-    if r.role == Role.LEADER:
+    if stalled:
+        role, leader = GroupRole.FOLLOWER, 0
+    else:
+        role, leader = _ROLES[r.role], r.leader
+    if role == GroupRole.LEADER:
         last = r.log.last_index()
         followers = {
             p: FollowerProgress(match=pr.match, lag=last - pr.match, state=_STATES[pr.state])
@@ -86,9 +95,9 @@ def _group(me: int, g: ReplicaGroup) -> GroupStatus:
             if p != me
         }
     return GroupStatus(
-        role=_ROLES[r.role],
+        role=role,
         term=r.term,
-        leader=r.leader,
+        leader=leader,
         commit=r.committed,
         applied=r.applied,
         last_index=r.log.last_index(),

@@ -191,6 +191,8 @@ async def no_space_left(
     assert any("disk full" in p for p in ready["problems"]), ready
     st = await get_json(http, f"{api}/v1/status")
     assert st is not None and st["disk"]["full"] and st["disk"]["stalled"], st
+    # Its frozen cores claim no leadership they may have lost meanwhile.
+    assert all(g["role"] != "leader" for g in st["groups"].values()), st
     await until(
         "every shard led by a node with disk space",
         lambda: _led_elsewhere(cluster, lay),
