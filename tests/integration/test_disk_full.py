@@ -186,7 +186,9 @@ async def no_space_left(
     await lead_everything_from(cluster, lay, FULL)
     ballast = fill(cluster.node_dir(FULL))
     log("disk of node 3 filled")
+    t0 = time.monotonic()
     await refused_writes(http, api, direct, allowed)
+    log(f"first 507 {time.monotonic() - t0:.2f}s after the disk filled")
     ready = await until("readyz reports the full disk", lambda: _not_ready(http, api), 10.0)
     assert any("disk full" in p for p in ready["problems"]), ready
     st = await get_json(http, f"{api}/v1/status")
@@ -198,12 +200,14 @@ async def no_space_left(
         lambda: _led_elsewhere(cluster, lay),
         timeout=30.0,
     )
+    log(f"every shard led elsewhere {time.monotonic() - t0:.2f}s after the disk filled")
     # Safe reads are still served by the full node: the state it has applied.
     async with http.get(f"{api}/v1/kv/{direct[0]}", params={"consistency": "eventual"}) as r:
         assert r.status == 200, await r.text()
     ballast.unlink()
-    log("space freed on node 3")
+    t1 = time.monotonic()
     await until("node 3 recovers by itself", lambda: _ready(http, api), timeout=30.0)
+    log(f"node 3 ready {time.monotonic() - t1:.2f}s after space was freed")
     st = await get_json(http, f"{api}/v1/status")
     assert st is not None and st["disk"]["full"] is False, st
 
@@ -227,12 +231,14 @@ async def low_space(
     await lead_everything_from(cluster, lay, FULL)
     ballast = fill(cluster.node_dir(FULL), leave=(MIN_FREE_MB << 20) // 2)
     log("free space of node 3 below its reserve")
+    t0 = time.monotonic()
     await until("readyz reports the disk", lambda: _not_ready(http, api), timeout=10.0)
     await until(
         "every shard handed to a node with disk space",
         lambda: _led_elsewhere(cluster, lay),
         timeout=30.0,
     )
+    log(f"every shard handed off {time.monotonic() - t0:.2f}s after the reserve was crossed")
     for i, key in enumerate(direct):
         answer = await put(http, api, key, f"low-{i}")
         assert answer["status"] in {307, 507}, answer
