@@ -30,6 +30,7 @@ from shardset_node.kv import KvWrites
 from shardset_node.metrics import NodeMetrics
 from shardset_node.peers.client import PeerClient
 from shardset_node.reads import ReadPath
+from shardset_node.storage.diskspace import is_disk_full
 from shardset_proto.commands import MAX_VALUE_BYTES
 from shardset_proto.consistency import MODES
 from shardset_proto.errors import ApiError
@@ -273,10 +274,10 @@ async def serve(ns: argparse.Namespace) -> int:
         store_created=ns.store_created_file is not None and ns.store_created_file.exists(),
         min_free_bytes=ns.min_free_mb << 20,
     )
-    process = assemble(cfg)
     fatal = asyncio.Event()
-    process.node.host.on_fatal = lambda _: fatal.set()
-    await process.start()
+    process = await _start(cfg, fatal)
+    if process is None:
+        return FATAL_EXIT
     runner = web.AppRunner(process.app(), access_log=None)
     await runner.setup()
     await web.TCPSite(runner, ns.api[0], ns.api[1]).start()
@@ -299,6 +300,23 @@ async def serve(ns: argparse.Namespace) -> int:
     await process.stop()
     logger.info("stopped", node=me, drained=drained)
     return 0
+
+
+async def _start(cfg: NodeConfig, fatal: asyncio.Event) -> NodeProcess | None:
+    """The node, started, its Raft loop's death setting `fatal`; None (logged as one
+    `node_fatal` line) when a full disk does not even let it open its storage."""
+    try:
+        process = assemble(cfg)
+        process.node.host.on_fatal = lambda _: fatal.set()
+        await process.start()
+    except Exception as exc:
+        if not is_disk_full(exc):
+            raise
+        structlog.get_logger().critical(
+            "node_fatal", node=cfg.node_id, error=f"cannot start: {exc}", exit_code=FATAL_EXIT
+        )
+        return None
+    return process
 
 
 async def _first(*waits: Coroutine[Any, Any, Any]) -> None:

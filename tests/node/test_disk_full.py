@@ -5,15 +5,19 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import json
 import os
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from shardset_node.main import FATAL_EXIT
 from shardset_node.storage.diskspace import DiskFull, is_disk_full
 from shardset_node.storage.wal import WalRecord, WriteAheadLog
+from shardset_proto.shardmap import NodeAddress, bootstrap_map
 
 
 def rec(group: int, index: int, size: int = 64) -> WalRecord:
@@ -119,3 +123,20 @@ def test_wal_fdatasync_enospc_is_retried_not_fatal(
 
     asyncio.run(go())
     assert [r.index for r in WriteAheadLog(tmp_path / "wal").open()] == [1, 2]
+
+
+def test_a_node_that_cannot_start_on_a_full_disk_says_so_in_one_line(small_fs: Path) -> None:
+    boot = bootstrap_map({1: NodeAddress("127.0.0.1:1", "http://127.0.0.1:2")}, 1, 1)
+    (small_fs.parent / "boot.json").write_bytes(boot.encode())
+    fill(small_fs)
+    cmd = [
+        sys.executable, "-m", "shardset_node", "--id", "1", "--data-dir", str(small_fs),
+        "--peer", "127.0.0.1:0", "--api", "127.0.0.1:0",
+        "--bootstrap", str(small_fs.parent / "boot.json"),
+    ]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=60, env=env)
+    assert done.returncode == FATAL_EXIT, done.stderr[-2000:]
+    assert "Traceback" not in done.stderr
+    (line,) = [x for x in done.stderr.splitlines() if "node_fatal" in x]
+    assert "cannot start" in json.loads(line)["error"]
