@@ -34,3 +34,6 @@ class NodeConfig:
     # Seconds between consistency checks of each shard this node leads (0: only on
     # request, POST /v1/admin/check-consistency). Issue 15.
     check_interval: float = 600.0
+    # Below this many free bytes on the data file system the node refuses client writes
+    # (507) and hands its leaderships off, before the disk is actually full (core.py).
+    min_free_bytes: int = 64 << 20

@@ -20,8 +20,9 @@ import structlog
 from shardset_node.config import META_GROUP, META_VOTERS, REQUEST_TIMEOUT, NodeConfig
 from shardset_node.peers.transport import ClientHandler, Transport
 from shardset_node.replication.group import LeadershipLost, ReplicaGroup, StateMachine
-from shardset_node.replication.host import RaftHost
+from shardset_node.replication.host import LoopFailed, RaftHost, StorageFull
 from shardset_node.replication.machines import MetaMachine, ShardMachine
+from shardset_node.storage.diskspace import DiskSpace, disk_space
 from shardset_node.storage.files import atomic_replace
 from shardset_node.storage.kvengine import KvEngine
 from shardset_node.storage.raftstore import NodeStorage
@@ -52,6 +53,15 @@ ORIGIN = "origin.json"
 # ticks after an event-loop stall so a paused leader does not keep counting an old lease
 # (docs/consistency.md).
 MAX_CLOCK_DRIFT_TICKS = 2
+# A host round still running after this many seconds is stuck (a sync that never returns):
+# liveness fails, so the kubelet restarts the node. Far above any healthy round (a sync
+# on a loaded disk takes milliseconds to a second or two).
+STUCK_ROUND_S = 20.0
+# How often the free space of the data file system is checked (seconds), and how much
+# more than `min_free_bytes` must be free again before writes are taken again (so a
+# node hovering at the threshold does not flap).
+DISK_CHECK_INTERVAL = 1.0
+LOW_SPACE_HYSTERESIS = 1.25
 
 
 class Node:
@@ -67,6 +77,9 @@ class Node:
         # Shards whose replica was dropped here: never recreated from the bootstrap map.
         self.tombstones = self._load_tombstones()
         self.origin = "bootstrap"  # decided in start() (see ORIGIN)
+        # Set while free space is below cfg.min_free_bytes (see watch_disk): why.
+        self.low_space: str | None = None
+        self._disk_watch: asyncio.Task[None] | None = None
 
     # --- lifecycle ------------------------------------------------------------------
     async def start(self, on_client: ClientHandler) -> None:
@@ -87,6 +100,7 @@ class Node:
         self.meta.on_change = self._map_changed
         await self.transport.start()
         await self.host.start()
+        self._disk_watch = asyncio.create_task(self._watch_disk(), name="disk-watch")
         log.info(
             "node started",
             node=self.id,
@@ -139,6 +153,8 @@ class Node:
             self.transport.update_peers(self._peer_addresses(m))
 
     async def stop(self) -> None:
+        if self._disk_watch is not None:
+            self._disk_watch.cancel()
         await self.host.stop()
         if self.transport is not None:
             await self.transport.stop()
@@ -146,6 +162,56 @@ class Node:
             g.fail_all(RaftError("node stopping"))
         await self.storage.close()
         self.engine.close()
+
+    # --- free space ------------------------------------------------------------------
+    async def _watch_disk(self) -> None:
+        """Low free space (before the disk is actually full): client writes are refused
+        with 507 (check_writable) and every leadership is handed to an up-to-date voter,
+        while the cores still run and can send the transfer. Reads go on. A disk that
+        fills anyway stalls the host (replication/host.py) until space returns."""
+        while True:
+            space = disk_space(self.cfg.data_dir)
+            if space is not None:
+                self._check_space(space)
+            if self.low_space is not None and self.host.refusal() is None:
+                self._hand_off_leaderships()
+            await asyncio.sleep(DISK_CHECK_INTERVAL)
+
+    def _check_space(self, space: DiskSpace) -> None:
+        floor = self.cfg.min_free_bytes
+        if self.low_space is None and space.free_bytes < floor:
+            self.low_space = (
+                f"{space.free_bytes} bytes free on the data file system, below the "
+                f"{floor} the node keeps in reserve"
+            )
+            log.error("disk_space_low", node=self.id, free_bytes=space.free_bytes, floor=floor)
+        elif self.low_space is not None and space.free_bytes >= floor * LOW_SPACE_HYSTERESIS:
+            self.low_space = None
+            log.info("disk_space_ok", node=self.id, free_bytes=space.free_bytes, floor=floor)
+
+    def _hand_off_leaderships(self) -> None:
+        for gid, g in sorted(self.host.groups.items()):
+            raft = g.raft
+            if raft.role != Role.LEADER or raft.lead_transferee:
+                continue
+            others = [(pr.match, -p) for p, pr in raft.progress.items() if p != self.id]
+            voters = [(m, p) for m, p in others if -p in raft.conf.voters]
+            if voters:
+                to = -max(voters)[1]
+                log.info("disk_space_low_transfer", node=self.id, group=gid, to=to)
+                g.transfer_leadership(to).add_done_callback(_retrieved)
+
+    def check_writable(self, shard: int) -> None:
+        """Refuse a client write at once while free space is low (nothing is written)."""
+        if self.low_space is not None:
+            raise ApiError(
+                507,
+                "insufficient_storage",
+                f"node {self.id}'s disk is full ({self.low_space}); nothing was written",
+                shard=shard,
+                node=self.id,
+                retry_after=1,
+            )
 
     # --- the replicas hosted here -------------------------------------------------------
     def host_meta(self) -> None:
@@ -225,6 +291,7 @@ class Node:
 
     def group(self, shard: int, path: str) -> ReplicaGroup:
         """The local replica of `shard`; a redirect (or 404) when it is not hosted here."""
+        self.check_alive()
         m = self.meta.map
         g = self.host.groups.get(shard)
         if g is None:
@@ -275,6 +342,12 @@ class Node:
             raise self.redirect(g.id, e.leader or g.raft.leader, path) from None
         except (ProposalDropped, LeadershipLost) as e:
             raise ApiError(503, "retry", str(e), retry_after=1, shard=g.id) from None
+        except LoopFailed as e:
+            raise self.failed(e.cause) from None
+        except StorageFull as e:
+            raise ApiError(
+                507, "insufficient_storage", str(e), shard=g.id, node=self.id, retry_after=1
+            ) from None
         except TimeoutError:
             raise ApiError(
                 504,
@@ -290,12 +363,53 @@ class Node:
         return result
 
     # --- health -----------------------------------------------------------------------
+    def failed(self, cause: BaseException) -> ApiError:
+        """The answer of a node whose Raft loop stopped (it is about to exit)."""
+        return ApiError(
+            503,
+            "node_failed",
+            f"node {self.id} stopped serving: {LoopFailed(cause)}; it restarts, ask another "
+            "replica",
+            node=self.id,
+            retry_after=1,
+        )
+
+    def check_alive(self) -> None:
+        """Raise `failed` once the Raft loop has stopped: nothing this node holds may be
+        served any more (its roles and applied state no longer move)."""
+        if self.host.failure is not None:
+            raise self.failed(self.host.failure)
+
+    def liveness_problems(self) -> list[str]:
+        """Why the process should be restarted (/healthz), if it should."""
+        if self.host.failure is not None:
+            return [str(LoopFailed(self.host.failure))]
+        stuck = self.host.stuck_for()
+        if stuck > STUCK_ROUND_S:
+            return [f"the Raft loop has been stuck in one round for {stuck:.0f}s"]
+        return []
+
     def readiness_problems(self) -> list[str]:
+        alive = self.liveness_problems()
+        if alive:
+            return alive
+        problems = []
+        if self.low_space is not None:
+            problems.append(f"disk full: {self.low_space}; writes are refused")
+        stall = self.host.disk_stall
+        if stall is not None:
+            problems.append(f"disk full: {stall.reason}; writes are refused until space returns")
         if self.id not in self.meta.map.nodes:
-            return [f"node {self.id} is not yet a member of the store (add-node adds it)"]
+            return [
+                *problems,
+                f"node {self.id} is not yet a member of the store (add-node adds it)",
+            ]
         if META_GROUP not in self.host.groups:
-            return [f"node {self.id} lost its data and waits to be re-added by the operator"]
-        return [
+            return [
+                *problems,
+                f"node {self.id} lost its data and waits to be re-added by the operator",
+            ]
+        return problems + [
             f"group {gid} has no known leader"
             for gid, g in sorted(self.host.groups.items())
             if g.raft.leader == 0
@@ -312,6 +426,11 @@ def moving(shard: int, slot: int, epoch: int) -> ApiError:
         epoch=epoch,
         retry_after=1,
     )
+
+
+def _retrieved(fut: asyncio.Future[object]) -> None:
+    if not fut.cancelled():
+        fut.exception()  # a refused transfer is tried again at the next check
 
 
 def _hostport(addr: str) -> tuple[str, int]:

@@ -33,6 +33,7 @@ class KvWrites:
         g = node.group_for_key(key, path)
         if g.raft.role != Role.LEADER:
             raise node.redirect(g.id, g.raft.leader, path)
+        node.check_writable(g.id)  # low disk space: 507 at once
         index, result = await node.wait(g, g.propose(command), path)
         if isinstance(result, dict) and result.get("error") == "slot_moved":
             raise moving(g.id, slot_of(key), node.meta.map.epoch)

@@ -32,10 +32,15 @@ from shardset_node.metrics import NodeMetrics
 from shardset_node.peers.client import PeerClient
 from shardset_node.reads import ReadPath
 from shardset_node.rebuild import Rebuilder
+from shardset_node.storage.diskspace import is_disk_full
 from shardset_proto.commands import MAX_VALUE_BYTES
 from shardset_proto.consistency import MODES
 from shardset_proto.errors import ApiError
 from shardset_proto.shardmap import ShardMap
+
+# The exit code of a node whose Raft loop died (EX_SOFTWARE): crash-only, the kubelet (or
+# `shardset local`) restarts it; the log's one `node_fatal` event names the cause.
+FATAL_EXIT = 70
 
 
 def configure_logging(fmt: str) -> None:
@@ -109,6 +114,28 @@ def _integrity_args(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _default_min_free_mb() -> int:
+    value = _env_int("SHARDSET_MIN_FREE_MB")
+    return 64 if value is None else value
+
+
+def _failure_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--fatal-grace-s",
+        type=float,
+        default=_env_seconds("SHARDSET_FATAL_GRACE_S", 1.0),
+        help="once the Raft loop has died, answer 503 (health, requests) this long before "
+        "exiting with code 70 (env SHARDSET_FATAL_GRACE_S, default 1)",
+    )
+    p.add_argument(
+        "--min-free-mb",
+        type=int,
+        default=_default_min_free_mb(),
+        help="below this many MiB free on the data file system, refuse writes (507) and "
+        "hand leaderships off (env SHARDSET_MIN_FREE_MB, default 64)",
+    )
+
+
 def parse(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="shardset-node", description="Run one Shardset node.")
     who = p.add_mutually_exclusive_group(required=True)
@@ -138,6 +165,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         default=_env_seconds("SHARDSET_DRAIN_TIMEOUT_S", 10.0),
         help="on SIGTERM, wait at most this long for leadership transfers (default 10)",
     )
+    _failure_args(p)
     p.add_argument("--data-dir", type=Path, required=True)
     p.add_argument("--peer", type=_hostport, required=True, help="HOST:PORT for Raft traffic")
     p.add_argument("--api", type=_hostport, required=True, help="HOST:PORT for the client API")
@@ -245,7 +273,7 @@ def assemble(cfg: NodeConfig) -> NodeProcess:
     )
 
 
-async def serve(ns: argparse.Namespace) -> None:
+async def serve(ns: argparse.Namespace) -> int:
     me = node_id(ns)
     policy = read_policy(ns)
     bootstrap = ShardMap.decode(ns.bootstrap.read_bytes())
@@ -267,9 +295,12 @@ async def serve(ns: argparse.Namespace) -> None:
         read_policy=policy,
         store_created=ns.store_created_file is not None and ns.store_created_file.exists(),
         check_interval=ns.check_interval_s,
+        min_free_bytes=ns.min_free_mb << 20,
     )
-    process = assemble(cfg)
-    await process.start()
+    fatal = asyncio.Event()
+    process = await _start(cfg, fatal)
+    if process is None:
+        return FATAL_EXIT
     runner = web.AppRunner(process.app(), access_log=None)
     await runner.setup()
     await web.TCPSite(runner, ns.api[0], ns.api[1]).start()
@@ -279,28 +310,77 @@ async def serve(ns: argparse.Namespace) -> None:
         loop.add_signal_handler(sig, stop.set)
     logger = structlog.get_logger()
     logger.info("serving", node=me, api=f"{ns.api[0]}:{ns.api[1]}", consistency=policy.view())
-    await stop.wait()
-    # Keep serving (redirects) while the leaderships move away, then stop.
+    await _first(stop.wait(), fatal.wait())
+    if fatal.is_set():
+        return await _die(process, runner, ns.fatal_grace_s)
+    # Keep serving (redirects) while the leaderships move away, then stop. A node whose
+    # disk is full cannot hand anything over (its cores are stalled): no drain.
     logger.info("stopping: draining leadership", node=me)
-    drained = await drain_leadership(process.node, ns.drain_timeout_s)
+    drained = False
+    if process.node.host.refusal() is None:
+        drained = await drain_leadership(process.node, ns.drain_timeout_s)
     await runner.cleanup()
     await process.stop()
     logger.info("stopped", node=me, drained=drained)
+    return 0
 
 
-def run(coro: Coroutine[Any, Any, None]) -> None:
+async def _start(cfg: NodeConfig, fatal: asyncio.Event) -> NodeProcess | None:
+    """The node, started, its Raft loop's death setting `fatal`; None (logged as one
+    `node_fatal` line) when a full disk does not even let it open its storage."""
+    try:
+        process = assemble(cfg)
+        process.node.host.on_fatal = lambda _: fatal.set()
+        await process.start()
+    except Exception as exc:
+        if not is_disk_full(exc):
+            raise
+        structlog.get_logger().critical(
+            "node_fatal", node=cfg.node_id, error=f"cannot start: {exc}", exit_code=FATAL_EXIT
+        )
+        return None
+    return process
+
+
+async def _first(*waits: Coroutine[Any, Any, Any]) -> None:
+    tasks = [asyncio.ensure_future(w) for w in waits]
+    await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    for t in tasks:
+        t.cancel()
+
+
+async def _die(process: NodeProcess, runner: web.AppRunner, grace: float) -> int:
+    """Crash-only: the Raft loop died. Health and every request answer 503 for `grace`
+    seconds (probes and clients learn why), then the process exits with FATAL_EXIT."""
+    node = process.node
+    cause = node.host.failure
+    structlog.get_logger().critical(
+        "node_fatal",
+        node=node.id,
+        error=str(cause) or type(cause).__name__,
+        exit_code=FATAL_EXIT,
+        exit_in_s=grace,
+    )
+    await asyncio.sleep(grace)
+    await runner.cleanup()
+    try:
+        await process.stop()
+    except Exception as exc:  # the storage may be what failed: exit all the same
+        structlog.get_logger().warning("stop_after_fatal_failed", error=repr(exc))
+    return FATAL_EXIT
+
+
+def run(coro: Coroutine[Any, Any, int]) -> int:
     """Run the node on uvloop where it is installed (a declared dependency; it cut the
     servers' CPU per write, see docs/performance.md), else on asyncio's own loop."""
     try:
         import uvloop
     except ImportError:
-        asyncio.run(coro)
-        return
-    uvloop.run(coro)
+        return asyncio.run(coro)
+    return uvloop.run(coro)
 
 
 def main(argv: list[str] | None = None) -> int:
     ns = parse(argv)
     configure_logging(ns.log_format)
-    run(serve(ns))
-    return 0
+    return run(serve(ns))

@@ -10,8 +10,10 @@ from shardset_node.core import Node
 from shardset_node.reads import ReadPath
 from shardset_node.replication.group import ReplicaGroup
 from shardset_node.replication.machines import ShardMachine
+from shardset_node.storage.diskspace import disk_space
 from shardset_proto.status import (
     ConsistencyView,
+    DiskView,
     FollowerProgress,
     GroupRole,
     GroupStatus,
@@ -36,11 +38,18 @@ _STATES: dict[ProgressState, Literal["probe", "replicate", "snapshot"]] = {
 
 
 def shardmap_view(node: Node) -> ShardMapView:
-    leaders = {gid: g.raft.leader for gid, g in node.host.groups.items() if gid}
+    node.check_alive()  # a dead loop's view of the leaders is stale: not served
+    # A core stalled on a full disk does not hear of new leaders either: none known
+    # (clients then ask another node) rather than a leader that may have changed.
+    stalled = node.host.disk_stall is not None
+    leaders = {gid: 0 if stalled else g.raft.leader for gid, g in node.host.groups.items() if gid}
     return ShardMapView.of(node.meta.map, leaders)
 
 
 def status(node: Node, reads: ReadPath) -> NodeStatus:
+    """The node's report; a 503 once its Raft loop stopped (the roles it would report
+    are stale), so the operator counts it unavailable."""
+    node.check_alive()
     policy = reads.policy
     return NodeStatus(
         node=node.id,
@@ -48,16 +57,40 @@ def status(node: Node, reads: ReadPath) -> NodeStatus:
         epoch=node.meta.map.epoch,
         consistency=ConsistencyView(mode=policy.mode, maxStalenessMs=policy.max_staleness_ms),
         groups={
-            group_key(gid): _with_checks(node, g, _group(node.id, g))
+            group_key(gid): _with_checks(
+                node, g, _group(node.id, g, stalled=node.host.disk_stall is not None)
+            )
             for gid, g in sorted(node.host.groups.items())
         },
+        disk=disk_view(node),
     )
 
 
-def _group(me: int, g: ReplicaGroup) -> GroupStatus:
+def disk_view(node: Node) -> DiskView:
+    space = disk_space(node.cfg.data_dir)
+    stall = node.host.disk_stall
+    reason = stall.reason if stall else node.low_space
+    return DiskView(
+        full=reason is not None,
+        stalled=stall is not None,
+        reason=reason,
+        since=stall.since if stall else None,
+        freeBytes=space.free_bytes if space else None,
+        totalBytes=space.total_bytes if space else None,
+        minFreeBytes=node.cfg.min_free_bytes,
+    )
+
+
+def _group(me: int, g: ReplicaGroup, *, stalled: bool = False) -> GroupStatus:
+    """One group's report. A core stalled on a full disk is frozen: it claims no
+    leadership (the other replicas elect a leader meanwhile) and names no leader."""
     r = g.raft
     followers = None
-    if r.role == Role.LEADER:
+    if stalled:
+        role, leader = GroupRole.FOLLOWER, 0
+    else:
+        role, leader = _ROLES[r.role], r.leader
+    if role == GroupRole.LEADER:
         last = r.log.last_index()
         followers = {
             p: FollowerProgress(match=pr.match, lag=last - pr.match, state=_STATES[pr.state])
@@ -65,9 +98,9 @@ def _group(me: int, g: ReplicaGroup) -> GroupStatus:
             if p != me
         }
     return GroupStatus(
-        role=_ROLES[r.role],
+        role=role,
         term=r.term,
-        leader=r.leader,
+        leader=leader,
         commit=r.committed,
         applied=r.applied,
         last_index=r.log.last_index(),

@@ -108,6 +108,21 @@ def group_key(gid: int) -> str:
     return META_KEY if gid == META_GROUP else str(gid)
 
 
+class DiskView(_Report):
+    """The node's data file system (absent from older nodes): `full` when the node
+    refuses writes for lack of space (free space below `minFreeBytes`, or a write that
+    failed with ENOSPC), and `stalled` (since `since`, a Unix time) when a write failed
+    so and its Raft groups wait for space; `reason` says which."""
+
+    full: bool = False
+    stalled: bool = False
+    reason: str | None = None
+    since: float | None = None
+    free_bytes: int | None = Field(default=None, alias="freeBytes")
+    total_bytes: int | None = Field(default=None, alias="totalBytes")
+    min_free_bytes: int | None = Field(default=None, alias="minFreeBytes")
+
+
 class NodeStatus(_Report):
     """GET /v1/status: the node, how its data began, its shard map epoch, its default
     read consistency, and every Raft group it hosts (keyed by group_key)."""
@@ -117,6 +132,15 @@ class NodeStatus(_Report):
     epoch: int = 0
     consistency: ConsistencyView | None = None
     groups: dict[str, GroupStatus] = Field(default_factory=dict)
+    disk: DiskView | None = None
+
+    @model_serializer(mode="wrap")
+    def _omit_disk(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        # Served only by nodes that know it: no "disk": null for readers of old reports.
+        out: dict[str, Any] = handler(self)
+        if self.disk is None:
+            out.pop("disk", None)
+        return out
 
     @property
     def meta(self) -> GroupStatus | None:

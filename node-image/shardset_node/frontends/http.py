@@ -155,6 +155,11 @@ class _Handlers:
         return web.json_response(await self.admin_actions.run(action, body))
 
     async def healthz(self, request: web.Request) -> web.Response:
+        # Fails once the Raft loop died or is stuck: the kubelet restarts the node.
+        problems = self.node.liveness_problems()
+        if problems:
+            body = {"status": "failed", "node": self.node.id, "problems": problems}
+            return web.json_response(body, status=503)
         return web.json_response({"status": "ok", "node": self.node.id})
 
     async def readyz(self, request: web.Request) -> web.Response:

@@ -244,7 +244,10 @@ OPENAPI: dict[str, Any] = {
             }
         },
         "/healthz": {
-            "get": {"summary": "process is alive", "responses": {"200": {"description": "ok"}}}
+            "get": {
+                "summary": "process is alive (503 once its Raft loop died or is stuck)",
+                "responses": {"200": {"description": "ok"}, "503": {"description": "failed"}},
+            }
         },
         "/readyz": {
             "get": {

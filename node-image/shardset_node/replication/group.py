@@ -17,6 +17,7 @@ from typing import Protocol, runtime_checkable
 
 import structlog
 
+from shardset_node.storage.diskspace import is_disk_full
 from shardset_raft import (
     ConfChange,
     Entry,
@@ -72,6 +73,23 @@ class LeadershipLost(RaftError):
     """The entry a client waited for was overwritten by a new leader; retry."""
 
 
+class ApplyFailed(Exception):
+    """A committed entry this replica cannot apply: the replica must stop, never skip
+    it (the other replicas applied it; skipping would make this one diverge)."""
+
+    def __init__(self, group: int, index: int, cause: BaseException) -> None:
+        what = "the metadata group" if group == 0 else f"shard {group}"
+        reason = str(cause) or type(cause).__name__
+        super().__init__(
+            f"{what}: committed entry {index} cannot be applied ({reason}); this replica "
+            "stops rather than skip it (it would diverge from the others): rebuild it "
+            "from its peers"
+        )
+        self.group = group
+        self.index = index
+        self.cause = cause
+
+
 @dataclass
 class _Waiter:
     term: int
@@ -101,6 +119,9 @@ class ReplicaGroup:
         self._read_waits: list[tuple[int, asyncio.Future[object]]] = []  # (index, future)
         self._read_ids = itertools.count(1)
         self.wake: Callable[[], None] = lambda: None
+        # Set by the host: why new requests must be refused now (a full disk, a dead
+        # loop), if they must; they are then answered at once, not left to time out.
+        self.refusal: Callable[[], Exception | None] = lambda: None
         self._exporting = False  # a snapshot export is running in a thread
         self._export_task: asyncio.Future[None] | None = None  # kept: tasks are weakly held
 
@@ -117,8 +138,11 @@ class ReplicaGroup:
     def wait_applied(self, index: int) -> asyncio.Future[object]:
         """Resolves with the applied index once this replica has applied `index`."""
         fut: asyncio.Future[object] = asyncio.get_running_loop().create_future()
+        refused = self.refusal()
         if self.raft.applied >= index:
             fut.set_result(self.raft.applied)
+        elif refused is not None:
+            fut.set_exception(refused)
         else:
             self._read_waits.append((index, fut))
         return fut
@@ -131,6 +155,10 @@ class ReplicaGroup:
 
     def _queue(self, action: Action) -> asyncio.Future[object]:
         fut: asyncio.Future[object] = asyncio.get_running_loop().create_future()
+        refused = self.refusal()
+        if refused is not None:
+            fut.set_exception(refused)
+            return fut
         self._requests.append((action, fut))
         self.wake()
         return fut
@@ -192,7 +220,7 @@ class ReplicaGroup:
         self._maybe_compact()
 
     def _apply(self, entries: Sequence[Entry]) -> None:
-        results = self.machine.apply(entries)
+        results = self._apply_or_stop(entries)
         for e, result in zip(entries, results, strict=True):
             waiter = self._writes.pop(e.index, None)
             if waiter is None or waiter.future.done():
@@ -201,6 +229,19 @@ class ReplicaGroup:
                 waiter.future.set_exception(LeadershipLost(f"entry {e.index} was replaced"))
             elif e.type == EntryType.NORMAL or e.type == EntryType.CONF:
                 waiter.future.set_result((e.index, result))
+
+    def _apply_or_stop(self, entries: Sequence[Entry]) -> list[object]:
+        """The machine's results; a full disk propagates as it is (the host retries the
+        round), anything else is ApplyFailed naming the entry (the host stops)."""
+        try:
+            return self.machine.apply(entries)
+        except Exception as exc:
+            if is_disk_full(exc):
+                raise
+            index = getattr(exc, "index", None)
+            raise ApplyFailed(
+                self.id, index if isinstance(index, int) else entries[0].index, exc
+            ) from exc
 
     def _release_reads(self) -> None:
         applied = self.raft.applied
@@ -232,7 +273,7 @@ class ReplicaGroup:
             self._export_task = asyncio.ensure_future(self._export(self.machine))
             return
         snap = raft.compact(raft.applied, self.machine.snapshot())
-        self.storage.save_snapshot(snap)
+        self._save_snapshot(snap)
 
     async def _export(self, machine: ExportsFromThread) -> None:
         try:
@@ -243,16 +284,41 @@ class ReplicaGroup:
             )
             self._exporting = False
             return
-        self._queue(lambda _: self._compact_at(index, data))
+        self._queue(lambda _: self._compact_at(index, data)).add_done_callback(
+            self._compaction_refused
+        )
+
+    def _compaction_refused(self, fut: asyncio.Future[object]) -> None:
+        # Refused (a full disk, a dead loop) or failed with every request: the next
+        # compaction point exports again.
+        if not fut.cancelled() and fut.exception() is not None:
+            self._exporting = False
 
     def _compact_at(self, index: int, data: bytes) -> None:
         """Between rounds: compact at the exported state's index. The log may have moved
         on meanwhile (more applied: fine; a snapshot installed past it: nothing to do)."""
         self._exporting = False
         if index > self.raft.log.meta.index:
-            self.storage.save_snapshot(self.raft.compact(index, data))
+            self._save_snapshot(self.raft.compact(index, data))
+
+    def _save_snapshot(self, snap: Snapshot) -> None:
+        """Record a local snapshot. A full disk only skips it: the log stays whole on
+        disk (the core compacted in memory only), and the next compaction point tries
+        again."""
+        try:
+            self.storage.save_snapshot(snap)
+        except Exception as exc:
+            if not is_disk_full(exc):
+                raise
+            log.warning(
+                "snapshot_skipped_disk_full", group=self.id, index=snap.meta.index, error=str(exc)
+            )
 
     def fail_all(self, error: Exception) -> None:
+        requests, self._requests = self._requests, []
+        for _, fut in requests:
+            if not fut.done():
+                fut.set_exception(error)
         for waiter in self._writes.values():
             if not waiter.future.done():
                 waiter.future.set_exception(error)

@@ -20,6 +20,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from shardset_node.storage.diskspace import is_disk_full
 from shardset_node.storage.files import atomic_replace
 from shardset_node.storage.kvengine import KvEngine
 from shardset_proto.commands import (
@@ -71,6 +72,27 @@ def decode_shard_snapshot(data: bytes) -> tuple[Ranges | None, bytes]:
     return [(int(a), int(b)) for a, b in ranges], data[start + size :]
 
 
+class EntryNotApplicable(Exception):
+    """A committed entry the machine cannot apply; `index` names it (the node stops,
+    see replication/group.ApplyFailed)."""
+
+    def __init__(self, index: int, cause: BaseException) -> None:
+        super().__init__(f"{type(cause).__name__}: {cause}")
+        self.index = index
+
+
+@contextmanager
+def _entry(index: int) -> Iterator[None]:
+    """Name the entry in what applying it raises (a full disk passes as it is: the host
+    retries it)."""
+    try:
+        yield
+    except Exception as exc:
+        if is_disk_full(exc):
+            raise
+        raise EntryNotApplicable(index, exc) from exc
+
+
 def system_command(op: str, start: int, end: int, **fields: object) -> bytes:
     return SYSTEM + json.dumps({"op": op, "start": start, "end": end, **fields}).encode()
 
@@ -118,13 +140,16 @@ class ShardMachine:
             if e.type == EntryType.NORMAL and e.data[:1] == SYSTEM:
                 self._flush(batch, entries[pos - 1].index if pos else done, results)
                 batch = []
-                results[pos] = self._system(e.index, json.loads(e.data[1:]))
+                with _entry(e.index):
+                    results[pos] = self._system(e.index, json.loads(e.data[1:]))
             elif e.type == EntryType.NORMAL and is_check(e.data):
                 self._flush(batch, entries[pos - 1].index if pos else done, results)
                 batch = []
-                results[pos] = self._consistency_check(e.index, decode_check(e.data))
+                with _entry(e.index):
+                    results[pos] = self._consistency_check(e.index, decode_check(e.data))
             elif e.type == EntryType.NORMAL and e.data:
-                cmd = decode_command(e.data)
+                with _entry(e.index):
+                    cmd = decode_command(e.data)
                 if self.moved and self.refuses(slot_of(cmd.key)):
                     results[pos] = {"error": "slot_moved"}
                 else:
@@ -297,8 +322,9 @@ class MetaMachine:
             if e.type != EntryType.NORMAL or not e.data:
                 results.append(None)
                 continue
-            change = json.loads(e.data)
-            new = ShardMap.decode(json.dumps(change["map"]).encode())
+            with _entry(e.index):
+                change = json.loads(e.data)
+                new = ShardMap.decode(json.dumps(change["map"]).encode())
             if change["expect_epoch"] == self.map.epoch and new.epoch == self.map.epoch + 1:
                 self._set(new)
                 results.append({"ok": True, "epoch": new.epoch})

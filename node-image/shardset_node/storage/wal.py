@@ -42,6 +42,7 @@ from typing import Any
 import msgpack  # type: ignore[import-untyped]  # ships no type information
 import structlog
 
+from shardset_node.storage.diskspace import DiskFull, is_disk_full
 from shardset_node.storage.files import fsync_dir, fsync_file
 
 __all__ = ["MAGIC", "WalCorruption", "WalError", "WalRecord", "WriteAheadLog"]
@@ -337,6 +338,9 @@ class WriteAheadLog:
             if self._writer is None:
                 self._writer = _WriterThread(self._write)
             await self._writer.run(chunks)
+        except DiskFull:
+            self._requeue(chunks, count)
+            raise
         except BaseException as exc:
             # After a failed write or fsync the page cache state is unknown
             # (fsyncgate): refuse all further use rather than guess.
@@ -353,14 +357,41 @@ class WriteAheadLog:
             if segment.seq < self._fd_seq:
                 segment.sealed = True
 
+    def _requeue(self, chunks: list[_Chunk], count: int) -> None:
+        """A flush found the disk full and undid its writes (see _write): its records
+        are pending again, ahead of anything appended since, for the next sync. Nothing
+        of them counts as synced; the log stays usable."""
+        # Copies: the failed write's traceback may still hold views of the old buffers,
+        # which could then not grow.
+        again = [_Chunk(c.seq, c.path, bytearray(c.data)) for c in chunks]
+        self._pending = again + self._pending
+        self._pending_records += count
+
     def _write(self, chunks: list[_Chunk]) -> None:
-        """Writer thread: append chunks in order, syncing each segment it leaves."""
+        """Writer thread: write and sync `chunks`, or, when the disk is full, none of
+        them: every file is cut back to its size before this flush and DiskFull raised
+        (any other failure propagates and poisons the log, see _flush)."""
+        before: list[tuple[Path, int]] = []  # each file written, and its size before
+        try:
+            self._write_chunks(chunks, before)
+        except OSError as exc:
+            if not is_disk_full(exc):
+                raise
+            # A full disk refuses a write (or a delayed allocation at fdatasync): the
+            # bytes past `size` were never made durable, and are written again on retry.
+            for path, size in reversed(before):
+                os.truncate(path, size)
+            raise DiskFull(f"write-ahead log {self.directory}", exc) from exc
+
+    def _write_chunks(self, chunks: list[_Chunk], before: list[tuple[Path, int]]) -> None:
+        """Append chunks in order, syncing each segment it leaves."""
         created = False
         for chunk in chunks:
             if self._fd is None or chunk.seq != self._fd_seq:
                 self._switch_file(chunk)
                 created = True
             assert self._fd is not None
+            before.append((chunk.path, os.fstat(self._fd).st_size))
             _write_all(self._fd, chunk.data)
         if self._fd is not None and self.fsync:
             os.fdatasync(self._fd)
@@ -372,7 +403,8 @@ class WriteAheadLog:
             # The old segment is complete before the new one gets a byte.
             if self.fsync:
                 os.fdatasync(self._fd)
-            os.close(self._fd)
+            fd, self._fd = self._fd, None  # closed: never reused if the open fails
+            os.close(fd)
         flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC
         self._fd = os.open(chunk.path, flags, 0o644)
         self._fd_seq = chunk.seq
@@ -420,7 +452,16 @@ class WriteAheadLog:
         if self._closed:
             return
         if self._failed is None and self._opened:
-            await self.sync()
+            try:
+                await self.sync()
+            except DiskFull as exc:
+                # Never synced, so never acknowledged: a restart does without them.
+                log.warning(
+                    "wal_closed_with_unsynced_records",
+                    directory=str(self.directory),
+                    records=self._pending_records,
+                    error=str(exc),
+                )
         self._closed = True
         if self._writer is not None:
             self._writer.stop()
