@@ -74,8 +74,8 @@ ClientHandler = Callable[[asyncio.StreamReader, asyncio.StreamWriter, int], Awai
 Address = tuple[str, int]
 
 _LOGGER = "shardset_node.peers.transport"
-# A peer sending bad messages gets one log line per this many seconds (with the count of
-# those not logged): a flood of them must not flood the log. All are counted in stats.
+# A peer sending bad frames or messages gets one log line per this many seconds (with
+# the count of those not logged): a flood must not flood the log. All are counted in stats.
 REJECT_LOG_INTERVAL = 10.0
 
 
@@ -548,12 +548,9 @@ class Transport:
     ) -> None:
         stats.rejected += 1
         self.stats.rejected_messages += 1
-        now = time.monotonic()
-        last, unlogged = self._reject_log.get(from_node, (None, 0))
-        if last is not None and now - last < REJECT_LOG_INTERVAL:
-            self._reject_log[from_node] = (last, unlogged + 1)
+        unlogged = self._may_log_rejection(from_node)
+        if unlogged is None:
             return
-        self._reject_log[from_node] = (now, 0)
         self._log.warning(
             "peer_message_rejected",
             peer=from_node,
@@ -564,10 +561,25 @@ class Transport:
             not_logged_since_last=unlogged,
         )
 
+    def _may_log_rejection(self, from_node: int) -> int | None:
+        """None while this peer's rejections are not logged (one line per
+        REJECT_LOG_INTERVAL); else how many were not logged since the last line."""
+        now = time.monotonic()
+        last, unlogged = self._reject_log.get(from_node, (None, 0))
+        if last is not None and now - last < REJECT_LOG_INTERVAL:
+            self._reject_log[from_node] = (last, unlogged + 1)
+            return None
+        self._reject_log[from_node] = (now, 0)
+        return unlogged
+
     def _reject_frame(self, from_node: int, reason: str) -> None:
         # Framing is lost after a bad frame, so the connection is closed; the dialer redials.
         self.stats.bad_frames += 1
-        self._log.warning("frame_rejected", peer=from_node, reason=reason)
+        unlogged = self._may_log_rejection(from_node)
+        if unlogged is not None:
+            self._log.warning(
+                "frame_rejected", peer=from_node, reason=reason, not_logged_since_last=unlogged
+            )
 
     def _deliver(self, from_node: int, items: list[Item]) -> None:
         try:
