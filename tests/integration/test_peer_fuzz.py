@@ -21,6 +21,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import msgpack  # type: ignore[import-untyped]
 from clusterkit import layout, statuses
 from hypothesis import HealthCheck, given, settings
@@ -28,9 +29,18 @@ from hypothesis import strategies as st
 
 from shardset import local
 from shardset.client import Client
+from shardset_proto.commands import Put, encode_command
 from shardset_proto.framing import PEER_MAGIC, frame, hello
 from shardset_proto.peer import encode_batch
-from shardset_raft.types import Entry, EntryType, Message, MessageType
+from shardset_raft.types import (
+    ConfState,
+    Entry,
+    EntryType,
+    Message,
+    MessageType,
+    Snapshot,
+    SnapshotMeta,
+)
 
 ClusterFactory = Callable[..., local.LocalCluster]
 U64_MAX = (1 << 64) - 1
@@ -191,8 +201,11 @@ async def _follower_keeps_applying(
 # --- the fuzzer -------------------------------------------------------------------------
 u64 = st.integers(min_value=0, max_value=U64_MAX)
 edge = st.sampled_from([0, 1, 2, (1 << 62), (1 << 62) + 1, (1 << 63) - 1, 1 << 63, U64_MAX])
+# Values the codec accepts, so the cases reach the checks behind it ("mutated" and
+# "bytes" payloads are the ones for the codec).
 number = st.one_of(st.integers(min_value=0, max_value=50), edge, u64)
-types = st.one_of(st.sampled_from([int(t) for t in MessageType]), st.integers(0, 300))
+types = st.sampled_from([int(t) for t in MessageType])
+entry_types = st.sampled_from([0, 0, 1])
 blobs = st.one_of(
     st.binary(max_size=64),
     st.just(b"\x93\x01\xc4\x01k"),  # a command cut short
@@ -208,7 +221,7 @@ def items(draw: st.DrawFn, receiver: int, claim: int, groups: list[int]) -> list
     to = draw(st.one_of(st.just(receiver), number))
     frm = draw(st.one_of(st.just(claim), number))
     entries = draw(
-        st.lists(st.tuples(number, number, st.sampled_from([0, 1, 7]), blobs), max_size=3)
+        st.lists(st.tuples(number, number, entry_types, blobs), max_size=3)
     )
     snap = draw(
         st.one_of(
@@ -228,15 +241,39 @@ def items(draw: st.DrawFn, receiver: int, claim: int, groups: list[int]) -> list
 
 
 @st.composite
+def forged(draw: st.DrawFn, receiver: int, claim: int) -> list[object]:
+    """A message that passes every check and must still change nothing: from a stale
+    term (0), or for a group this node does not host."""
+    mtype = draw(st.sampled_from(list(MessageType)))
+    # A snapshot needs a term of at least 1, which a live group may still be in.
+    unknown = mtype == MessageType.SNAPSHOT or draw(st.booleans())
+    group = draw(st.integers(5000, 1 << 62)) if unknown else draw(st.integers(0, 4))
+    term = draw(st.integers(1, 1 << 40)) if unknown else 0
+    index = draw(st.integers(0, 100))
+    entries: tuple[Entry, ...] = ()
+    if mtype == MessageType.APPEND and group != 0:
+        data = encode_command(Put(b"forged", b"x"))
+        entries = tuple(Entry(term, index + 1 + i, EntryType.NORMAL, data) for i in range(3))
+    snap = None
+    if mtype == MessageType.SNAPSHOT:
+        snap = Snapshot(SnapshotMeta(index + 1, term, ConfState(frozenset({claim}))))
+    reject = mtype in (MessageType.APPEND_RESP, MessageType.VOTE_RESP) and draw(st.booleans())
+    m = Message(mtype, receiver, claim, term, 0, index, entries, draw(st.integers(0, 100)),
+                reject, 0, 0, snap)  # fmt: skip
+    return list(msgpack.unpackb(encode_batch([(group, m)]), use_list=True)[0])
+
+
+@st.composite
 def payloads(draw: st.DrawFn, receiver: int, claim: int, groups: list[int]) -> bytes:
-    kind = draw(st.sampled_from(["batch", "batch", "batch", "mutated", "bytes", "big", "deep"]))
+    kind = draw(st.sampled_from(["batch"] * 6 + ["mutated", "bytes", "big", "deep"]))
     if kind == "bytes":
         return draw(st.binary(max_size=512))
     if kind == "big":  # megabytes of nothing in particular
         return draw(st.sampled_from([b"\x00", b"\x91", b"\xdd\xff\xff\xff\xff"])) * (1 << 20)
     if kind == "deep":  # nesting that a recursive decoder would choke on
         return b"\x91" * draw(st.integers(1, 200_000))
-    batch = draw(st.lists(items(receiver, claim, groups), min_size=1, max_size=6))
+    one = st.one_of(items(receiver, claim, groups), forged(receiver, claim))
+    batch = draw(st.lists(one, min_size=1, max_size=6))
     try:
         packed: bytes = msgpack.packb(batch, use_bin_type=True)
     except (OverflowError, ValueError):
@@ -283,6 +320,23 @@ def test_forged_and_malformed_peer_messages_leave_the_node_serving(
     one_case()
     _still_serving(cluster, acked, pid, baseline, rng)
     assert cluster.running(target)
+    # The cases reached both lines of defence: the codec and the checks behind it.
+    counters = asyncio.run(_peer_counters(cluster, target))
+    assert counters["shardset_peer_bad_frames_total"] > 0, counters
+    assert counters[f'shardset_peer_messages_rejected_total{{peer="{claim}"}}'] > 0, counters
+
+
+async def _peer_counters(cluster: local.LocalCluster, node: int) -> dict[str, float]:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(f"{cluster.node(node).api}/metrics") as resp,
+    ):
+        text = await resp.text()
+    return {
+        name: float(value)
+        for name, _, value in (line.rpartition(" ") for line in text.splitlines())
+        if name.startswith("shardset_peer_")
+    }
 
 
 def _still_serving(
