@@ -139,7 +139,9 @@ def _check_conf(name: str, conf: ConfState) -> None:
     if len(conf.voters) + len(conf.learners) > MAX_MEMBERS:
         raise PeerMessageError(name, f"more than {MAX_MEMBERS} members")
     if conf.voters & conf.learners:
-        raise PeerMessageError(name, f"both voter and learner: {sorted(conf.voters & conf.learners)}")
+        raise PeerMessageError(
+            name, f"both voter and learner: {sorted(conf.voters & conf.learners)}"
+        )
     for node in conf.voters | conf.learners:
         _number(f"{name} member", node, low=1)
 
@@ -218,7 +220,9 @@ def _check_system_command(body: bytes) -> None:
     if op not in _SYSTEM_OPS:
         raise PeerMessageError("data", f"unknown slot-move op {op!r:.40}")
     if type(start) is not int or type(end) is not int or not 0 <= start < end <= SLOTS:
-        raise PeerMessageError("data", f"slot range [{start!r:.20}, {end!r:.20}) is not in [0, {SLOTS})")
+        raise PeerMessageError(
+            "data", f"slot range [{start!r:.20}, {end!r:.20}) is not in [0, {SLOTS})"
+        )
     if op == "ingest":
         raw = doc.get("data")
         if not isinstance(raw, str):

@@ -143,7 +143,9 @@ def test_a_heartbeat_with_the_largest_term_changes_nothing(
     lay = asyncio.run(layout(cluster))
     for node in cluster.node_ids:
         claim = other(cluster, node)
-        send_frames(cluster, node, claim, [heartbeat(g, claim, node, U64_MAX) for g in [0, *lay.shards]])
+        send_frames(
+            cluster, node, claim, [heartbeat(g, claim, node, U64_MAX) for g in [0, *lay.shards]]
+        )
     asyncio.run(acked.write(40))  # every shard still elects leaders and commits
     asyncio.run(acked.check())
     for node, groups in asyncio.run(groups_of(cluster)).items():
@@ -209,7 +211,7 @@ entry_types = st.sampled_from([0, 0, 1])
 blobs = st.one_of(
     st.binary(max_size=64),
     st.just(b"\x93\x01\xc4\x01k"),  # a command cut short
-    st.just(b"\xc1{\"op\": \"drop\", \"start\": -1, \"end\": 99999}"),  # a bad slot move
+    st.just(b'\xc1{"op": "drop", "start": -1, "end": 99999}'),  # a bad slot move
     st.just(b"1,2;2"),  # a membership with a node both voter and learner
 )
 
@@ -220,13 +222,13 @@ def items(draw: st.DrawFn, receiver: int, claim: int, groups: list[int]) -> list
     group = draw(st.one_of(st.sampled_from(groups), number))
     to = draw(st.one_of(st.just(receiver), number))
     frm = draw(st.one_of(st.just(claim), number))
-    entries = draw(
-        st.lists(st.tuples(number, number, entry_types, blobs), max_size=3)
-    )
+    entries = draw(st.lists(st.tuples(number, number, entry_types, blobs), max_size=3))
     snap = draw(
         st.one_of(
             st.none(),
-            st.tuples(number, number, st.lists(number, max_size=3), st.lists(number, max_size=2), blobs),
+            st.tuples(
+                number, number, st.lists(number, max_size=3), st.lists(number, max_size=2), blobs
+            ),
         )
     )
     # Term 0 for the valid-but-forged ones: a stale leader's messages, which a node answers

@@ -443,7 +443,7 @@ def test_a_bad_message_is_dropped_alone_and_the_connection_stays() -> None:
         with capture_logs() as logs:
             inbox = Inbox()
             b = await node(2, inbox)
-            reader, writer = await raw_peer(b, struct.pack(">4sHQ", b"SHRD", PROTOCOL_VERSION, 1))
+            _, writer = await raw_peer(b, struct.pack(">4sHQ", b"SHRD", PROTOCOL_VERSION, 1))
             huge = Message(MessageType.HEARTBEAT, to=2, frm=1, term=(1 << 64) - 1)
             batch = [(GROUP, msg(0)), (GROUP + 1, huge), (GROUP + 2, msg(1))]
             writer.write(frame(encode_batch(batch)))

@@ -79,7 +79,9 @@ def test_the_core_s_kinds_of_message_pass_with_their_payloads() -> None:
         Entry(5, 12, EntryType.NORMAL, PUT),
         Entry(5, 13, EntryType.CONF, ConfState(frozenset({1, 2}), frozenset({3})).encode()),
         Entry(5, 14, EntryType.NORMAL, b'\xc1{"op": "freeze", "start": 0, "end": 8, "to": 9}'),
-        Entry(5, 15, EntryType.NORMAL, b'\xc1{"op": "ingest", "start": 0, "end": 8, "data": "AA=="}'),
+        Entry(
+            5, 15, EntryType.NORMAL, b'\xc1{"op": "ingest", "start": 0, "end": 8, "data": "AA=="}'
+        ),
     )
     check_message(SHARD, append(*entries), sender=1, receiver=2)
     check_message(0, append(Entry(5, 11, EntryType.NORMAL, MAP_CHANGE)), sender=1, receiver=2)
@@ -173,7 +175,9 @@ messages = st.builds(
             SnapshotMeta,
             number,
             number,
-            st.builds(ConfState, st.frozensets(number, max_size=3), st.frozensets(number, max_size=3)),
+            st.builds(
+                ConfState, st.frozensets(number, max_size=3), st.frozensets(number, max_size=3)
+            ),
         ),
         blobs,
     ),
@@ -182,9 +186,7 @@ messages = st.builds(
 
 @settings(max_examples=400, deadline=None)
 @given(st.one_of(st.just(0), st.just(SHARD), number), messages)
-def test_a_message_that_passes_stays_encodable_as_the_core_moves_on(
-    group: int, m: Message
-) -> None:
+def test_a_message_that_passes_stays_encodable_as_the_core_moves_on(group: int, m: Message) -> None:
     """Anything but PeerMessageError is a bug; what passes, the codec can encode, and so
     it can the core's next term and the entries after it."""
     try:

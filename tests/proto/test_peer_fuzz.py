@@ -55,7 +55,9 @@ messages = st.builds(
             SnapshotMeta,
             number,
             number,
-            st.builds(ConfState, st.frozensets(number, max_size=3), st.frozensets(number, max_size=2)),
+            st.builds(
+                ConfState, st.frozensets(number, max_size=3), st.frozensets(number, max_size=2)
+            ),
         ),
         st.binary(max_size=24),
     ),
