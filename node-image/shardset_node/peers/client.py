@@ -52,7 +52,10 @@ class PeerClient:
         address = self._map().nodes.get(node)
         if address is None:  # a stale list of replicas: retryable, like a node that is down
             raise ApiError(
-                503, "peer_unreachable", f"node {node} {action}: not in the shard map", retry_after=1
+                503,
+                "peer_unreachable",
+                f"node {node} {action}: not in the shard map",
+                retry_after=1,
             )
         url = address.api + body.path()
         limit = aiohttp.ClientTimeout(total=timeout)
