@@ -8,9 +8,10 @@ that are not a command was persisted, committed and then killed the apply loop. 
 checks make such a message harmless: the transport drops it, with the reason, before
 the core sees it.
 
-They are pure and need no node state: every field must be a value the node itself
-could have sent. Numbers are bounded well below the codec's maximum (MAX_NUMBER, so
-any increment the core makes stays encodable and fits SQLite's signed integers), the
+They are pure, and all but check_term_jump need no node state: every field must be a
+value the node itself could have sent. Numbers are bounded well below the codec's
+maximum (MAX_NUMBER, so any increment the core makes stays encodable and fits SQLite's
+signed integers), a term may not leap far ahead of the receiving replica's, the
 fields must agree with each other the way the core's own messages always do (checked
 against the simulator in tests/proto/test_peer_checks.py), and the bytes of every
 entry and snapshot must decode as what the group's state machine will apply. A
@@ -35,17 +36,25 @@ __all__ = [
     "MAX_ENTRIES",
     "MAX_MEMBERS",
     "MAX_NUMBER",
+    "MAX_TERM_JUMP",
     "SYSTEM_PREFIX",
     "PeerMessageError",
     "check_header",
     "check_message",
     "check_payload",
+    "check_term_jump",
 ]
 
 # Terms, indexes, commit indexes, contexts and ids: at most 2**62. Reaching it takes
 # 2**62 elections or entries, and the 2**62 values above it keep every "+1" the core
 # makes encodable by the codec (unsigned 64-bit) and by SQLite (signed 64-bit).
 MAX_NUMBER = 1 << 62
+# How far a message's term may be ahead of the receiving replica's: 2**32 elections never
+# happen in a real group (pre-vote keeps a partitioned node's term still), and a forged
+# message can then move a group at most this far, so the 2**62 bound takes 2**30 of them.
+# Without it, one forged term at the bound leaves the group where its next election's
+# term is refused by every peer.
+MAX_TERM_JUMP = 1 << 32
 MAX_ENTRIES = 1 << 16  # per APPEND; the core sends at most max_entries_per_msg (256)
 MAX_MEMBERS = 1 << 10  # voters plus learners of one membership
 # The first byte of a slot-move command in a shard's log (never the first byte of
@@ -97,6 +106,12 @@ def check_header(group: int, m: Message, *, sender: int, receiver: int) -> None:
         _check_entries(m)
     if m.snapshot is not None:
         _check_snapshot_meta(m.snapshot, m.term)
+
+
+def check_term_jump(m: Message, our_term: int) -> None:
+    """The one check that needs the receiving replica's state: its current term."""
+    if m.term > our_term + MAX_TERM_JUMP:
+        raise PeerMessageError("term", f"{m.term} is more than 2**32 ahead of ours ({our_term})")
 
 
 def _number(name: str, value: int, *, low: int) -> None:

@@ -484,3 +484,30 @@ def test_a_message_the_codec_refuses_drops_only_itself() -> None:
         await stop_all(a, b)
 
     run(body)
+
+
+def test_a_term_far_ahead_of_the_group_s_own_is_refused() -> None:
+    """Bounded terms are not enough: a forged term at the bound leaves a group whose next
+    election's term every peer refuses. The transport asks the group's term (term_of)."""
+
+    async def body() -> None:
+        inbox = Inbox()
+        b = Transport(2, LOCAL, 0, {}, inbox, term_of=lambda g: 7 if g == GROUP else None)
+        _live.append(b)
+        await b.start()
+        _, writer = await raw_peer(b, struct.pack(">4sHQ", b"SHRD", PROTOCOL_VERSION, 1))
+        far = 7 + (1 << 32) + 1
+        batch = [
+            (GROUP, Message(MessageType.HEARTBEAT, to=2, frm=1, term=far)),
+            (GROUP + 1, Message(MessageType.HEARTBEAT, to=2, frm=1, term=far)),  # not hosted
+            (GROUP, Message(MessageType.HEARTBEAT, to=2, frm=1, term=8)),
+        ]
+        writer.write(frame(encode_batch(batch)))
+        await eventually(holds(inbox, 2))
+        assert [(g, m.term) for g, m in inbox.items()] == [(GROUP + 1, far), (GROUP, 8)]
+        assert b.stats.rejected_messages == 1
+        writer.close()
+        await writer.wait_closed()
+        await stop_all(b)
+
+    run(body)

@@ -15,9 +15,11 @@ from shardset_proto.commands import Put, encode_command
 from shardset_proto.peer import encode_batch
 from shardset_proto.peer_checks import (
     MAX_NUMBER,
+    MAX_TERM_JUMP,
     PeerMessageError,
     check_header,
     check_message,
+    check_term_jump,
 )
 from shardset_raft import Raft
 from shardset_raft.types import (
@@ -196,3 +198,10 @@ def test_a_message_that_passes_stays_encodable_as_the_core_moves_on(group: int, 
     last = m.index + len(m.entries)
     successor = dataclasses.replace(m, term=m.term + 1, index=last + 1, commit=last + 1)
     encode_batch([(group, m), (group, successor)])
+
+
+def test_a_term_far_ahead_of_the_replica_s_own_is_refused() -> None:
+    check_term_jump(_with(term=5 + MAX_TERM_JUMP), 5)
+    with pytest.raises(PeerMessageError, match="ahead of ours") as caught:
+        check_term_jump(_with(term=6 + MAX_TERM_JUMP), 5)
+    assert caught.value.field == "term"

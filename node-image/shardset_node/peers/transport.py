@@ -50,7 +50,7 @@ from shardset_proto.peer import (
     encode_batch,
     max_encoded_size,
 )
-from shardset_proto.peer_checks import PeerMessageError, check_message
+from shardset_proto.peer_checks import PeerMessageError, check_message, check_term_jump
 from shardset_raft.types import Message
 
 __all__ = [
@@ -59,6 +59,7 @@ __all__ = [
     "BatchHandler",
     "ClientHandler",
     "PeerStats",
+    "TermOf",
     "Transport",
     "TransportConfig",
     "TransportStats",
@@ -68,6 +69,8 @@ PROTOCOL_VERSION = 1
 
 Item = tuple[int, Message]
 BatchHandler = Callable[[int, list[Item]], None]
+# A hosted group's current term (None: not hosted here), for check_term_jump.
+TermOf = Callable[[int], int | None]
 # Serves one client connection once its hello is read (the handler answers it):
 # (reader, writer, the client's protocol version).
 ClientHandler = Callable[[asyncio.StreamReader, asyncio.StreamWriter, int], Awaitable[None]]
@@ -186,8 +189,10 @@ class Transport:
         *,
         config: TransportConfig | None = None,
         on_client: ClientHandler | None = None,
+        term_of: TermOf | None = None,
     ) -> None:
         self.node_id = node_id
+        self._term_of = term_of
         self._on_client = on_client
         self.host = host
         self.stats = TransportStats()
@@ -537,6 +542,9 @@ class Transport:
         for group, m in items:
             try:
                 check_message(group, m, sender=from_node, receiver=self.node_id)
+                term = None if self._term_of is None else self._term_of(group)
+                if term is not None:
+                    check_term_jump(m, term)
             except PeerMessageError as exc:
                 self._reject_message(from_node, stats, group, m, exc)
             else:
