@@ -95,6 +95,7 @@ class Node:
             self._peer_addresses(self.meta.map),
             self.host.deliver,
             on_client=on_client,  # binary client protocol on the peer port
+            term_of=self._term_of,  # bounds how far a peer's message may move a term
         )
         # Nodes join and leave through the shard map: follow it.
         self.meta.on_change = self._map_changed
@@ -107,6 +108,10 @@ class Node:
             groups=sorted(self.host.groups),
             member=self.id in self.meta.map.nodes,
         )
+
+    def _term_of(self, group: int) -> int | None:
+        g = self.host.groups.get(group)
+        return None if g is None else g.raft.term
 
     def _host_groups(self) -> None:
         boot = self.cfg.bootstrap

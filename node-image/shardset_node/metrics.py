@@ -71,6 +71,7 @@ class _NodeCollector(Collector):
         yield CounterMetricFamily(
             "shardset_disk_syncs", "Rounds that synced the write-ahead log", value=host.syncs
         )
+        yield from _peer_metrics(self.node)
         wire = self.wire
         yield GaugeMetricFamily(
             "shardset_wire_connections",
@@ -114,3 +115,26 @@ class _NodeCollector(Collector):
                 bad = 1.0 if replica in view.mismatched else 0.0
                 mismatch.add_metric([str(gid), str(replica)], bad)
         yield from (corrupt, mismatch, checked)
+
+
+def _peer_metrics(node: Node) -> Iterator[CounterMetricFamily]:
+    """What the peer transport refused: bad frames (the connection is closed) and
+    messages that failed shardset_proto.peer_checks (dropped one by one)."""
+    transport = node.transport
+    if transport is None:
+        return
+    stats = transport.stats
+    yield CounterMetricFamily(
+        "shardset_peer_bad_frames",
+        "Inbound peer frames refused (oversized, truncated or undecodable)",
+        value=stats.bad_frames,
+    )
+    rejected = CounterMetricFamily(
+        "shardset_peer_messages_rejected",
+        "Inbound peer messages dropped by the checks of every field, by sending peer",
+        labels=["peer"],
+    )
+    for peer, ps in sorted(stats.peers.items()):
+        if ps.rejected:
+            rejected.add_metric([str(peer)], ps.rejected)
+    yield rejected

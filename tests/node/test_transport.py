@@ -19,12 +19,16 @@ from structlog.testing import capture_logs
 
 from shardset_node.faults import FaultProxy
 from shardset_node.peers.transport import PROTOCOL_VERSION, Transport, TransportConfig
+from shardset_proto.commands import Put, encode_command
+from shardset_proto.framing import frame
+from shardset_proto.peer import encode_batch
 from shardset_raft.types import Entry, Message, MessageType
 
 # Unclosed sockets or transports surface as ResourceWarnings: make them failures.
 pytestmark = pytest.mark.filterwarnings("error")
 
 LOCAL = "127.0.0.1"
+GROUP = 1  # a shard's group
 Item = tuple[int, Message]
 
 
@@ -84,7 +88,10 @@ def holds(inbox: Inbox, count: int) -> Callable[[], bool]:
 
 
 def msg(i: int, to: int = 2, frm: int = 1, size: int = 8) -> Message:
-    entry = Entry(term=1, index=i + 1, data=bytes(size))
+    # A real command: the receiving transport checks what every entry holds. Shard
+    # groups only (GROUP and up): the metadata group's entries are shard-map changes.
+    data = encode_command(Put(b"k", bytes(size)))
+    entry = Entry(term=1, index=i + 1, data=data)
     return Message(MessageType.APPEND, to=to, frm=frm, term=1, index=i, entries=(entry,))
 
 
@@ -122,14 +129,14 @@ def test_messages_arrive_in_order_and_batched() -> None:
         inbox = Inbox()
         b = await node(2, inbox)
         a = await node(1, Inbox(), {2: addr(b)})
-        a.send(2, 0, [msg(0)])  # warm up: connect and handshake before measuring batching
+        a.send(2, GROUP, [msg(0)])  # warm up: connect and handshake before measuring batching
         await eventually(lambda: len(inbox.items()) == 1)
         for i in range(1, 1001):
-            a.send(2, i % 7, [msg(i)])
+            a.send(2, GROUP + i % 7, [msg(i)])
         await eventually(lambda: len(inbox.items()) == 1001, what="1000 messages")
         got = inbox.items(from_node=1)[1:]
         assert [m.index for _, m in got] == list(range(1, 1001))
-        assert [g for g, _ in got] == [i % 7 for i in range(1, 1001)]
+        assert [g for g, _ in got] == [GROUP + i % 7 for i in range(1, 1001)]
         # One loop iteration of sends leaves as one frame (two if a drain intervened).
         assert b.peer_stats(1).frames_received <= 3
         assert a.peer_stats(2).frames_sent == b.peer_stats(1).frames_received
@@ -148,13 +155,13 @@ def test_three_nodes_full_mesh() -> None:
             t.update_peers({n: addr(o) for n, o in ts.items()})  # self is ignored
         for n, t in ts.items():
             for peer in ts.keys() - {n}:
-                t.send(peer, n, [msg(i, to=peer, frm=n) for i in range(50)])
+                t.send(peer, GROUP + n, [msg(i, to=peer, frm=n) for i in range(50)])
         for n, inbox in inboxes.items():
             await eventually(holds(inbox, 100))
             for peer in ts.keys() - {n}:
                 got = inbox.items(from_node=peer)
                 assert [m.index for _, m in got] == list(range(50))
-                assert {(g, m.frm, m.to) for g, m in got} == {(peer, peer, n)}
+                assert {(g, m.frm, m.to) for g, m in got} == {(GROUP + peer, peer, n)}
         await stop_all(*ts.values())
 
     run(body)
@@ -165,14 +172,14 @@ def test_reconnects_after_peer_restarts() -> None:
         inbox = Inbox()
         b = await node(2, inbox)
         a = await node(1, Inbox(), {2: addr(b)})
-        a.send(2, 0, [msg(0)])
+        a.send(2, GROUP, [msg(0)])
         await eventually(lambda: len(inbox.items()) == 1)
         port = b.port
         await b.stop()
         await eventually(lambda: a.peer_stats(2).connect_failures > 0, what="a failed redial")
         inbox2 = Inbox()
         b2 = await node(2, inbox2, port=port)
-        await repeat_until(lambda: a.send(2, 0, [msg(1)]), lambda: bool(inbox2.items()))
+        await repeat_until(lambda: a.send(2, GROUP, [msg(1)]), lambda: bool(inbox2.items()))
         assert a.peer_stats(2).reconnects >= 1
         await stop_all(a, b2)
 
@@ -186,9 +193,9 @@ def test_down_peer_does_not_block_and_drops_are_counted() -> None:
         config = TransportConfig(queue_limit=100)
         a = await node(1, Inbox(), {2: addr(b), 3: (LOCAL, free_port())}, config)
         for i in range(1000):
-            a.send(3, 0, [msg(i, to=3)])  # returns at once although node 3 is down
+            a.send(3, GROUP, [msg(i, to=3)])  # returns at once although node 3 is down
             if i % 20 == 0:
-                a.send(2, 0, [msg(i)])
+                a.send(2, GROUP, [msg(i)])
         assert a.peer_stats(3).drops >= 900  # overflow of the bounded queue, oldest first
         await eventually(lambda: len(inbox.items()) == 50, what="traffic to the live peer")
         await eventually(lambda: a.peer_stats(3).connect_failures > 0)
@@ -206,7 +213,7 @@ def test_queue_overflow_keeps_the_newest() -> None:
         inbox = Inbox()
         b = await node(2, inbox)
         a = await node(1, Inbox(), {2: addr(b)}, TransportConfig(queue_limit=10))
-        a.send(2, 0, [msg(i) for i in range(25)])  # before the connection exists
+        a.send(2, GROUP, [msg(i) for i in range(25)])  # before the connection exists
         await eventually(lambda: len(inbox.items()) == 10)
         assert [m.index for _, m in inbox.items()] == list(range(15, 25))
         assert a.peer_stats(2).drops == 15
@@ -222,7 +229,7 @@ def test_protocol_version_mismatch_is_refused() -> None:
             b = await node(2, inbox)
             newer = TransportConfig(protocol_version=PROTOCOL_VERSION + 1)
             a = await node(1, Inbox(), {2: addr(b)}, newer)
-            a.send(2, 0, [msg(0)])
+            a.send(2, GROUP, [msg(0)])
             await eventually(lambda: b.stats.rejected_handshakes > 0)
             await eventually(lambda: a.stats.rejected_handshakes > 0)
             await stop_all(a, b)
@@ -242,7 +249,7 @@ def test_wrong_node_at_peer_address_is_refused() -> None:
         inbox = Inbox()
         b = await node(2, inbox)
         a = await node(1, Inbox(), {3: addr(b)})  # node 2 listens where 3 is expected
-        a.send(3, 0, [msg(0, to=3)])
+        a.send(3, GROUP, [msg(0, to=3)])
         await eventually(lambda: a.peer_stats(3).connect_failures > 0)
         assert a.peer_stats(3).connects == 0
         assert inbox.batches == []
@@ -288,7 +295,7 @@ def test_bad_frames_close_the_connection_not_the_node(frame: bytes, reason: str)
             assert b.stats.bad_frames == 1
             # The node still serves real peers.
             a = await node(1, Inbox(), {2: addr(b)})
-            a.send(2, 0, [msg(0)])
+            a.send(2, GROUP, [msg(0)])
             await eventually(lambda: len(inbox.items()) == 1)
             await stop_all(a, b)
         [rejected] = [e for e in logs if e["event"] == "frame_rejected"]
@@ -317,8 +324,8 @@ def test_oversized_batches_are_split_and_oversized_messages_dropped() -> None:
         small = TransportConfig(max_frame=4096)
         b = await node(2, inbox, config=small)  # would reject (and lose) any larger frame
         a = await node(1, Inbox(), {2: addr(b)}, small)
-        a.send(2, 0, [msg(i, size=256) for i in range(100)])
-        a.send(2, 0, [msg(100, size=8192)])  # can never fit in a frame
+        a.send(2, GROUP, [msg(i, size=256) for i in range(100)])
+        a.send(2, GROUP, [msg(100, size=8192)])  # can never fit in a frame
         await eventually(lambda: len(inbox.items()) == 100)
         assert [m.index for _, m in inbox.items()] == list(range(100))
         assert b.peer_stats(1).frames_received >= 100 * 256 // 4096
@@ -334,13 +341,13 @@ def test_update_peers_adds_and_removes_at_runtime() -> None:
         inbox = Inbox()
         c = await node(3, inbox)
         a = await node(1, Inbox())
-        a.send(3, 0, [msg(0, to=3)])
+        a.send(3, GROUP, [msg(0, to=3)])
         assert a.peer_stats(3).drops == 1  # unknown peer
         a.update_peers({3: addr(c)})
-        a.send(3, 0, [msg(1, to=3)])
+        a.send(3, GROUP, [msg(1, to=3)])
         await eventually(lambda: len(inbox.items()) == 1)
         a.update_peers({})
-        a.send(3, 0, [msg(2, to=3)])
+        a.send(3, GROUP, [msg(2, to=3)])
         assert a.peer_stats(3).drops == 2
         await stop_all(a, c)
 
@@ -360,9 +367,9 @@ def test_on_batch_errors_do_not_break_the_connection() -> None:
         _live.append(b)
         await b.start()
         a = await node(1, Inbox(), {2: addr(b)})
-        a.send(2, 0, [msg(0)])
+        a.send(2, GROUP, [msg(0)])
         await eventually(lambda: len(calls) == 1)
-        a.send(2, 0, [msg(1)])
+        a.send(2, GROUP, [msg(1)])
         await eventually(lambda: len(calls) == 2)
         assert a.peer_stats(2).connects == 1
         await stop_all(a, b)
@@ -378,7 +385,7 @@ async def proxied_pair() -> tuple[Transport, Transport, FaultProxy, Inbox]:
     _live.append(proxy)
     await proxy.start()
     a = await node(1, Inbox(), {2: addr(proxy)})
-    a.send(2, 0, [msg(0)])
+    a.send(2, GROUP, [msg(0)])
     await eventually(lambda: len(inbox.items()) == 1, what="traffic through the proxy")
     assert proxy.connections == 1
     return a, b, proxy, inbox
@@ -390,11 +397,11 @@ def test_fault_proxy_drop_cuts_and_restores_traffic() -> None:
         proxy.block("drop")
         await eventually(lambda: a.peer_stats(2).connect_failures > 0, what="a refused redial")
         for i in range(20):
-            a.send(2, 0, [msg(1000 + i)])
+            a.send(2, GROUP, [msg(1000 + i)])
             await asyncio.sleep(0.01)
         assert len(inbox.items()) == 1
         proxy.unblock()
-        await repeat_until(lambda: a.send(2, 0, [msg(1)]), lambda: len(inbox.items()) > 1)
+        await repeat_until(lambda: a.send(2, GROUP, [msg(1)]), lambda: len(inbox.items()) > 1)
         assert a.peer_stats(2).reconnects >= 1
         await stop_all(a, proxy, b)
 
@@ -406,7 +413,7 @@ def test_fault_proxy_hold_delays_then_delivers_in_order() -> None:
         a, b, proxy, inbox = await proxied_pair()
         proxy.block("hold")
         for i in range(1, 51):
-            a.send(2, 0, [msg(i)])
+            a.send(2, GROUP, [msg(i)])
             await asyncio.sleep(0.002)
         await asyncio.sleep(0.1)
         assert len(inbox.items()) == 1
@@ -424,5 +431,83 @@ def test_stop_is_idempotent_and_quiet() -> None:
         a = await node(1, Inbox(), {2: (LOCAL, free_port())})
         await a.stop()
         await a.stop()
+
+    run(body)
+
+
+def test_a_bad_message_is_dropped_alone_and_the_connection_stays() -> None:
+    """Issue 15: each inbound message is checked (shardset_proto.peer_checks) before it
+    is delivered; a bad one is dropped, counted and logged, its neighbours are not."""
+
+    async def body() -> None:
+        with capture_logs() as logs:
+            inbox = Inbox()
+            b = await node(2, inbox)
+            _, writer = await raw_peer(b, struct.pack(">4sHQ", b"SHRD", PROTOCOL_VERSION, 1))
+            huge = Message(MessageType.HEARTBEAT, to=2, frm=1, term=(1 << 64) - 1)
+            batch = [(GROUP, msg(0)), (GROUP + 1, huge), (GROUP + 2, msg(1))]
+            writer.write(frame(encode_batch(batch)))
+            writer.write(frame(encode_batch([(GROUP, msg(2))])))  # the connection still reads
+            await eventually(holds(inbox, 3))
+            assert [(g, m.index) for g, m in inbox.items()] == [
+                (GROUP, 0),
+                (GROUP + 2, 1),
+                (GROUP, 2),
+            ]
+            assert b.stats.rejected_messages == b.peer_stats(1).rejected == 1
+            assert b.stats.bad_frames == 0
+            writer.close()
+            await writer.wait_closed()
+            await stop_all(b)
+        [rejected] = [e for e in logs if e["event"] == "peer_message_rejected"]
+        assert rejected["field"] == "term" and rejected["group"] == GROUP + 1
+
+    run(body)
+
+
+def test_a_message_the_codec_refuses_drops_only_itself() -> None:
+    """Issue 15: one encode failure dropped the whole outgoing batch, other groups'
+    messages included."""
+
+    async def body() -> None:
+        inbox = Inbox()
+        b = await node(2, inbox)
+        a = await node(1, Inbox(), {2: addr(b)})
+        a.send(2, GROUP, [msg(0)])
+        await eventually(holds(inbox, 1))  # connected: the next three leave as one batch
+        a.send(2, GROUP, [msg(1)])
+        a.send(2, GROUP + 1, [Message(MessageType.HEARTBEAT, to=2, frm=1, term=1 << 64)])
+        a.send(2, GROUP + 2, [msg(2)])
+        await eventually(holds(inbox, 3))
+        assert [m.index for _, m in inbox.items()] == [0, 1, 2]
+        assert a.peer_stats(2).drops == 1
+        await stop_all(a, b)
+
+    run(body)
+
+
+def test_a_term_far_ahead_of_the_group_s_own_is_refused() -> None:
+    """Bounded terms are not enough: a forged term at the bound leaves a group whose next
+    election's term every peer refuses. The transport asks the group's term (term_of)."""
+
+    async def body() -> None:
+        inbox = Inbox()
+        b = Transport(2, LOCAL, 0, {}, inbox, term_of=lambda g: 7 if g == GROUP else None)
+        _live.append(b)
+        await b.start()
+        _, writer = await raw_peer(b, struct.pack(">4sHQ", b"SHRD", PROTOCOL_VERSION, 1))
+        far = 7 + (1 << 32) + 1
+        batch = [
+            (GROUP, Message(MessageType.HEARTBEAT, to=2, frm=1, term=far)),
+            (GROUP + 1, Message(MessageType.HEARTBEAT, to=2, frm=1, term=far)),  # not hosted
+            (GROUP, Message(MessageType.HEARTBEAT, to=2, frm=1, term=8)),
+        ]
+        writer.write(frame(encode_batch(batch)))
+        await eventually(holds(inbox, 2))
+        assert [(g, m.term) for g, m in inbox.items()] == [(GROUP + 1, far), (GROUP, 8)]
+        assert b.stats.rejected_messages == 1
+        writer.close()
+        await writer.wait_closed()
+        await stop_all(b)
 
     run(body)

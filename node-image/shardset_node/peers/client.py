@@ -7,6 +7,7 @@ orchestration (a split, a recovery) can name every replica alike.
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -18,6 +19,9 @@ from shardset_proto.errors import ApiError
 from shardset_proto.shardmap import ShardMap
 
 LocalAdmin = Callable[[AdminBody], Awaitable[dict[str, Any]]]
+# The largest answer read from a peer: admin answers are small JSON objects (the bulk of
+# a slot move travels in requests), so this only bounds what a broken peer can cost.
+MAX_ANSWER_BYTES = 16 * 1024 * 1024
 
 
 class PeerClient:
@@ -45,7 +49,15 @@ class PeerClient:
         if self._http is None:
             self._http = aiohttp.ClientSession()  # one pool of connections for every call
         action = body.action
-        url = self._map().nodes[node].api + body.path()
+        address = self._map().nodes.get(node)
+        if address is None:  # a stale list of replicas: retryable, like a node that is down
+            raise ApiError(
+                503,
+                "peer_unreachable",
+                f"node {node} {action}: not in the shard map",
+                retry_after=1,
+            )
+        url = address.api + body.path()
         limit = aiohttp.ClientTimeout(total=timeout)
         try:
             return await self._post(node, action, url, body.to_json(), limit)
@@ -63,11 +75,11 @@ class PeerClient:
     ) -> dict[str, Any]:
         assert self._http is not None
         async with self._http.post(url, json=body, timeout=limit) as r:
-            answer = await r.json(content_type=None)
+            answer = await _answer(node, action, r)
             if r.status != 200:
                 raise ApiError(
                     r.status if r.status >= 400 else 503,
-                    answer.get("error", "failed"),
+                    str(answer.get("error", "failed")),
                     f"node {node} {action}: {answer.get('message')}",
                     retry_after=1,
                     leader=answer.get("leader"),
@@ -89,3 +101,25 @@ class PeerClient:
     async def call_meta(self, body: AdminBody) -> dict[str, Any]:
         """Call the body's action on the leader of the metadata group."""
         return await self.call_leader(META_GROUP, sorted(self._map().nodes), body)
+
+
+async def _answer(node: int, action: str, r: aiohttp.ClientResponse) -> dict[str, Any]:
+    """A peer's answer: a JSON object of bounded size, or a 502 naming the peer."""
+    body = bytearray()
+    async for chunk in r.content.iter_chunked(64 * 1024):
+        body += chunk
+        if len(body) > MAX_ANSWER_BYTES:
+            raise _bad_answer(node, action, r.status, f"more than {MAX_ANSWER_BYTES} bytes")
+    try:
+        answer = json.loads(body)
+    except (ValueError, RecursionError) as e:
+        raise _bad_answer(node, action, r.status, f"not JSON ({e})") from None
+    if not isinstance(answer, dict):
+        raise _bad_answer(node, action, r.status, f"a JSON {type(answer).__name__}, not an object")
+    return answer
+
+
+def _bad_answer(node: int, action: str, status: int, what: str) -> ApiError:
+    return ApiError(
+        502, "bad_peer_answer", f"node {node} {action} answered {status} with {what}", peer=node
+    )

@@ -4,7 +4,9 @@ Frames and hellos as in :mod:`shardset_proto.framing` (magic PEER_MAGIC, payload
 at most max_frame bytes). The dialer sends its hello first; the acceptor answers with
 its own (also when it rejects the version, so the dialer can log why) and from then on
 only reads. Every later frame, dialer to acceptor, is one :mod:`shardset_proto.peer`
-batch.
+batch. Every message of an inbound batch is checked (shardset_proto.peer_checks) before
+it is handed on: one that fails is dropped, counted and logged (rate-limited), and the
+rest of the batch, other groups' messages included, is delivered.
 
 Each connection carries traffic one way: A's messages to B ride A's connection to B,
 B's replies ride B's connection to A. So nobody waits for a reply on a connection
@@ -23,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
+import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -47,6 +50,7 @@ from shardset_proto.peer import (
     encode_batch,
     max_encoded_size,
 )
+from shardset_proto.peer_checks import PeerMessageError, check_message, check_term_jump
 from shardset_raft.types import Message
 
 __all__ = [
@@ -55,6 +59,7 @@ __all__ = [
     "BatchHandler",
     "ClientHandler",
     "PeerStats",
+    "TermOf",
     "Transport",
     "TransportConfig",
     "TransportStats",
@@ -64,12 +69,17 @@ PROTOCOL_VERSION = 1
 
 Item = tuple[int, Message]
 BatchHandler = Callable[[int, list[Item]], None]
+# A hosted group's current term (None: not hosted here), for check_term_jump.
+TermOf = Callable[[int], int | None]
 # Serves one client connection once its hello is read (the handler answers it):
 # (reader, writer, the client's protocol version).
 ClientHandler = Callable[[asyncio.StreamReader, asyncio.StreamWriter, int], Awaitable[None]]
 Address = tuple[str, int]
 
 _LOGGER = "shardset_node.peers.transport"
+# A peer sending bad frames or messages gets one log line per this many seconds (with
+# the count of those not logged): a flood must not flood the log. All are counted in stats.
+REJECT_LOG_INTERVAL = 10.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,6 +101,7 @@ class PeerStats:
     messages_received: int = 0
     bytes_received: int = 0
     drops: int = 0  # queue overflow, unreachable peer, unknown peer, oversized message
+    rejected: int = 0  # inbound messages that failed shardset_proto.peer_checks
     connects: int = 0
     reconnects: int = 0  # connects after the first
     connect_failures: int = 0
@@ -101,6 +112,7 @@ class TransportStats:
     peers: dict[int, PeerStats] = field(default_factory=dict)
     bad_frames: int = 0  # oversized, truncated or undecodable inbound frames
     rejected_handshakes: int = 0
+    rejected_messages: int = 0  # inbound messages that failed shardset_proto.peer_checks
 
     def peer(self, node_id: int) -> PeerStats:
         stats = self.peers.get(node_id)
@@ -177,8 +189,10 @@ class Transport:
         *,
         config: TransportConfig | None = None,
         on_client: ClientHandler | None = None,
+        term_of: TermOf | None = None,
     ) -> None:
         self.node_id = node_id
+        self._term_of = term_of
         self._on_client = on_client
         self.host = host
         self.stats = TransportStats()
@@ -195,6 +209,8 @@ class Transport:
         # Tasks to cancel on stop(): inbound connection handlers, and writers of removed peers
         # that may still be closing their connection.
         self._background: set[asyncio.Task[None]] = set()
+        # Per peer: when a rejected message was last logged, and how many since were not.
+        self._reject_log: dict[int, tuple[float | None, int]] = {}
         self.update_peers(peers)
 
     @property
@@ -399,10 +415,14 @@ class Transport:
         """Encode items as frames; halving is a safety net, _take_batch's bound is exact."""
         try:
             payload = encode_batch(items)
-        except CodecError as exc:
-            stats.drops += len(items)
-            self._log.error("encode_failed", peer=peer.node_id, dropped=len(items), error=str(exc))
-            return
+        except CodecError:
+            # One message the codec refuses (a value beyond 64 bits: a bug upstream, or a
+            # state poisoned before peer_checks existed) must not take the other groups'
+            # messages in the batch with it: only it is dropped.
+            items = self._encodable(peer, stats, items)
+            if not items:
+                return
+            payload = encode_batch(items)
         if len(payload) <= self._config.max_frame:
             yield frame(payload), len(items)
         elif len(items) == 1:
@@ -412,6 +432,25 @@ class Transport:
             half = len(items) // 2
             yield from self._frames(peer, stats, items[:half])
             yield from self._frames(peer, stats, items[half:])
+
+    def _encodable(self, peer: _Peer, stats: PeerStats, items: list[Item]) -> list[Item]:
+        good: list[Item] = []
+        for group, m in items:
+            try:
+                encode_batch([(group, m)])
+            except CodecError as exc:
+                stats.drops += 1
+                self._log.error(
+                    "encode_failed",
+                    peer=peer.node_id,
+                    group=group,
+                    type=m.type.name,
+                    term=m.term,
+                    error=str(exc),
+                )
+            else:
+                good.append((group, m))
+        return good
 
     # -- receiving -------------------------------------------------------------------
 
@@ -492,12 +531,63 @@ class Transport:
                 stats.frames_received += 1
                 stats.messages_received += len(items)
                 stats.bytes_received += HEADER_SIZE + len(payload)
-                self._deliver(from_node, items)
+                items = self._screen(from_node, stats, items)
+                if items:
+                    self._deliver(from_node, items)
+
+    def _screen(self, from_node: int, stats: PeerStats, items: list[Item]) -> list[Item]:
+        """The messages that pass shardset_proto.peer_checks; the others are dropped
+        one by one (the frame stays in sync, so the connection and the rest stay)."""
+        good: list[Item] = []
+        for group, m in items:
+            try:
+                check_message(group, m, sender=from_node, receiver=self.node_id)
+                term = None if self._term_of is None else self._term_of(group)
+                if term is not None:
+                    check_term_jump(m, term)
+            except PeerMessageError as exc:
+                self._reject_message(from_node, stats, group, m, exc)
+            else:
+                good.append((group, m))
+        return good
+
+    def _reject_message(
+        self, from_node: int, stats: PeerStats, group: int, m: Message, exc: PeerMessageError
+    ) -> None:
+        stats.rejected += 1
+        self.stats.rejected_messages += 1
+        unlogged = self._may_log_rejection(from_node)
+        if unlogged is None:
+            return
+        self._log.warning(
+            "peer_message_rejected",
+            peer=from_node,
+            group=group,
+            type=m.type.name,
+            field=exc.field,
+            reason=exc.reason,
+            not_logged_since_last=unlogged,
+        )
+
+    def _may_log_rejection(self, from_node: int) -> int | None:
+        """None while this peer's rejections are not logged (one line per
+        REJECT_LOG_INTERVAL); else how many were not logged since the last line."""
+        now = time.monotonic()
+        last, unlogged = self._reject_log.get(from_node, (None, 0))
+        if last is not None and now - last < REJECT_LOG_INTERVAL:
+            self._reject_log[from_node] = (last, unlogged + 1)
+            return None
+        self._reject_log[from_node] = (now, 0)
+        return unlogged
 
     def _reject_frame(self, from_node: int, reason: str) -> None:
         # Framing is lost after a bad frame, so the connection is closed; the dialer redials.
         self.stats.bad_frames += 1
-        self._log.warning("frame_rejected", peer=from_node, reason=reason)
+        unlogged = self._may_log_rejection(from_node)
+        if unlogged is not None:
+            self._log.warning(
+                "frame_rejected", peer=from_node, reason=reason, not_logged_since_last=unlogged
+            )
 
     def _deliver(self, from_node: int, items: list[Item]) -> None:
         try:
