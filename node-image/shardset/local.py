@@ -33,6 +33,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+import pydantic
+
 from shardset_node.faults import BlockMode, FaultProxy
 from shardset_proto import urls
 from shardset_proto.admin import TransferLeader
@@ -43,6 +45,8 @@ T = TypeVar("T")
 Link = tuple[int, int]  # (from node, to node): the proxy node `from` dials to reach `to`
 
 STATE = "cluster.json"
+# The bounds of a ShardSet's spec (operator/shardset_operator/api/models.py).
+MAX_NODES, MAX_SHARDS, MAX_REPLICATION = 100, 1024, 7
 LAST = Path(os.environ.get("SHARDSET_CACHE", Path.home() / ".cache" / "shardset")) / "last-local"
 
 
@@ -56,10 +60,30 @@ class LocalNode:
     peer_port: int
     api_port: int
     pid: int = 0
+    # Rebuilt on an empty data directory: starts with --store-created-file, so it
+    # rejoins (hosting nothing until re-added) instead of bootstrapping.
+    rejoin: bool = False
 
     @property
     def api(self) -> str:
         return f"http://127.0.0.1:{self.api_port}"
+
+
+class _NodeState(pydantic.BaseModel):
+    id: int = pydantic.Field(ge=1)
+    peer_port: int = pydantic.Field(ge=1, le=65535)
+    api_port: int = pydantic.Field(ge=1, le=65535)
+    pid: int = pydantic.Field(default=0, ge=0)
+    rejoin: bool = False
+
+
+class _State(pydantic.BaseModel):
+    """`cluster.json`, checked when read: a damaged file is an error naming the field."""
+
+    nodes: list[_NodeState] = pydantic.Field(min_length=1)
+    no_fsync: bool
+    node_args: list[str] = []
+    proxy_ports: dict[str, int] = {}
 
 
 class ProxyNet:
@@ -181,15 +205,23 @@ class LocalCluster:
     @staticmethod
     def load(data_dir: Path) -> LocalCluster:
         path = data_dir / STATE
-        if not path.exists():
+        if not path.is_file():
             raise LocalClusterError(f"no local cluster in {data_dir} (missing {STATE})")
-        raw = json.loads(path.read_text())
+        try:
+            raw = _State.model_validate_json(path.read_bytes())
+        except pydantic.ValidationError as e:
+            first = e.errors()[0]
+            where = ".".join(map(str, first["loc"])) or "the file"
+            raise LocalClusterError(
+                f"{path} is corrupt ({where}: {first['msg']}); "
+                f"remove {data_dir} to start a new cluster there"
+            ) from None
         return LocalCluster(
             data_dir,
-            [LocalNode(**n) for n in raw["nodes"]],
-            raw["no_fsync"],
-            list(raw.get("node_args", [])),
-            {str(k): int(v) for k, v in raw.get("proxy_ports", {}).items()},
+            [LocalNode(**n.model_dump()) for n in raw.nodes],
+            raw.no_fsync,
+            raw.node_args,
+            raw.proxy_ports,
         )
 
     # --- fault proxies ------------------------------------------------------------
@@ -355,7 +387,8 @@ def up(
     if (data_dir / STATE).exists():
         cluster = LocalCluster.load(data_dir)  # restart an existing cluster with its data
     else:
-        data_dir.mkdir(parents=True, exist_ok=True)
+        check_shape(nodes, shards, replication)
+        _writable_dir(data_dir)
         links = [(i, j) for i in range(1, nodes + 1) for j in range(1, nodes + 1) if i != j]
         ports = free_ports(2 * nodes + (len(links) if fault_proxies else 0))
         cluster = LocalCluster(
@@ -385,6 +418,33 @@ def up(
     return cluster
 
 
+def check_shape(nodes: int, shards: int, replication: int) -> None:
+    """The limits a ShardSet's spec has (operator/shardset_operator/api/models.py)."""
+    for what, value, top in (
+        ("nodes", nodes, MAX_NODES),
+        ("shards", shards, MAX_SHARDS),
+        ("replication", replication, MAX_REPLICATION),
+    ):
+        if not 1 <= value <= top:
+            raise LocalClusterError(f"{what} must be 1 to {top}, got {value}")
+    if replication > nodes:
+        raise LocalClusterError(
+            f"replication {replication} needs at least as many nodes, got {nodes}"
+        )
+
+
+def _writable_dir(path: Path) -> None:
+    if path.exists() and not path.is_dir():
+        raise LocalClusterError(f"data dir {path} is not a directory")
+    probe = path / ".write-probe"
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise LocalClusterError(f"cannot write to data dir {path}: {e.strerror or e}") from None
+
+
 def down(data_dir: Path) -> LocalCluster:
     cluster = LocalCluster.load(data_dir.resolve())
     for n in cluster.nodes:
@@ -393,11 +453,9 @@ def down(data_dir: Path) -> LocalCluster:
 
 
 def last_endpoints() -> list[str]:
-    if not LAST.exists():
-        return []
     try:
         return LocalCluster.load(Path(LAST.read_text().strip())).endpoints
-    except LocalClusterError:
+    except (LocalClusterError, OSError):
         return []
 
 
