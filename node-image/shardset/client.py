@@ -244,7 +244,7 @@ class Client:
         another node would quietly serve it), else any replica if any may serve."""
         if replica is None:
             return self._any_replica(shard) if anywhere else None
-        holders = self._route.replicas.get(shard, [])
+        holders = sorted(self._route.replicas.get(shard, []))
         if replica not in holders:
             nodes = ", ".join(map(str, sorted(self._route.api)))
             raise ShardsetError(
