@@ -157,6 +157,21 @@ def cmd_local_down(ns: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_local_rebuild_node(ns: argparse.Namespace) -> int:
+    from shardset import rebuild  # aiohttp and the admin bodies: only for this command
+
+    def say(text: str) -> None:
+        print(f"shardset: {text}", file=sys.stderr)
+
+    cluster = local.LocalCluster.load(ns.data_dir.resolve())
+    moved = rebuild.rebuild_node(cluster, ns.node, timeout=ns.timeout, say=say)
+    say(
+        f"node {ns.node} rebuilt: it holds its replicas again"
+        + (f"; old data in {moved}" if moved else "")
+    )
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="shardset", description=__doc__)
     p.add_argument("--endpoints", help="comma-separated node API URLs")
@@ -238,6 +253,17 @@ def _local_parser(sub: Subparsers) -> None:
     s = lsub.add_parser("down", help="stop a local cluster (data stays)")
     s.add_argument("--data-dir", type=Path, default=Path("./shardset-data"))
     s.set_defaults(func=cmd_local_down)
+    s = lsub.add_parser(
+        "rebuild-node",
+        help="rebuild node N empty from its peers (e.g. its Raft log is corrupt)",
+        description="Stop node N, move its data directory aside, remove it from every "
+        "group, start it empty (it rejoins, never as a voter with a cut log) and add its "
+        "replicas back as learners that catch up from their leaders, then promote them.",
+    )
+    s.add_argument("node", type=positive)
+    s.add_argument("--data-dir", type=Path, default=Path("./shardset-data"))
+    s.add_argument("--timeout", type=positive, default=300, help="seconds (default 300)")
+    s.set_defaults(func=cmd_local_rebuild_node)
 
 
 def main(argv: list[str] | None = None) -> int:

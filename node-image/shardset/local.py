@@ -45,6 +45,7 @@ T = TypeVar("T")
 Link = tuple[int, int]  # (from node, to node): the proxy node `from` dials to reach `to`
 
 STATE = "cluster.json"
+STORE_CREATED = "store-created"  # the marker the operator keeps in its ConfigMap
 # The bounds of a ShardSet's spec (operator/shardset_operator/api/models.py).
 MAX_NODES, MAX_SHARDS, MAX_REPLICATION = 100, 1024, 7
 LAST = Path(os.environ.get("SHARDSET_CACHE", Path.home() / ".cache" / "shardset")) / "last-local"
@@ -191,7 +192,9 @@ class LocalCluster:
         for n in self.nodes:
             if n.id == node_id:
                 return n
-        raise LocalClusterError(f"no node {node_id} in {self.data_dir}")
+        raise LocalClusterError(
+            f"no node {node_id} in {self.data_dir} (nodes: {', '.join(map(str, self.node_ids))})"
+        )
 
     def save(self) -> None:
         raw = {
@@ -304,6 +307,8 @@ class LocalCluster:
             str(self.data_dir / "bootstrap.json"),
             "--allow-join",  # nodes added after the bootstrap map was written
         ]
+        if n.rejoin:  # its data was rebuilt: an empty directory must never bootstrap
+            cmd += ["--store-created-file", str(self.data_dir / STORE_CREATED)]
         if self.no_fsync:
             cmd.append("--no-fsync")
         cmd.extend(self.node_args)
@@ -319,6 +324,13 @@ class LocalCluster:
         )
         logf.close()
         n.pid = proc.pid
+        self.save()
+
+    def mark_rejoin(self, node_id: int) -> None:
+        """From now on `node_id` starts with the store-created marker: on an empty data
+        directory it rejoins (hosting nothing until re-added) instead of bootstrapping."""
+        (self.data_dir / STORE_CREATED).write_text("true")
+        self.node(node_id).rejoin = True
         self.save()
 
     def stop_node(self, node_id: int, *, kill: bool = False, timeout: float = 10.0) -> None:
@@ -360,9 +372,31 @@ class LocalCluster:
             time.sleep(0.1)
         if pending:
             logs = ", ".join(str(self.data_dir / f"node-{i}.log") for i in sorted(pending))
+            hints = "".join(self.stopped_because(i) for i in sorted(pending))
             raise LocalClusterError(
-                f"nodes {sorted(pending)} not ready after {timeout}s; see {logs}"
+                f"nodes {sorted(pending)} not ready after {timeout}s; see {logs}{hints}"
             )
+
+    def stopped_because(self, node_id: int) -> str:
+        """Why a node is not running, from the last `storage_corrupt` event in its log."""
+        if self.running(node_id):
+            return ""
+        try:
+            lines = self.log_path(node_id).read_bytes().splitlines()[-200:]
+        except OSError:
+            return ""
+        for line in reversed(lines):
+            if b"storage_corrupt" in line:
+                try:
+                    event = json.loads(line)
+                except ValueError:
+                    continue
+                where = f" ({event.get('file')}, offset {event.get('offset')})"
+                return (
+                    f"; node {node_id} stopped: its Raft log is corrupt{where}; "
+                    f"`shardset local rebuild-node {node_id}` rebuilds it empty from its peers"
+                )
+        return ""
 
 
 def up(
