@@ -365,17 +365,19 @@ class LocalCluster:
     def wait_ready(self, timeout: float = 30.0) -> None:
         deadline = time.monotonic() + timeout
         pending = {n.id for n in self.nodes if n.pid}
-        while pending and time.monotonic() < deadline:
+        exited: list[int] = []
+        while pending and not exited and time.monotonic() < deadline:
             for nid in sorted(pending):
                 if _ready(self.node(nid).api):
                     pending.discard(nid)
+                elif not self.running(nid):
+                    exited.append(nid)  # it will not get ready: say so now
             time.sleep(0.1)
         if pending:
             logs = ", ".join(str(self.data_dir / f"node-{i}.log") for i in sorted(pending))
-            hints = "".join(self.stopped_because(i) for i in sorted(pending))
-            raise LocalClusterError(
-                f"nodes {sorted(pending)} not ready after {timeout}s; see {logs}{hints}"
-            )
+            hints = "".join(self.stopped_because(i) for i in exited)
+            why = f"nodes {exited} exited" if exited else f"not ready after {timeout}s"
+            raise LocalClusterError(f"nodes {sorted(pending)}: {why}; see {logs}{hints}")
 
     def stopped_because(self, node_id: int) -> str:
         """Why a node is not running, from the last `storage_corrupt` event in its log."""

@@ -182,3 +182,19 @@ def test_state_file_written_by_save_loads_back(tmp_path: Path) -> None:
     cluster = LocalCluster.load(tmp_path)
     cluster.save()
     assert LocalCluster.load(tmp_path).nodes == cluster.nodes
+
+
+def test_a_node_stopped_by_a_corrupt_log_is_named_with_the_way_out(tmp_path: Path) -> None:
+    """What `local up` says of a node that exited with a `storage_corrupt` event."""
+    raw = {
+        "nodes": [{"id": n, "peer_port": 7000 + n, "api_port": 7100 + n} for n in (1, 2)],
+        "no_fsync": True,
+    }
+    (tmp_path / "cluster.json").write_text(json.dumps(raw))
+    event = {"event": "storage_corrupt", "file": "/d/raft/wal/wal-1.log", "offset": 4096}
+    (tmp_path / "node-2.log").write_text(f"starting\n{json.dumps(event)}\n")
+    cluster = LocalCluster.load(tmp_path)
+    hint = cluster.stopped_because(2)
+    assert "/d/raft/wal/wal-1.log, offset 4096" in hint, hint
+    assert "shardset local rebuild-node 2" in hint, hint
+    assert cluster.stopped_because(1) == ""  # no log, nothing known

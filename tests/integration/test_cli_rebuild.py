@@ -61,6 +61,9 @@ def test_rebuild_node_after_a_mid_log_wal_corruption(cluster_factory: Any, tmp_p
     assert not cluster.running(2), "a node with a log corrupt mid-way must not run"
 
     data = str(cluster.data_dir)
+    # `local up` says at once that node 2 stopped, rather than waiting for it.
+    rc, _, err = shardset("local", "up", "--data-dir", data, env=env)
+    assert_clean_error(rc, err, 1, "nodes [2] exited", "node-2.log")
     rc, _, err = shardset("local", "rebuild-node", "7", "--data-dir", data, env=env)
     assert_clean_error(rc, err, 1, "no node 7", "nodes: 1, 2, 3")
 
