@@ -23,6 +23,7 @@ from shardset import local
 from shardset.cliargs import (
     UsageError,
     bounded,
+    endpoint_list,
     key_arg,
     optional_key_arg,
     positive,
@@ -35,15 +36,35 @@ from shardset_proto.consistency import LEADER_MODES, MODES
 
 
 def _endpoints(ns: argparse.Namespace) -> list[str]:
-    raw = ns.endpoints or os.environ.get("SHARDSET_ENDPOINTS", "")
-    found = [e.strip() for e in raw.split(",") if e.strip()]
-    return found or local.last_endpoints()
+    if ns.endpoints is not None:
+        return list(ns.endpoints)
+    raw = os.environ.get("SHARDSET_ENDPOINTS", "")
+    if raw.strip():
+        try:
+            return endpoint_list(raw)
+        except argparse.ArgumentTypeError as e:
+            raise UsageError(f"SHARDSET_ENDPOINTS: {e}") from None
+    found = local.last_endpoints()
+    if not found:
+        raise UsageError(
+            "no endpoints: pass --endpoints, set SHARDSET_ENDPOINTS or start a local "
+            "cluster (shardset local up)"
+        )
+    return found
+
+
+def _protocol(ns: argparse.Namespace) -> str:
+    protocol = ns.protocol or os.environ.get("SHARDSET_PROTOCOL") or "http"
+    if protocol not in PROTOCOLS:
+        raise UsageError(f"SHARDSET_PROTOCOL must be one of {', '.join(PROTOCOLS)}: {protocol!r}")
+    return protocol
 
 
 def _run(ns: argparse.Namespace, action: Callable[[Client], Awaitable[int]]) -> int:
+    endpoints, protocol = _endpoints(ns), _protocol(ns)
+
     async def go() -> int:
-        protocol = ns.protocol or os.environ.get("SHARDSET_PROTOCOL") or "http"
-        async with Client(_endpoints(ns), protocol=protocol) as client:
+        async with Client(endpoints, protocol=protocol) as client:
             return await action(client)
 
     return asyncio.run(go())
@@ -174,7 +195,9 @@ def cmd_local_rebuild_node(ns: argparse.Namespace) -> int:
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="shardset", description=__doc__)
-    p.add_argument("--endpoints", help="comma-separated node API URLs")
+    p.add_argument(
+        "--endpoints", type=endpoint_list, help="comma-separated node API URLs (http://HOST:PORT)"
+    )
     p.add_argument(
         "--protocol",
         choices=PROTOCOLS,

@@ -12,6 +12,7 @@ import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from shardset_proto.commands import MAX_KEY_BYTES, MAX_VALUE_BYTES
 
@@ -38,6 +39,26 @@ def bounded(top: int) -> Callable[[str], int]:
 
     parse.__name__ = f"1..{top}"
     return parse
+
+
+def endpoint_list(text: str) -> list[str]:
+    """Comma-separated node API URLs, each http(s)://HOST[:PORT]."""
+    found = [e.strip() for e in text.split(",") if e.strip()]
+    if not found:
+        raise argparse.ArgumentTypeError(f"want node API URLs (http://HOST:PORT), got {text!r}")
+    for url in found:
+        try:
+            parts = urlsplit(url)
+            ok = parts.scheme in ("http", "https") and bool(parts.hostname) and url.isascii()
+            parts.port  # noqa: B018 - raises ValueError when out of range
+        except ValueError:
+            ok = False
+        if not ok:
+            shown = os.fsencode(url) if not url.isascii() else url
+            raise argparse.ArgumentTypeError(
+                f"not a node API URL: {shown!r} (want http://HOST:PORT, e.g. http://127.0.0.1:7101)"
+            )
+    return found
 
 
 def key_arg(text: str) -> str:

@@ -198,3 +198,21 @@ def test_a_node_stopped_by_a_corrupt_log_is_named_with_the_way_out(tmp_path: Pat
     assert "/d/raft/wal/wal-1.log, offset 4096" in hint, hint
     assert "shardset local rebuild-node 2" in hint, hint
     assert cluster.stopped_because(1) == ""  # no log, nothing known
+
+
+@pytest.mark.parametrize(
+    "endpoint", ["notaurl", "http://[::1", "http://127.0.0.1:99999", "ftp://x", b"http://\xff"]
+)
+def test_a_bad_endpoint_is_a_usage_error(endpoint: str | bytes) -> None:
+    rc, _, err = shardset("--endpoints", endpoint, "get", "k")
+    assert_clean_error(rc, err, 2, "not a node API URL")
+    rc, _, err = shardset("get", "k", env={"SHARDSET_ENDPOINTS": os.fsdecode(endpoint)})
+    assert_clean_error(rc, err, 2, "SHARDSET_ENDPOINTS", "not a node API URL")
+
+
+def test_configuration_errors_are_usage_errors(cache: dict[str, str]) -> None:
+    rc, _, err = shardset("get", "k", env=cache)  # no endpoints anywhere
+    assert_clean_error(rc, err, 2, "no endpoints")
+    env = {**cache, "SHARDSET_PROTOCOL": "bogus"}
+    rc, _, err = shardset("--endpoints", NOWHERE, "get", "k", env=env)
+    assert_clean_error(rc, err, 2, "SHARDSET_PROTOCOL", "'bogus'")
