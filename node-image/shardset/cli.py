@@ -19,6 +19,8 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import aiohttp
+
 from shardset import local
 from shardset.cliargs import (
     UsageError,
@@ -32,6 +34,7 @@ from shardset.cliargs import (
     write_value,
 )
 from shardset.client import PROTOCOLS, Client, ShardsetError
+from shardset.neterrors import describe
 from shardset_proto.consistency import LEADER_MODES, MODES
 
 
@@ -323,8 +326,10 @@ def _classify(error: BaseException) -> tuple[int, str]:
         return 2, str(error)
     if isinstance(error, ShardsetError):
         return (2 if error.status in (400, 413) else 1), str(error)
-    if isinstance(error, local.LocalClusterError | TimeoutError):
-        return 1, str(error) or "timed out"
+    if isinstance(error, local.LocalClusterError):
+        return 1, str(error)
+    if isinstance(error, aiohttp.ClientError | TimeoutError):
+        return 1, describe(error)
     if isinstance(error, OSError):
         where = f": {error.filename}" if error.filename else ""
         return 1, f"{error.strerror or error}{where}"

@@ -360,7 +360,12 @@ class LocalCluster:
         shard map, which the placement rotates over the nodes (what the operator's leader
         balancing does in Kubernetes). Elections alone often leave one node leading most
         shards, and then that node does most of the work. Returns shard -> leader."""
-        return asyncio.run(asyncio.wait_for(_balance(self.endpoints), timeout))
+        try:
+            return asyncio.run(asyncio.wait_for(_balance(self.endpoints), timeout))
+        except TimeoutError:
+            raise LocalClusterError(
+                f"leaderships not on their preferred replicas after {timeout}s"
+            ) from None
 
     def wait_ready(self, timeout: float = 30.0) -> None:
         deadline = time.monotonic() + timeout
