@@ -25,6 +25,7 @@ group's current leader; nothing here touches another node's data.
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -165,9 +166,26 @@ async def membership(admin: Admin, node: int, others: list[int]) -> Membership:
         _, view = await admin.leader(gid, others)
         if node in view.voters:
             voter_of.append(gid)
-        elif node in view.learners:
+        elif node in view.learners or gid == META_GROUP:  # every node is in the meta group
             learner_of.append(gid)
     return Membership(tuple(voter_of), tuple(learner_of))
+
+
+def remembered(path: Path, found: Membership) -> Membership:
+    """`found` joined with what an interrupted earlier run recorded in `path` (the
+    groups it had already removed the node from no longer list it), written back
+    before anything is removed, so a second run gives every group back."""
+    voter_of, learner_of = set(found.voter_of), set(found.learner_of)
+    if path.exists():
+        try:
+            earlier = json.loads(path.read_text())
+            voter_of |= set(earlier["voter_of"])
+            learner_of |= set(earlier["learner_of"]) - voter_of
+        except (ValueError, KeyError, TypeError):
+            raise RebuildError(f"{path} is corrupt: remove it and run again") from None
+    m = Membership(tuple(sorted(voter_of)), tuple(sorted(learner_of - voter_of)))
+    path.write_text(json.dumps({"voter_of": m.voter_of, "learner_of": m.learner_of}))
+    return m
 
 
 async def remove_everywhere(admin: Admin, node: int, others: list[int], m: Membership) -> None:
@@ -224,7 +242,9 @@ async def _rebuild(
         admin = Admin(http, {n.id: n.api for n in cluster.nodes}, deadline)
         check_rebuildable(await admin.shard_map(others), node)
         cluster.stop_node(node)
-        m = await membership(admin, node, others)
+        m = remembered(
+            cluster.data_dir / f"node-{node}.rebuild.json", await membership(admin, node, others)
+        )
         say(f"node {node} stopped; removing it from groups {list(m.groups)} (0: metadata)")
         await remove_everywhere(admin, node, others, m)
         moved = set_aside(cluster.node_dir(node))
@@ -240,4 +260,5 @@ async def _rebuild(
         addr = (f"127.0.0.1:{info.peer_port}", info.api)
         await add_back(admin, node, others, m, addr, say)
     cluster.wait_ready(max(1.0, deadline - time.monotonic()))
+    (cluster.data_dir / f"node-{node}.rebuild.json").unlink(missing_ok=True)
     return moved

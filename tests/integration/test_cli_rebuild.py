@@ -11,10 +11,12 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import pytest
 from test_cli_errors import assert_clean_error, shardset
 
 from shardset.client import Client
 from shardset.local import LocalCluster
+from shardset.rebuild import Membership, RebuildError, remembered
 
 KEYS = {f"key-{i}": f"value-{i}".encode() for i in range(40)}
 
@@ -97,3 +99,16 @@ async def _groups(cluster: LocalCluster, node: int) -> dict[str, Any]:
         "origin": report["origin"],
         "groups": {g: node in v["voters"] for g, v in report["groups"].items()},
     }
+
+
+def test_an_interrupted_rebuild_still_gives_every_group_back(tmp_path: Path) -> None:
+    """A second run finds the node in fewer groups (the first already removed it from
+    some): the groups the first run recorded are given back too."""
+    path = tmp_path / "node-2.rebuild.json"
+    first = remembered(path, Membership(voter_of=(0, 1, 3), learner_of=(4,)))
+    assert first == Membership((0, 1, 3), (4,))
+    second = remembered(path, Membership(voter_of=(3,), learner_of=()))
+    assert second == first
+    path.write_text("{broken")
+    with pytest.raises(RebuildError, match="corrupt"):
+        remembered(path, second)
