@@ -34,6 +34,7 @@ from urllib.parse import quote
 
 import aiohttp
 
+from shardset.neterrors import describe
 from shardset_proto import urls, wire
 from shardset_proto.commands import MAX_KEY_BYTES
 from shardset_proto.consistency import LEADER_MODES, MODES
@@ -205,8 +206,7 @@ class Client:
         if token:
             params["min_index"] = str(token)
         anywhere = consistency is not None and consistency not in LEADER_MODES
-        if replica is None and anywhere:
-            replica = self._any_replica(shard)
+        replica = self._first_replica(shard, replica, anywhere)
         if self.protocol == "wire":
             body = await self._wired(
                 key,
@@ -238,6 +238,21 @@ class Client:
         )
         self._note(result.shard, result.index)
         return result
+
+    def _first_replica(self, shard: int, replica: int | None, anywhere: bool) -> int | None:
+        """The node a read asks first: the one asked for, which must hold the shard (else
+        another node would quietly serve it), else any replica if any may serve."""
+        if replica is None:
+            return self._any_replica(shard) if anywhere else None
+        holders = sorted(self._route.replicas.get(shard, []))
+        if replica not in holders:
+            nodes = ", ".join(map(str, sorted(self._route.api)))
+            raise ShardsetError(
+                f"replica {replica}: shard {shard} has replicas on nodes "
+                f"{', '.join(map(str, holders))} (the store's nodes: {nodes})",
+                400,
+            )
+        return replica
 
     def _seen(self, w: WriteResult) -> WriteResult:
         self._note(w.shard, w.index)
@@ -273,7 +288,7 @@ class Client:
                 async with self._http().get(url + urls.STATUS) as resp:
                     out["nodes"][str(node)] = await resp.json()
             except (aiohttp.ClientError, TimeoutError) as e:
-                out["nodes"][str(node)] = {"error": f"unreachable: {e.__class__.__name__}"}
+                out["nodes"][str(node)] = {"error": f"cannot reach node at {url}: {describe(e)}"}
         return out
 
     # --- routing --------------------------------------------------------------------
@@ -401,7 +416,7 @@ class Client:
                 last = ShardsetError(message, status, body)
                 target = await self._reroute(status, body, shard, key, target)
             except _TRANSIENT as e:
-                last = ShardsetError(f"{what} to node {target}: {e!r}")
+                last = ShardsetError(f"{what}: cannot reach node {target}: {describe(e)}")
                 target = self._other_replica(shard, target)
             await asyncio.sleep(min(0.5, 0.02 * (2**n)) * random.uniform(0.5, 1.0))
         raise last or ShardsetError(f"{what}: out of attempts")
@@ -481,25 +496,25 @@ class Client:
             while pending:
                 done, _ = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
                 for task in done:
-                    url = pending.pop(task)
+                    pending.pop(task)
                     raw, error = task.result()
                     if raw is not None:
                         self._route = _parse_map(raw)
                         return
-                    errors.append(f"{url}: {error}")
+                    errors.append(error)
         finally:
             for task in pending:
                 task.cancel()
-        raise ShardsetError("cannot fetch the shard map from any endpoint: " + "; ".join(errors))
+        raise ShardsetError("cannot fetch the shard map: " + "; ".join(errors))
 
     async def _fetch_map(self, url: str) -> tuple[dict[str, Any] | None, str]:
         try:
             async with self._http().get(url + urls.SHARDMAP) as resp:
                 if resp.status != 200:
-                    return None, f"HTTP {resp.status}"
+                    return None, f"node at {url} answered HTTP {resp.status}"
                 return await resp.json(), ""
         except (aiohttp.ClientError, TimeoutError) as e:
-            return None, e.__class__.__name__
+            return None, f"cannot reach node at {url}: {describe(e)}"
 
 
 def _parse_map(raw: dict[str, Any]) -> _Route:

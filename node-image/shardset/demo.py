@@ -16,7 +16,8 @@ from collections import Counter
 from pathlib import Path
 
 from shardset import local
-from shardset.cli import print_status
+from shardset.cli import fail, print_status
+from shardset.cliargs import positive
 from shardset.client import Client, ShardsetError
 
 
@@ -38,7 +39,7 @@ async def workload(client: Client, prefix: str, count: int, acked: dict[str, byt
 async def main_async(data_dir: Path, count: int) -> int:
     print(f"starting a local cluster in {data_dir} (3 nodes, 8 shards, replication 3)")
     t0 = time.monotonic()
-    cluster = local.up(data_dir, nodes=3, shards=8, replication=3)
+    cluster = local.up(data_dir, nodes=3, shards=8, replication=3, stop_on_failure=True)
     print(f"  ready in {time.monotonic() - t0:.1f}s: {', '.join(cluster.endpoints)}")
     acked: dict[str, bytes] = {}
     try:
@@ -76,10 +77,13 @@ async def main_async(data_dir: Path, count: int) -> int:
 def main() -> int:
     p = argparse.ArgumentParser(prog="python -m shardset.demo", description=__doc__)
     p.add_argument("--data-dir", type=Path)
-    p.add_argument("--keys", type=int, default=500)
+    p.add_argument("--keys", type=positive, default=500)
     ns = p.parse_args()
     data_dir = ns.data_dir or Path(tempfile.mkdtemp(prefix="shardset-demo-"))
-    return asyncio.run(main_async(data_dir, ns.keys))
+    try:
+        return asyncio.run(main_async(data_dir, ns.keys))
+    except BaseException as e:  # one line, never a traceback (as the CLI)
+        return fail(e)
 
 
 if __name__ == "__main__":

@@ -33,6 +33,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+import pydantic
+
 from shardset_node.faults import BlockMode, FaultProxy
 from shardset_proto import urls
 from shardset_proto.admin import TransferLeader
@@ -43,6 +45,9 @@ T = TypeVar("T")
 Link = tuple[int, int]  # (from node, to node): the proxy node `from` dials to reach `to`
 
 STATE = "cluster.json"
+STORE_CREATED = "store-created"  # the marker the operator keeps in its ConfigMap
+# The bounds of a ShardSet's spec (operator/shardset_operator/api/models.py).
+MAX_NODES, MAX_SHARDS, MAX_REPLICATION = 100, 1024, 7
 LAST = Path(os.environ.get("SHARDSET_CACHE", Path.home() / ".cache" / "shardset")) / "last-local"
 
 
@@ -56,10 +61,30 @@ class LocalNode:
     peer_port: int
     api_port: int
     pid: int = 0
+    # Rebuilt on an empty data directory: starts with --store-created-file, so it
+    # rejoins (hosting nothing until re-added) instead of bootstrapping.
+    rejoin: bool = False
 
     @property
     def api(self) -> str:
         return f"http://127.0.0.1:{self.api_port}"
+
+
+class _NodeState(pydantic.BaseModel):
+    id: int = pydantic.Field(ge=1)
+    peer_port: int = pydantic.Field(ge=1, le=65535)
+    api_port: int = pydantic.Field(ge=1, le=65535)
+    pid: int = pydantic.Field(default=0, ge=0)
+    rejoin: bool = False
+
+
+class _State(pydantic.BaseModel):
+    """`cluster.json`, checked when read: a damaged file is an error naming the field."""
+
+    nodes: list[_NodeState] = pydantic.Field(min_length=1)
+    no_fsync: bool
+    node_args: list[str] = []
+    proxy_ports: dict[str, int] = {}
 
 
 class ProxyNet:
@@ -167,7 +192,9 @@ class LocalCluster:
         for n in self.nodes:
             if n.id == node_id:
                 return n
-        raise LocalClusterError(f"no node {node_id} in {self.data_dir}")
+        raise LocalClusterError(
+            f"no node {node_id} in {self.data_dir} (nodes: {', '.join(map(str, self.node_ids))})"
+        )
 
     def save(self) -> None:
         raw = {
@@ -181,15 +208,23 @@ class LocalCluster:
     @staticmethod
     def load(data_dir: Path) -> LocalCluster:
         path = data_dir / STATE
-        if not path.exists():
+        if not path.is_file():
             raise LocalClusterError(f"no local cluster in {data_dir} (missing {STATE})")
-        raw = json.loads(path.read_text())
+        try:
+            raw = _State.model_validate_json(path.read_bytes())
+        except pydantic.ValidationError as e:
+            first = e.errors()[0]
+            where = ".".join(map(str, first["loc"])) or "the file"
+            raise LocalClusterError(
+                f"{path} is corrupt ({where}: {first['msg']}); "
+                f"remove {data_dir} to start a new cluster there"
+            ) from None
         return LocalCluster(
             data_dir,
-            [LocalNode(**n) for n in raw["nodes"]],
-            raw["no_fsync"],
-            list(raw.get("node_args", [])),
-            {str(k): int(v) for k, v in raw.get("proxy_ports", {}).items()},
+            [LocalNode(**n.model_dump()) for n in raw.nodes],
+            raw.no_fsync,
+            raw.node_args,
+            raw.proxy_ports,
         )
 
     # --- fault proxies ------------------------------------------------------------
@@ -272,6 +307,8 @@ class LocalCluster:
             str(self.data_dir / "bootstrap.json"),
             "--allow-join",  # nodes added after the bootstrap map was written
         ]
+        if n.rejoin:  # its data was rebuilt: an empty directory must never bootstrap
+            cmd += ["--store-created-file", str(self.data_dir / STORE_CREATED)]
         if self.no_fsync:
             cmd.append("--no-fsync")
         cmd.extend(self.node_args)
@@ -287,6 +324,13 @@ class LocalCluster:
         )
         logf.close()
         n.pid = proc.pid
+        self.save()
+
+    def mark_rejoin(self, node_id: int) -> None:
+        """From now on `node_id` starts with the store-created marker: on an empty data
+        directory it rejoins (hosting nothing until re-added) instead of bootstrapping."""
+        (self.data_dir / STORE_CREATED).write_text("true")
+        self.node(node_id).rejoin = True
         self.save()
 
     def stop_node(self, node_id: int, *, kill: bool = False, timeout: float = 10.0) -> None:
@@ -316,21 +360,50 @@ class LocalCluster:
         shard map, which the placement rotates over the nodes (what the operator's leader
         balancing does in Kubernetes). Elections alone often leave one node leading most
         shards, and then that node does most of the work. Returns shard -> leader."""
-        return asyncio.run(asyncio.wait_for(_balance(self.endpoints), timeout))
+        try:
+            return asyncio.run(asyncio.wait_for(_balance(self.endpoints), timeout))
+        except TimeoutError:
+            raise LocalClusterError(
+                f"leaderships not on their preferred replicas after {timeout}s"
+            ) from None
 
     def wait_ready(self, timeout: float = 30.0) -> None:
         deadline = time.monotonic() + timeout
         pending = {n.id for n in self.nodes if n.pid}
-        while pending and time.monotonic() < deadline:
+        exited: list[int] = []
+        while pending and not exited and time.monotonic() < deadline:
             for nid in sorted(pending):
                 if _ready(self.node(nid).api):
                     pending.discard(nid)
+                elif not self.running(nid):
+                    exited.append(nid)  # it will not get ready: say so now
             time.sleep(0.1)
         if pending:
             logs = ", ".join(str(self.data_dir / f"node-{i}.log") for i in sorted(pending))
-            raise LocalClusterError(
-                f"nodes {sorted(pending)} not ready after {timeout}s; see {logs}"
-            )
+            hints = "".join(self.stopped_because(i) for i in exited)
+            why = f"nodes {exited} exited" if exited else f"not ready after {timeout}s"
+            raise LocalClusterError(f"nodes {sorted(pending)}: {why}; see {logs}{hints}")
+
+    def stopped_because(self, node_id: int) -> str:
+        """Why a node is not running, from the last `storage_corrupt` event in its log."""
+        if self.running(node_id):
+            return ""
+        try:
+            lines = self.log_path(node_id).read_bytes().splitlines()[-200:]
+        except OSError:
+            return ""
+        for line in reversed(lines):
+            if b"storage_corrupt" in line:
+                try:
+                    event = json.loads(line)
+                except ValueError:
+                    continue
+                where = f" ({event.get('file')}, offset {event.get('offset')})"
+                return (
+                    f"; node {node_id} stopped: its Raft log is corrupt{where}; "
+                    f"`shardset local rebuild-node {node_id}` rebuilds it empty from its peers"
+                )
+        return ""
 
 
 def up(
@@ -355,7 +428,8 @@ def up(
     if (data_dir / STATE).exists():
         cluster = LocalCluster.load(data_dir)  # restart an existing cluster with its data
     else:
-        data_dir.mkdir(parents=True, exist_ok=True)
+        check_shape(nodes, shards, replication)
+        _writable_dir(data_dir)
         links = [(i, j) for i in range(1, nodes + 1) for j in range(1, nodes + 1) if i != j]
         ports = free_ports(2 * nodes + (len(links) if fault_proxies else 0))
         cluster = LocalCluster(
@@ -385,6 +459,33 @@ def up(
     return cluster
 
 
+def check_shape(nodes: int, shards: int, replication: int) -> None:
+    """The limits a ShardSet's spec has (operator/shardset_operator/api/models.py)."""
+    for what, value, top in (
+        ("nodes", nodes, MAX_NODES),
+        ("shards", shards, MAX_SHARDS),
+        ("replication", replication, MAX_REPLICATION),
+    ):
+        if not 1 <= value <= top:
+            raise LocalClusterError(f"{what} must be 1 to {top}, got {value}")
+    if replication > nodes:
+        raise LocalClusterError(
+            f"replication {replication} needs at least as many nodes, got {nodes}"
+        )
+
+
+def _writable_dir(path: Path) -> None:
+    if path.exists() and not path.is_dir():
+        raise LocalClusterError(f"data dir {path} is not a directory")
+    probe = path / ".write-probe"
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise LocalClusterError(f"cannot write to data dir {path}: {e.strerror or e}") from None
+
+
 def down(data_dir: Path) -> LocalCluster:
     cluster = LocalCluster.load(data_dir.resolve())
     for n in cluster.nodes:
@@ -393,11 +494,9 @@ def down(data_dir: Path) -> LocalCluster:
 
 
 def last_endpoints() -> list[str]:
-    if not LAST.exists():
-        return []
     try:
         return LocalCluster.load(Path(LAST.read_text().strip())).endpoints
-    except LocalClusterError:
+    except (LocalClusterError, OSError):
         return []
 
 

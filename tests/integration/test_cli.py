@@ -122,11 +122,13 @@ def test_cli_put_get_delete_status(cluster_factory: Any) -> None:
             assert sum(v["role"] == "leader" for v in views) == 1, views
             assert len({v["leader"] for v in views}) == 1, views
 
-        # No store at the given endpoints: a message and exit 2, nothing on stdout.
+        # No store at the given endpoints: the cause and exit 1 (a runtime error; 2 is
+        # for usage errors), nothing on stdout.
         rc, out, err, *_ = await shardset(
             None, "get", key, env={"SHARDSET_ENDPOINTS": "http://127.0.0.1:9"}
         )
-        assert rc == 2 and out == "" and err.startswith("shardset: "), (rc, out, err)
+        assert rc == 1 and out == "" and err.startswith("shardset: "), (rc, out, err)
+        assert "connection refused" in err, err
 
         await wl.stop()
         log(f"client errors: {dict(wl.errors)}")
