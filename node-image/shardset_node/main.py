@@ -27,12 +27,12 @@ from shardset_node.drain import drain_leadership
 from shardset_node.frontends.http import build_app
 from shardset_node.frontends.wire import WireServer
 from shardset_node.kv import KvWrites
-from shardset_node.storage.quarantine import EXIT_STORAGE_CORRUPT, quarantine_data_dir
-from shardset_node.storage.raftstore import StorageCorruption
-from shardset_node.storage.wal import WalCorruption, WalError
 from shardset_node.metrics import NodeMetrics
 from shardset_node.peers.client import PeerClient
 from shardset_node.reads import ReadPath
+from shardset_node.storage.quarantine import EXIT_STORAGE_CORRUPT, quarantine_data_dir
+from shardset_node.storage.raftstore import StorageCorruption
+from shardset_node.storage.wal import WalCorruption, WalError
 from shardset_proto.commands import MAX_VALUE_BYTES
 from shardset_proto.consistency import MODES
 from shardset_proto.errors import ApiError

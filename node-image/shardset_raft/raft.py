@@ -160,10 +160,7 @@ class Raft:
         self._commit_bcast_wanted = False
         self._outstanding: Ready | None = None
         self._prev_hard = HardState(self.term, self.vote, self.log.committed, self.recovering)
-        if self.recovering and self.conf.voters <= {self.id}:
-            # A sole voter has nobody to recover from: what it lost is gone, and
-            # abstaining would only keep the group leaderless for good.
-            self.recovering = 0
+        self._recover_alone()
         self._prev_soft = SoftState(0, Role.FOLLOWER, self.term)
         self._reset_timeout()
 
@@ -194,6 +191,12 @@ class Raft:
     # `recovering`: committed entries are the same on every node (state machine
     # safety), so by then it holds every committed entry it could have acknowledged.
     # The clearing is in the hard state, so the next Ready persists it.
+    def _recover_alone(self) -> None:
+        if self.recovering and self.conf.voters <= {self.id}:
+            # A sole voter has nobody to recover from: what it lost is gone, and
+            # abstaining would only keep the group leaderless for good.
+            self.recovering = 0
+
     def _maybe_end_recovery(self) -> None:
         if self.recovering and self.log.committed >= self.recovering:
             self.recovering = 0

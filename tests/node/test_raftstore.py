@@ -407,7 +407,7 @@ def test_a_cut_tail_marks_every_group_recovering_durably_until_cleared(tmp_path:
     assert hs1.recovering >= 8 and hs2.recovering > 2
     assert {"raft_log_recovering", "wal_torn_tail_truncated"} <= {e["event"] for e in logs}
     # The mark survives another restart (no cut this time) ...
-    (again, _, _), = recovered(tmp_path, 1)
+    ((again, _, _),) = recovered(tmp_path, 1)
     assert again.recovering == hs1.recovering
 
     # ... and the core's clearing, a hard state without it, is durable too.
