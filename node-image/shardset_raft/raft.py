@@ -130,6 +130,7 @@ class Raft:
         self.term = hs.term
         self.vote = hs.vote
         self.recovering = hs.recovering
+        self._leader_matched = 0  # our log matches the current leader's up to here
         self.role = Role.FOLLOWER
         self.leader: NodeId = 0
         self.conf = self.log.conf()
@@ -185,8 +186,9 @@ class Raft:
     # count, a commit quorum could miss every electing quorum (which excludes it).
     # So it neither campaigns nor grants votes or pre-votes, flags its acks
     # RECOVERING_ACK (the leader counts them as 0), and takes no commit index from
-    # heartbeats (their `commit` trusts the leader's `match` for it, stale after the
-    # cut: it once made such a node commit an old entry and stick). It is cleared
+    # heartbeats beyond what an append of the current leader matched (their `commit`
+    # trusts the leader's `match` for it, stale after the cut: it once made such a
+    # node commit an old entry and stick). It is cleared
     # once it holds, from a leader's append or snapshot, a log COMMITTED past
     # `recovering`: committed entries are the same on every node (state machine
     # safety), so by then it holds every committed entry it could have acknowledged.
@@ -416,6 +418,7 @@ class Raft:
             self.term = term
             self.vote = 0
         self.leader = 0
+        self._leader_matched = 0
         self.election_elapsed = 0
         self.heartbeat_elapsed = 0
         self._reset_timeout()
@@ -611,15 +614,18 @@ class Raft:
         if m.type == MessageType.APPEND:
             self._handle_append(m)
         elif m.type == MessageType.HEARTBEAT:
-            if not self.recovering:
-                self.log.commit_to(min(m.commit, self.log.last_index()))
+            # While recovering, only up to what an append of this leader matched.
+            # Recovering, it reports only that much as its log, so that a leader whose
+            # `match` for it predates the cut sends an append to verify the rest.
+            upto = self._leader_matched if self.recovering else self.log.last_index()
+            self.log.commit_to(min(m.commit, upto))
             self._send(
                 Message(
                     MessageType.HEARTBEAT_RESP,
                     m.frm,
                     self.id,
                     self.term,
-                    index=self.log.last_index(),  # lets the leader see a lost tail
+                    index=upto,  # lets the leader see a lost tail
                     context=m.context,
                 )
             )
@@ -631,11 +637,14 @@ class Raft:
     def _handle_append(self, m: Message) -> None:
         resp, to, me, term = MessageType.APPEND_RESP, m.frm, self.id, self.term
         if m.index < self.log.committed:
+            # Committed entries are the same on every node, the leader's included.
+            self._leader_matched = max(self._leader_matched, self.log.committed)
             self._send(Message(resp, to, me, term, index=self.log.committed, context=self._ack()))
             return
         last_new = self.log.maybe_append(m.index, m.log_term, m.commit, m.entries)
         self._refresh_conf()
         if last_new is not None:
+            self._leader_matched = max(self._leader_matched, last_new)
             self._maybe_end_recovery()
             self._send(Message(resp, to, me, term, index=last_new, context=self._ack()))
             return
@@ -669,6 +678,7 @@ class Raft:
             else:
                 self.log.restore(snap)
                 self._refresh_conf()
+            self._leader_matched = max(self._leader_matched, meta.index)
         self._maybe_end_recovery()
         index = self.log.last_index() if meta.index > self.log.committed else self.log.committed
         self._send(

@@ -11,6 +11,7 @@ from shardset_raft import (
     ConfChange,
     ConfChangeRejected,
     ConfChangeType,
+    Message,
     MessageType,
     NotLeader,
     ProposalDropped,
@@ -459,3 +460,46 @@ def test_an_old_leader_whose_newer_records_were_lost_converges_and_commits_nothi
     assert c.node(1).committed == c.node(2).committed
     assert c.node(1).recovering == 0
     assert b"X" not in c.applied[1]
+
+
+def test_a_recovering_follower_on_an_idle_shard_learns_the_commit_from_heartbeats() -> None:
+    # Seen with real processes: the append carrying the new commit index never came
+    # (the leader had nothing more to send), and heartbeats' commits were ignored.
+    c = Cluster([1, 2, 3])
+    c.elect(1)
+    c.crash(3)
+    upto = c.disks[3].lose_tail(1) + 10  # a conservative bound: stays recovering
+    c.disks[3].hard_state = replace(c.disks[3].hard_state, recovering=upto)
+    c.start(3)
+    c.tick_all(3)
+    c.node(1).propose(b"x")
+
+    def no_commit_news_for_3(m: Message) -> bool:
+        return not (m.type == MessageType.APPEND and m.to == 3 and not m.entries)
+
+    c.deliver(no_commit_news_for_3)
+    assert c.node(1).committed == c.node(1).log.last_index() > c.node(3).committed
+    c.tick_all(2)  # heartbeats only: no writes
+    assert c.node(3).committed == c.node(1).committed and c.node(3).recovering == upto
+    assert c.applied[3][-1] == b"x"
+
+
+def test_a_recovering_follower_with_its_whole_log_but_an_old_commit_catches_up_idle() -> None:
+    # Seen with real processes: the cut took only a commit-only hard state of this
+    # shard. The leader's match for it was already its last index, so nothing new
+    # was ever appended, and a heartbeat's commit alone must not be trusted.
+    c = Cluster([1, 2, 3])
+    c.elect(1)
+    for data in (b"a", b"b"):
+        c.node(1).propose(data)
+    c.deliver()
+    c.tick_all(2)
+    last = c.node(1).log.last_index()
+    c.crash(3)
+    d = c.disks[3]
+    d.hard_state = replace(d.hard_state, commit=1, recovering=last + 10)
+    c.start(3)
+    assert c.node(3).log.last_index() == last == c.node(1).progress[3].match
+    c.tick_all(4)  # heartbeats only: no writes
+    assert c.node(3).committed == c.node(1).committed == last
+    assert c.node(3).recovering == last + 10
