@@ -192,7 +192,12 @@ class Raft:
     # once it holds, from a leader's append or snapshot, a log COMMITTED past
     # `recovering`: committed entries are the same on every node (state machine
     # safety), so by then it holds every committed entry it could have acknowledged.
-    # The clearing is in the hard state, so the next Ready persists it.
+    # The clearing is in the hard state, so the next Ready persists it. A vote the cut
+    # took is covered for the term the node is caught up in (see _maybe_end_recovery);
+    # one for a later term could be given twice only if a stale leader of an earlier
+    # term still committed past `recovering` (acks from a majority that never moved
+    # to the later term). The simulator's lying disks also lose hard states (terms
+    # and votes go back) and found no such schedule; no proof covers it here.
     def _recover_alone(self) -> None:
         if self.recovering and self.conf.voters <= {self.id}:
             # A sole voter has nobody to recover from: what it lost is gone, and
@@ -202,6 +207,10 @@ class Raft:
     def _maybe_end_recovery(self) -> None:
         if self.recovering and self.log.committed >= self.recovering:
             self.recovering = 0
+            if self.vote == 0:
+                # The cut may have taken a vote of this term: count it as given to
+                # the leader (who holds the term anyway), so none can be given twice.
+                self.vote = self.leader
 
     def tick(self) -> None:
         self._check_input()

@@ -57,17 +57,29 @@ class Disk:
     hard_state: HardState = field(default_factory=HardState)
     snapshot: Snapshot = field(default_factory=Snapshot)
     entries: list[Entry] = field(default_factory=list)
+    # Write order, for a lying disk: the write number of each entry held, and the
+    # hard states written (number, state), so a cut can take both in WAL order.
+    writes: int = 0
+    entry_writes: dict[int, int] = field(default_factory=dict)
+    hard_states: list[tuple[int, HardState]] = field(default_factory=list)
+    snapshot_write: int = 0
 
     def persist(self, rd: Ready) -> None:
+        self.writes += 1
         if rd.snapshot is not None:
             self.snapshot = rd.snapshot
             self.entries = []
+            self.snapshot_write = self.writes
         if rd.entries:
             first = rd.entries[0].index
             self.entries = [e for e in self.entries if e.index < first]
             self.entries.extend(rd.entries)
+            for e in rd.entries:
+                self.entry_writes[e.index] = self.writes
         if rd.hard_state is not None:
             self.hard_state = rd.hard_state
+            self.hard_states.append((self.writes, rd.hard_state))
+            del self.hard_states[:-64]
 
     def compact(self, snapshot: Snapshot) -> None:
         self.snapshot = snapshot
@@ -83,9 +95,17 @@ class Disk:
         lost_upto = self.entries[-1].index
         self.entries = self.entries[: max(0, len(self.entries) - count)]
         kept = self.entries[-1].index if self.entries else self.snapshot.meta.index
-        hs = self.hard_state
+        # Hard states written with or after the first lost entry are lost too (the
+        # WAL is one ordered file); the snapshot lives in its own synced file.
+        first_lost = self.entry_writes.get(kept + 1, self.writes + 1)
+        cut = max(first_lost, self.snapshot_write + 1)
+        older = [hs for n, hs in self.hard_states if n < cut]
+        hs = older[-1] if older else self.hard_state
+        self.hard_states = [(n, h) for n, h in self.hard_states if n < cut]
         self.hard_state = replace(
-            hs, commit=min(hs.commit, kept), recovering=max(hs.recovering, lost_upto)
+            hs,
+            commit=min(hs.commit, kept),
+            recovering=max(self.hard_state.recovering, hs.recovering, lost_upto),
         )
         return lost_upto
 
