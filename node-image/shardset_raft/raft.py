@@ -623,9 +623,9 @@ class Raft:
         if m.type == MessageType.APPEND:
             self._handle_append(m)
         elif m.type == MessageType.HEARTBEAT:
-            # While recovering, only up to what an append of this leader matched.
-            # Recovering, it reports only that much as its log, so that a leader whose
-            # `match` for it predates the cut sends an append to verify the rest.
+            # Recovering, it commits only up to what this leader's appends matched, and
+            # reports only that much as its log, so that a leader whose `match` for it
+            # predates the cut sends an append to verify the rest.
             upto = self._leader_matched if self.recovering else self.log.last_index()
             self.log.commit_to(min(m.commit, upto))
             self._send(
