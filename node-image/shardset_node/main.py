@@ -33,6 +33,9 @@ from shardset_node.peers.client import PeerClient
 from shardset_node.reads import ReadPath
 from shardset_node.rebuild import Rebuilder
 from shardset_node.storage.diskspace import is_disk_full
+from shardset_node.storage.quarantine import EXIT_STORAGE_CORRUPT, quarantine_data_dir
+from shardset_node.storage.raftstore import StorageCorruption
+from shardset_node.storage.wal import WalCorruption, WalError
 from shardset_proto.commands import MAX_VALUE_BYTES
 from shardset_proto.consistency import MODES
 from shardset_proto.errors import ApiError
@@ -383,4 +386,35 @@ def run(coro: Coroutine[Any, Any, int]) -> int:
 def main(argv: list[str] | None = None) -> int:
     ns = parse(argv)
     configure_logging(ns.log_format)
-    return run(serve(ns))
+    try:
+        return run(serve(ns))
+    except (WalCorruption, StorageCorruption) as exc:
+        if not _set_aside_corrupt_log(ns, exc):
+            return EXIT_STORAGE_CORRUPT
+    return run(serve(ns))  # empty now: it rejoins the way a node that lost its volume does
+
+
+def _set_aside_corrupt_log(ns: argparse.Namespace, exc: WalError) -> bool:
+    """One structured event for a log corrupt mid-way; True if the data directory was
+    quarantined so the node can start empty (storage/quarantine.py says when)."""
+    where = {"file": str(exc.path), "offset": exc.offset} if isinstance(exc, WalCorruption) else {}
+    logger = structlog.get_logger()
+    created = ns.store_created_file is not None and ns.store_created_file.exists()
+    if not created:
+        logger.error(
+            "storage_corrupt",
+            error=str(exc),
+            **where,
+            exit_code=EXIT_STORAGE_CORRUPT,
+            action="move the data directory aside and start the node empty to rebuild it",
+        )
+        return False
+    moved = quarantine_data_dir(ns.data_dir)
+    logger.error(
+        "storage_corrupt_quarantined",
+        error=str(exc),
+        **where,
+        quarantine=str(moved),
+        action="starting empty: the operator re-adds this node's replicas",
+    )
+    return True

@@ -98,9 +98,13 @@ class ReadPath:
         }
 
     def _meta(self, g: ReplicaGroup, mode: str, index: int) -> dict[str, Any]:
+        # The index of the state just read, never below it: after a restart the engine
+        # may hold entries past Raft's applied index (it applied them before the crash,
+        # and commit-only hard states are not synced), and apply() skips those.
+        held = self.node.engine.applied_index(g.id)
         return {
             "shard": g.id,
-            "index": index,
+            "index": max(index, g.raft.applied, held),
             "epoch": self.node.meta.map.epoch,
             "consistency": mode,
             "replica": self.node.id,

@@ -26,6 +26,8 @@ class RaftLog:
         self.stable = snapshot.meta.index
         self._append_at(snapshot.meta.index + 1, list(entries))
         self.stable = self.last_index()
+        # A log whose tail storage cut may end below the commit index it recorded.
+        self.committed = min(self.committed, self.last_index())
 
     # --- positions -----------------------------------------------------------------
     @property

@@ -28,6 +28,7 @@ class Progress:
     snapshot_elapsed: int = 0
     stall_ticks: int = 0  # ticks since `match` last moved while entries were outstanding
     recent_active: bool = False
+    recovering: bool = False  # its acks say it recovers a lost tail: they do not count
     inflight: deque[int] = field(default_factory=deque)  # last index of each append in flight
 
     def become_probe(self) -> None:

@@ -49,6 +49,9 @@ from shardset_raft.types import (
 )
 
 FORCE_CAMPAIGN = 1  # vote context: a leadership transfer, which may break a lease
+# APPEND_RESP context: the sender is recovering a lost log tail, so this ack must not
+# count toward commitment (it abstains from elections, see Raft.recovering).
+RECOVERING_ACK = 1
 
 _FROM_LEADER = (
     MessageType.APPEND,
@@ -126,6 +129,8 @@ class Raft:
             self.log.unstable_snapshot = snap
         self.term = hs.term
         self.vote = hs.vote
+        self.recovering = hs.recovering
+        self._leader_matched = 0  # our log matches the current leader's up to here
         self.role = Role.FOLLOWER
         self.leader: NodeId = 0
         self.conf = self.log.conf()
@@ -155,7 +160,8 @@ class Raft:
         self._bcast_wanted = False
         self._commit_bcast_wanted = False
         self._outstanding: Ready | None = None
-        self._prev_hard = HardState(self.term, self.vote, self.log.committed)
+        self._prev_hard = HardState(self.term, self.vote, self.log.committed, self.recovering)
+        self._recover_alone()
         self._prev_soft = SoftState(0, Role.FOLLOWER, self.term)
         self._reset_timeout()
 
@@ -169,7 +175,42 @@ class Raft:
         return self.log.applied
 
     def promotable(self) -> bool:
-        return self.id in self.conf.voters
+        """May this node campaign? Not while it recovers a lost tail (see below)."""
+        return self.id in self.conf.voters and not self.recovering
+
+    # Protocol-Aware Recovery (Alagappan et al., FAST 2018), for a node whose storage
+    # cut a damaged log tail at restart. It cannot tell a torn unsynced write from a
+    # synced record the disk lost, so it must assume it acknowledged entries up to
+    # `recovering` and lost them. Were it to vote, a candidate without those entries
+    # could win with its vote and overwrite committed entries; were its new acks to
+    # count, a commit quorum could miss every electing quorum (which excludes it).
+    # So it neither campaigns nor grants votes or pre-votes, flags its acks
+    # RECOVERING_ACK (the leader counts them as 0), and takes no commit index from
+    # heartbeats beyond what an append of the current leader matched (their `commit`
+    # trusts the leader's `match` for it, stale after the cut: it once made such a
+    # node commit an old entry and stick). It is cleared
+    # once it holds, from a leader's append or snapshot, a log COMMITTED past
+    # `recovering`: committed entries are the same on every node (state machine
+    # safety), so by then it holds every committed entry it could have acknowledged.
+    # The clearing is in the hard state, so the next Ready persists it. A vote the cut
+    # took is covered for the term the node is caught up in (see _maybe_end_recovery);
+    # one for a later term could be given twice only if a stale leader of an earlier
+    # term still committed past `recovering` (acks from a majority that never moved
+    # to the later term). The simulator's lying disks also lose hard states (terms
+    # and votes go back) and found no such schedule; no proof covers it here.
+    def _recover_alone(self) -> None:
+        if self.recovering and self.conf.voters <= {self.id}:
+            # A sole voter has nobody to recover from: what it lost is gone, and
+            # abstaining would only keep the group leaderless for good.
+            self.recovering = 0
+
+    def _maybe_end_recovery(self) -> None:
+        if self.recovering and self.log.committed >= self.recovering:
+            self.recovering = 0
+            if self.vote == 0:
+                # The cut may have taken a vote of this term: count it as given to
+                # the leader (who holds the term anyway), so none can be given twice.
+                self.vote = self.leader
 
     def tick(self) -> None:
         self._check_input()
@@ -298,6 +339,7 @@ class Raft:
             or self.term != self._prev_hard.term
             or self.vote != self._prev_hard.vote
             or self.log.committed != self._prev_hard.commit
+            or self.recovering != self._prev_hard.recovering
             or self.leader != self._prev_soft.leader
             or self.role != self._prev_soft.role
             or self.term != self._prev_soft.term
@@ -354,7 +396,7 @@ class Raft:
             raise ProposalDropped(f"leadership is moving to {self.lead_transferee}")
 
     def _hard_state(self) -> HardState:
-        return HardState(self.term, self.vote, self.log.committed)
+        return HardState(self.term, self.vote, self.log.committed, self.recovering)
 
     def _soft_state(self) -> SoftState:
         return SoftState(self.leader, self.role, self.term)
@@ -385,6 +427,7 @@ class Raft:
             self.term = term
             self.vote = 0
         self.leader = 0
+        self._leader_matched = 0
         self.election_elapsed = 0
         self.heartbeat_elapsed = 0
         self._reset_timeout()
@@ -546,7 +589,7 @@ class Raft:
     def _handle_vote_request(self, m: Message) -> None:
         pre = m.type == MessageType.PRE_VOTE
         resp = MessageType.PRE_VOTE_RESP if pre else MessageType.VOTE_RESP
-        can_vote = (
+        can_vote = not self.recovering and (
             self.vote == m.frm
             or (self.vote == 0 and self.leader == 0)
             or (pre and m.term > self.term)
@@ -580,14 +623,18 @@ class Raft:
         if m.type == MessageType.APPEND:
             self._handle_append(m)
         elif m.type == MessageType.HEARTBEAT:
-            self.log.commit_to(min(m.commit, self.log.last_index()))
+            # Recovering, it commits only up to what this leader's appends matched, and
+            # reports only that much as its log, so that a leader whose `match` for it
+            # predates the cut sends an append to verify the rest.
+            upto = self._leader_matched if self.recovering else self.log.last_index()
+            self.log.commit_to(min(m.commit, upto))
             self._send(
                 Message(
                     MessageType.HEARTBEAT_RESP,
                     m.frm,
                     self.id,
                     self.term,
-                    index=self.log.last_index(),  # lets the leader see a lost tail
+                    index=upto,  # lets the leader see a lost tail
                     context=m.context,
                 )
             )
@@ -599,21 +646,36 @@ class Raft:
     def _handle_append(self, m: Message) -> None:
         resp, to, me, term = MessageType.APPEND_RESP, m.frm, self.id, self.term
         if m.index < self.log.committed:
-            self._send(Message(resp, to, me, term, index=self.log.committed))
+            # Committed entries are the same on every node, the leader's included.
+            self._leader_matched = max(self._leader_matched, self.log.committed)
+            self._send(Message(resp, to, me, term, index=self.log.committed, context=self._ack()))
             return
         last_new = self.log.maybe_append(m.index, m.log_term, m.commit, m.entries)
         self._refresh_conf()
         if last_new is not None:
-            self._send(Message(resp, to, me, term, index=last_new))
+            self._leader_matched = max(self._leader_matched, last_new)
+            self._maybe_end_recovery()
+            self._send(Message(resp, to, me, term, index=last_new, context=self._ack()))
             return
         hint, hint_term = self.log.find_conflict_by_term(
             min(m.index, self.log.last_index()), m.log_term
         )
         self._send(
             Message(
-                resp, to, me, term, index=m.index, reject=True, reject_hint=hint, log_term=hint_term
+                resp,
+                to,
+                me,
+                term,
+                index=m.index,
+                reject=True,
+                reject_hint=hint,
+                log_term=hint_term,
+                context=self._ack(),
             )
         )
+
+    def _ack(self) -> int:
+        return RECOVERING_ACK if self.recovering else 0
 
     def _handle_snapshot(self, m: Message) -> None:
         snap = m.snapshot
@@ -625,8 +687,14 @@ class Raft:
             else:
                 self.log.restore(snap)
                 self._refresh_conf()
+            self._leader_matched = max(self._leader_matched, meta.index)
+        self._maybe_end_recovery()
         index = self.log.last_index() if meta.index > self.log.committed else self.log.committed
-        self._send(Message(MessageType.APPEND_RESP, m.frm, self.id, self.term, index=index))
+        self._send(
+            Message(
+                MessageType.APPEND_RESP, m.frm, self.id, self.term, index=index, context=self._ack()
+            )
+        )
 
     # ================================================================ leader
     def _step_leader(self, m: Message) -> None:
@@ -635,6 +703,10 @@ class Raft:
             return
         if m.type == MessageType.APPEND_RESP:
             pr.recent_active = True
+            recovering = m.context == RECOVERING_ACK
+            if pr.recovering != recovering:
+                pr.recovering = recovering
+                self._maybe_commit()  # its acks now count (no lowering: commit stays)
             self._handle_append_resp(m, pr)
         elif m.type == MessageType.HEARTBEAT_RESP:
             pr.recent_active = True
@@ -683,7 +755,8 @@ class Raft:
 
     def _commit_candidate(self) -> int:
         """The index a majority of voters stores (only durable copies count)."""
-        return committed_index(self.conf.voters, {p: pr.match for p, pr in self.progress.items()})
+        matches = {p: 0 if pr.recovering else pr.match for p, pr in self.progress.items()}
+        return committed_index(self.conf.voters, matches)
 
     def _maybe_commit(self) -> bool:
         """Commit by counting replicas only in the current term (thesis 3.6.2, Figure 8)."""

@@ -78,6 +78,11 @@ class HardState:
     term: int = 0
     vote: NodeId = 0  # 0 means "voted for nobody in this term"
     commit: int = 0
+    # Nonzero after storage cut a damaged log tail: the node may have held (and
+    # acknowledged) entries up to this index that it lost. It abstains from votes
+    # and its acks do not count toward commitment until a leader has caught it up
+    # and committed past it (Protocol-Aware Recovery; see Raft.recovering).
+    recovering: int = 0
 
 
 @dataclass(frozen=True, slots=True)

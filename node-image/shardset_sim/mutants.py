@@ -5,6 +5,9 @@ They prove the simulator can fail; tests/sim/test_mutants.py keeps that true.
 
 from __future__ import annotations
 
+from dataclasses import replace
+from typing import Any
+
 from shardset_raft import Raft
 from shardset_raft.types import Message, MessageType, ReadState
 
@@ -36,6 +39,15 @@ class VoteIgnoresLog(Raft):
             self._send(Message(resp, m.frm, self.id, self.term, reject=True))
 
 
+class IgnoresLostTail(Raft):
+    """Forgets that its storage cut a log tail: votes and counts acks as if whole."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.recovering = 0
+        self._prev_hard = replace(self._prev_hard, recovering=0)
+
+
 class ReadWithoutQuorum(Raft):
     """Answers ReadIndex from its own commit index, without confirming leadership."""
 
@@ -47,4 +59,5 @@ MUTANTS: dict[str, type[Raft]] = {
     "read-without-quorum": ReadWithoutQuorum,
     "commit-any-term": CommitAnyTerm,
     "vote-ignores-log": VoteIgnoresLog,
+    "ignores-lost-tail": IgnoresLostTail,
 }

@@ -57,21 +57,57 @@ class Disk:
     hard_state: HardState = field(default_factory=HardState)
     snapshot: Snapshot = field(default_factory=Snapshot)
     entries: list[Entry] = field(default_factory=list)
+    # Write order, for a lying disk: the write number of each entry held, and the
+    # hard states written (number, state), so a cut can take both in WAL order.
+    writes: int = 0
+    entry_writes: dict[int, int] = field(default_factory=dict)
+    hard_states: list[tuple[int, HardState]] = field(default_factory=list)
+    snapshot_write: int = 0
 
     def persist(self, rd: Ready) -> None:
+        self.writes += 1
         if rd.snapshot is not None:
             self.snapshot = rd.snapshot
             self.entries = []
+            self.snapshot_write = self.writes
         if rd.entries:
             first = rd.entries[0].index
             self.entries = [e for e in self.entries if e.index < first]
             self.entries.extend(rd.entries)
+            for e in rd.entries:
+                self.entry_writes[e.index] = self.writes
         if rd.hard_state is not None:
             self.hard_state = rd.hard_state
+            self.hard_states.append((self.writes, rd.hard_state))
+            del self.hard_states[:-64]
 
     def compact(self, snapshot: Snapshot) -> None:
         self.snapshot = snapshot
         self.entries = [e for e in self.entries if e.index > snapshot.meta.index]
+
+    def lose_tail(self, count: int) -> int:
+        """The disk lied: the last `count` entries, synced and maybe acknowledged, are
+        gone at restart. Storage notices the cut (a damaged record) but not what the
+        records held, so it marks the log recovering up to the old last index, as
+        the node's WAL does (conservatively, from the bytes it cut). Returns it."""
+        if not self.entries:
+            return 0
+        lost_upto = self.entries[-1].index
+        self.entries = self.entries[: max(0, len(self.entries) - count)]
+        kept = self.entries[-1].index if self.entries else self.snapshot.meta.index
+        # Hard states written with or after the first lost entry are lost too (the
+        # WAL is one ordered file); the snapshot lives in its own synced file.
+        first_lost = self.entry_writes.get(kept + 1, self.writes + 1)
+        cut = max(first_lost, self.snapshot_write + 1)
+        older = [hs for n, hs in self.hard_states if n < cut]
+        hs = older[-1] if older else self.hard_state
+        self.hard_states = [(n, h) for n, h in self.hard_states if n < cut]
+        self.hard_state = replace(
+            hs,
+            commit=min(hs.commit, kept),
+            recovering=max(self.hard_state.recovering, hs.recovering, lost_upto),
+        )
+        return lost_upto
 
 
 @dataclass
@@ -122,6 +158,8 @@ class SimConfig:
             return SimConfig._draw_churn(rng)
         if profile < 0.45:
             return SimConfig._draw_split_brain(rng)
+        if profile >= 0.85:
+            return SimConfig._draw_lying_disk(rng)
         voters = rng.choice((1, 2, 3, 3, 3, 4, 5, 5, 7))
         check_quorum = rng.random() < 0.8
         lease = check_quorum and rng.random() < 0.3
@@ -171,6 +209,39 @@ class SimConfig:
             nemesis=("isolate_leader_long",),
             ready_crash=0.0,
             clients=rng.randint(3, 6),
+        )
+
+    @staticmethod
+    def _draw_lying_disk(rng: random.Random) -> SimConfig:
+        """Disks that lose synced log tails, with crashes and cut-off leaders: the
+        schedules where a node that forgot acknowledged entries could elect a
+        leader without them (issue 15; Protocol-Aware Recovery)."""
+        return SimConfig(
+            voters=rng.choice((3, 3, 5)),
+            spares=0,
+            ticks=rng.randint(150, 260),
+            pre_vote=rng.random() < 0.7,
+            check_quorum=rng.random() < 0.7,
+            lease_reads=False,
+            max_drift=0.0,
+            heartbeat_tick=rng.choice((1, 2)),
+            max_inflight=rng.choice((1, 64)),
+            max_entries=rng.choice((1, 4)),
+            faults=Faults(
+                loss=rng.choice((0.0, 0.02)), duplicate=0.0, max_delay=rng.choice((0, 1, 2))
+            ),
+            fault_rate=rng.choice((0.05, 0.1, 0.2)),
+            nemesis=(
+                "disk_lied",
+                "disk_lied",
+                "isolate_leader",
+                "isolate_leader",
+                "crash_leader",
+                "crash",
+                "heal",
+            ),
+            ready_crash=0.0,
+            clients=rng.randint(2, 5),
         )
 
     @staticmethod
@@ -556,6 +627,24 @@ class Simulation:
         if self.heal_at < self.now:  # one long partition at a time
             self._fault_isolate_leader()
             self.heal_at = self.now + self.rng.randint(30, 70)
+
+    def _fault_disk_lied(self) -> None:
+        """Crash a node whose disk loses its log tail, synced entries included.
+
+        One lying disk at a time: were a second node to lose acknowledged entries
+        before the first recovered, a majority could have lost them (no protocol
+        survives that). Plain crashes stay free to combine with it.
+        """
+        if any(n.disk.hard_state.recovering for n in self.nodes.values()):
+            return
+        live = [n for n in self.nodes.values() if n.raft is not None and n.disk.entries]
+        if not live:
+            return
+        node = self.rng.choice(live)
+        self._crash(node)
+        upto = node.disk.lose_tail(self.rng.randint(1, 4))
+        self._event(f"disk of {node.id} lied: tail cut, recovering up to {upto}")
+        self.restart_at[node.id] = self.now + self.rng.randint(1, 20)
 
     def _fault_crash_leader(self) -> None:
         """Kill the leader and bring it back soon: the schedule of the paper's Figure 8."""

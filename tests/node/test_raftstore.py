@@ -162,7 +162,9 @@ def test_a_corrupt_snapshot_is_skipped_for_an_older_one(tmp_path: Path) -> None:
     with capture_logs() as logs:
         (state,) = recovered(tmp_path, 3)
     # The entries after the lost snapshot no longer connect: dropped; commit follows.
-    assert state == (HardState(2, 1, 4), snap(4, 2, b"four"), [])
+    # The node may have acknowledged them: it recovers up to its old last index
+    # (abstains from votes and commitment until a leader caught it up past 10).
+    assert state == (HardState(2, 1, 4, recovering=10), snap(4, 2, b"four"), [])
     (event,) = [e for e in logs if e["event"] == "snapshot_corrupt_skipped"]
     assert event["file"] == str(bad) and event["reason"] == "checksum mismatch"
     assert event["fallback_index"] == 4
@@ -181,9 +183,10 @@ def test_a_corrupt_only_snapshot_falls_back_to_empty(tmp_path: Path) -> None:
 
     asyncio.run(go())
     flip_last_byte(tmp_path / "snap" / snapshot_name(1, snap(7, 5).meta))
+    lost = (HardState(5, 2, 0, recovering=9), Snapshot(), [])
     with capture_logs():
-        assert recovered(tmp_path, 1) == [(HardState(5, 2, 0), Snapshot(), [])]
-    assert recovered(tmp_path, 1) == [(HardState(5, 2, 0), Snapshot(), [])]
+        assert recovered(tmp_path, 1) == [lost]
+    assert recovered(tmp_path, 1) == [lost]
 
 
 def test_pruning_keeps_the_durable_snapshot_among_files_at_its_index(tmp_path: Path) -> None:
@@ -373,3 +376,61 @@ def test_persisted_state_matches_the_disk_model(data: st.DataObject) -> None:
 
     with tempfile.TemporaryDirectory() as directory:
         asyncio.run(go(Path(directory)))
+
+
+# ---------------------------------------------------------------- lost tails (issue 15)
+def _damage_last_byte(directory: Path) -> None:
+    wal = sorted((directory / "wal").glob("wal-*.log"))
+    last = [p for p in wal if p.stat().st_size][-1]
+    data = bytearray(last.read_bytes())
+    data[-1] ^= 0xFF  # the last record's checksum no longer holds: cut as a torn tail
+    last.write_bytes(bytes(data))
+
+
+def test_a_cut_tail_marks_every_group_recovering_durably_until_cleared(tmp_path: Path) -> None:
+    async def write() -> None:
+        storage = await opened(tmp_path)
+        storage.group(1).stage(ready(ents(1, 5, 1), HardState(1, 1, 3)))
+        storage.group(2).stage(ready(ents(1, 2, 1), HardState(1, 2, 2)))
+        await storage.sync()
+        storage.group(1).stage(ready(ents(6, 8, 1)))  # the record the disk loses
+        await storage.sync()
+        await storage.close()
+
+    asyncio.run(write())
+    _damage_last_byte(tmp_path)
+    with capture_logs() as logs:
+        (hs1, _, e1), (hs2, _, e2) = recovered(tmp_path, 1, 2)
+    assert [e.index for e in e1] == [1, 2, 3, 4, 5] and len(e2) == 2
+    # Which group the lost record belonged to is unknown: both may have lost entries
+    # at least up to what group 1 really had (8).
+    assert hs1.recovering >= 8 and hs2.recovering > 2
+    assert {"raft_log_recovering", "wal_torn_tail_truncated"} <= {e["event"] for e in logs}
+    # The mark survives another restart (no cut this time) ...
+    ((again, _, _),) = recovered(tmp_path, 1)
+    assert again.recovering == hs1.recovering
+
+    # ... and the core's clearing, a hard state without it, is durable too.
+    async def clear() -> None:
+        storage = await opened(tmp_path)
+        storage.group(1).stage(ready((), HardState(2, 0, 5)))
+        await storage.close()
+
+    asyncio.run(clear())
+    (cleared, _, _), (still, _, _) = recovered(tmp_path, 1, 2)
+    assert cleared == HardState(2, 0, 5) and still.recovering == hs2.recovering
+
+
+def test_a_core_restored_from_a_cut_tail_abstains_from_votes(tmp_path: Path) -> None:
+    async def write() -> None:
+        storage = await opened(tmp_path)
+        storage.group(1).stage(ready(ents(1, 3, 1), HardState(1, 1, 3), snap(0, 0)))
+        await storage.sync()
+        storage.group(1).stage(ready(ents(4, 4, 1)))
+        await storage.close()
+
+    asyncio.run(write())
+    _damage_last_byte(tmp_path)
+    ((hs, snapshot, entries),) = recovered(tmp_path, 1)
+    raft = Raft(RaftConfig(id=2), hard_state=hs, snapshot=snapshot, entries=entries)
+    assert raft.recovering >= 4 and not raft.promotable()

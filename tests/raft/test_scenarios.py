@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from copy import deepcopy
 from dataclasses import replace
 
 import pytest
@@ -10,6 +11,7 @@ from shardset_raft import (
     ConfChange,
     ConfChangeRejected,
     ConfChangeType,
+    Message,
     MessageType,
     NotLeader,
     ProposalDropped,
@@ -20,7 +22,7 @@ from shardset_raft import (
 )
 from shardset_sim.harness import Cluster
 from shardset_sim.invariants import Violation
-from shardset_sim.mutants import CommitAnyTerm
+from shardset_sim.mutants import CommitAnyTerm, IgnoresLostTail
 
 PLAIN = RaftConfig(id=1, pre_vote=False, check_quorum=False)
 
@@ -345,3 +347,159 @@ def test_messages_leave_only_through_ready_after_the_state_they_need() -> None:
     # they are persisted before the requests may be sent.
     assert rd.hard_state.vote == 1 and rd.hard_state.term == votes[0].term
     raft.advance(rd)
+
+
+# ---------------------------------------------------------------- lost log tails
+# A node whose storage cut a damaged log tail cannot tell a torn unsynced write from
+# synced entries the disk lost (issue 15; Protocol-Aware Recovery, FAST 2018).
+
+
+def _lost_acknowledged_tail(raft_class: type[Raft] = Raft) -> Cluster:
+    """Leader 1 commits a and b with node 2 only (3 is cut off and lags); 2's disk
+    then loses them and 1 dies: only 2's vote could elect 3, which lacks a and b."""
+    c = Cluster([1, 2, 3], raft_class=raft_class)
+    c.elect(1)
+    c.isolate(3)
+    for data in (b"a", b"b"):
+        c.node(1).propose(data)
+    c.deliver()
+    c.tick_all()
+    assert c.node(1).committed == c.node(1).log.last_index()
+    c.crash(2)
+    lost_upto = c.disks[2].lose_tail(2)
+    c.crash(1)
+    c.heal()
+    c.start(2)
+    assert c.disks[2].hard_state.recovering == lost_upto
+    return c
+
+
+def test_a_node_that_lost_its_tail_abstains_so_committed_entries_survive() -> None:
+    c = _lost_acknowledged_tail()
+    c.elect(3)
+    assert c.leader() is None  # 2 abstains: no majority without the entries
+    c.start(1)
+    for _ in range(3):  # 3's failed campaign may have raised the term: try again
+        if c.leader() != 1:
+            c.elect(1)
+    assert c.leader() == 1
+    c.node(1).propose(b"c")
+    c.deliver()
+    c.tick_all(3)
+    assert [d for d in c.applied[2] if d] == [b"a", b"b", b"c"]
+    # Caught up past what it lost from a leader: it votes and counts again, durably.
+    assert c.node(2).recovering == 0 and c.disks[2].hard_state.recovering == 0
+    assert c.node(2).log.last_index() == c.node(1).log.last_index()
+
+
+def test_a_node_that_forgets_its_cut_tail_elects_a_leader_without_committed_entries() -> None:
+    with pytest.raises(Violation, match="leader-completeness"):
+        c = _lost_acknowledged_tail(IgnoresLostTail)
+        c.elect(3)
+
+
+def test_a_recovering_node_grants_no_votes_and_its_acks_do_not_commit() -> None:
+    c = Cluster([1, 2, 3])
+    c.elect(1)
+    c.crash(3)
+    # The node's WAL bounds what it lost from the bytes it cut: conservatively high.
+    upto = c.disks[3].lose_tail(1) + 3
+    c.disks[3].hard_state = replace(c.disks[3].hard_state, recovering=upto)
+    c.start(3)
+    c.crash(2)
+    c.node(1).propose(b"x")
+    c.deliver()
+    c.tick_all(2)
+    # 3 holds x like the leader, but it is recovering: x is not committed by its ack.
+    assert c.node(3).log.last_index() == c.node(1).log.last_index()
+    assert c.node(1).committed < c.node(1).log.last_index()
+    assert c.node(1).progress[3].recovering
+    c.start(2)
+    c.tick_all(c.node(1).cfg.election_tick)  # the stalled pipeline to 2 probes again
+    assert c.node(1).committed == c.node(1).log.last_index() < upto
+    assert c.node(3).recovering == upto
+    for data in (b"y", b"z", b"w"):
+        c.node(1).propose(data)
+    c.deliver()
+    c.tick_all(2)
+    assert c.node(1).committed >= upto
+    assert c.node(3).recovering == 0 and not c.node(1).progress[3].recovering
+
+
+def test_an_old_leader_whose_newer_records_were_lost_converges_and_commits_nothing_stale() -> None:
+    # Issue 15 "stuck follower": the old leader 1 holds X of its term; the new leader 2
+    # replaces it, 1 acknowledges, then 1's disk loses everything written since. A
+    # heartbeat's commit (the leader's stale match for 1) once made 1 commit X, and
+    # its "append below my commit" answers then kept the leader probing forever.
+    c = Cluster([1, 2, 3])
+    c.elect(1)
+    c.node(1).propose(b"a")
+    c.deliver()
+    c.tick_all()
+    c.isolate(1)
+    c.node(1).propose(b"X")
+    c.deliver()
+    saved = deepcopy(c.disks[1])
+    c.crash(1)
+    c.heal()
+    c.elect(2)
+    c.node(2).propose(b"Y")
+    c.deliver()
+    c.start(1)
+    c.tick_all(3)
+    assert c.node(1).log.last_index() == c.node(2).log.last_index()
+    assert c.node(2).progress[1].match == c.node(2).log.last_index()
+    c.crash(1)
+    lost_upto = c.disks[1].entries[-1].index
+    c.disks[1] = saved
+    c.disks[1].hard_state = replace(saved.hard_state, recovering=lost_upto)
+    c.start(1)
+    c.tick_all(5)  # the safety checker refuses a stale commit at any step
+    assert c.node(1).log.last_index() == c.node(2).log.last_index()
+    assert [e.data for e in c.node(1).log.entries] == [e.data for e in c.node(2).log.entries]
+    assert c.node(1).committed == c.node(2).committed
+    assert c.node(1).recovering == 0
+    assert b"X" not in c.applied[1]
+
+
+def test_a_recovering_follower_on_an_idle_shard_learns_the_commit_from_heartbeats() -> None:
+    # Seen with real processes: the append carrying the new commit index never came
+    # (the leader had nothing more to send), and heartbeats' commits were ignored.
+    c = Cluster([1, 2, 3])
+    c.elect(1)
+    c.crash(3)
+    upto = c.disks[3].lose_tail(1) + 10  # a conservative bound: stays recovering
+    c.disks[3].hard_state = replace(c.disks[3].hard_state, recovering=upto)
+    c.start(3)
+    c.tick_all(3)
+    c.node(1).propose(b"x")
+
+    def no_commit_news_for_3(m: Message) -> bool:
+        return not (m.type == MessageType.APPEND and m.to == 3 and not m.entries)
+
+    c.deliver(no_commit_news_for_3)
+    assert c.node(1).committed == c.node(1).log.last_index() > c.node(3).committed
+    c.tick_all(2)  # heartbeats only: no writes
+    assert c.node(3).committed == c.node(1).committed and c.node(3).recovering == upto
+    assert c.applied[3][-1] == b"x"
+
+
+def test_a_recovering_follower_with_its_whole_log_but_an_old_commit_catches_up_idle() -> None:
+    # Seen with real processes: the cut took only a commit-only hard state of this
+    # shard. The leader's match for it was already its last index, so nothing new
+    # was ever appended, and a heartbeat's commit alone must not be trusted.
+    c = Cluster([1, 2, 3])
+    c.elect(1)
+    for data in (b"a", b"b"):
+        c.node(1).propose(data)
+    c.deliver()
+    c.tick_all(2)
+    last = c.node(1).log.last_index()
+    c.crash(3)
+    d = c.disks[3]
+    d.hard_state = replace(d.hard_state, commit=1, recovering=last + 10)
+    c.start(3)
+    assert c.node(3).log.last_index() == last == c.node(1).progress[3].match
+    c.tick_all(4)  # heartbeats only: no writes
+    assert c.node(3).committed == c.node(1).committed == last
+    assert c.node(3).recovering == last + 10

@@ -30,7 +30,7 @@ def test_a_seed_replays_exactly() -> None:
     assert (a.steps, a.ops, a.committed, a.events) == (b.steps, b.ops, b.committed, b.events)
 
 
-@pytest.mark.parametrize("mutant", ["vote-ignores-log", "read-without-quorum"])
+@pytest.mark.parametrize("mutant", ["vote-ignores-log", "read-without-quorum", "ignores-lost-tail"])
 def test_a_broken_core_is_caught_within_a_few_hundred_seeds(mutant: str) -> None:
     from shardset_sim.mutants import MUTANTS
 

@@ -99,8 +99,37 @@ def _entries_from(body: Any) -> list[Entry]:
 
 
 def _hard_state_from(body: Any) -> HardState:
-    term, vote, commit = body
-    return HardState(int(term), int(vote), int(commit))
+    # [term, vote, commit] or, for a node recovering a lost tail, [..., recovering].
+    term, vote, commit, *rest = body
+    if len(rest) > 1:
+        raise ValueError("hard state record with more than four fields")
+    return HardState(int(term), int(vote), int(commit), int(rest[0]) if rest else 0)
+
+
+def _hard_state_body(hs: HardState) -> list[int]:
+    body = [hs.term, hs.vote, hs.commit]
+    return [*body, hs.recovering] if hs.recovering else body
+
+
+# The fewest bytes one Raft entry takes in an ENTRIES record: msgpack's
+# [term, index, type, data] is at least a 1-byte array header, 1-byte term, index
+# and type, and a 2-byte empty bin. A cut tail of N bytes held fewer than N/6 entries.
+_MIN_ENTRY_BYTES = 6
+
+
+def lost_tail_bound(last_index: int, cut_bytes: int, orphan_snapshot: int = 0) -> int:
+    """The highest index a group may have held before the WAL cut `cut_bytes`.
+
+    The WAL is shared by every group of the node and a damaged record names no
+    group, so the cut cannot be attributed: every group is assumed to have lost up
+    to all of it (``cut_bytes // 6`` entries past its last surviving one). A
+    snapshot file newer than the WAL's snapshot record (written before the record,
+    which was cut) shows an installed snapshot was lost too. Conservative on
+    purpose: a node that overestimates only abstains longer (until its shard has
+    committed past the bound); one that underestimates could vote away
+    acknowledged writes. See Raft.recovering for what the core does with it.
+    """
+    return max(last_index + cut_bytes // _MIN_ENTRY_BYTES + 1, orphan_snapshot)
 
 
 # ---------------------------------------------------------------------- replay
@@ -140,6 +169,9 @@ class _Replayed:
             return
         self.meta, self.has_snapshot = meta, True
         self.entries = [e for e in self.entries if e.index > meta.index]
+
+    def last_index(self) -> int:
+        return self.entries[-1].index if self.entries else self.meta.index
 
     def check(self, group: int) -> None:
         """After replay the log must be contiguous from the snapshot (GC may leave
@@ -341,7 +373,7 @@ class GroupStorage:
         self.hard_state = hard_state
 
     def _hard_state_record(self, hs: HardState) -> WalRecord:
-        return WalRecord(self.group_id, RecordKind.HARD_STATE, 0, [hs.term, hs.vote, hs.commit])
+        return WalRecord(self.group_id, RecordKind.HARD_STATE, 0, _hard_state_body(hs))
 
 
 class NodeStorage:
@@ -369,9 +401,12 @@ class NodeStorage:
             fsync_dir(self.directory)  # the new subdirectories' names must survive too
         records = await asyncio.to_thread(self.wal.open)
         replayed = _replay(records)
+        lost = self._lost_bounds(replayed)
         loaded = await asyncio.to_thread(self._load_snapshots, replayed)
         for group, state in replayed.items():
             snapshot, repaired = loaded.get(group, (Snapshot(), False))
+            if repaired:  # the entries after the lost snapshot are dropped below
+                lost[group] = max(lost.get(group, 0), state.last_index())
             self._groups[group] = self._recovered(group, state, snapshot, repaired)
         # A new segment headed by a full checkpoint: the last segment may end in a
         # torn checkpoint, which GC must never rely on.
@@ -379,6 +414,7 @@ class NodeStorage:
         for group, (_, repaired) in loaded.items():
             if repaired:
                 self._record_fallback(self._groups[group])
+        self._mark_recovering(lost)
         await self.wal.sync()
         for group, g in self._groups.items():
             self.wal.set_compacted(group, g.snapshot_meta.index)
@@ -389,6 +425,29 @@ class NodeStorage:
             records=len(records),
             segments=len(self.wal.segments()),
         )
+
+    def _lost_bounds(self, replayed: dict[int, _Replayed]) -> dict[int, int]:
+        """Per group, the index it may have held before a WAL tail cut (none: {})."""
+        cut = sum(c.dropped_bytes for c in self.wal.tail_cuts)
+        if not self.wal.tail_cuts:
+            return {}
+        bounds = {}
+        for group, state in replayed.items():
+            orphans = [f.index for f in self._snapshots.files(group)]
+            bounds[group] = lost_tail_bound(state.last_index(), cut, max(orphans, default=0))
+        return bounds
+
+    def _mark_recovering(self, lost: dict[int, int]) -> None:
+        """Record, durably with the open's sync, which groups recover a lost tail."""
+        for group, upto in sorted(lost.items()):
+            g = self._groups[group]
+            hs = g._initial[0]
+            if upto <= hs.recovering:
+                continue
+            marked = HardState(hs.term, hs.vote, hs.commit, upto)
+            g._initial = (marked, g._initial[1], g._initial[2])
+            g._put_hard_state(marked)
+            log.warning("raft_log_recovering", group=group, recovering_upto=upto)
 
     def _recovered(
         self, group: int, state: _Replayed, snapshot: Snapshot, repaired: bool

@@ -45,7 +45,7 @@ import structlog
 from shardset_node.storage.diskspace import DiskFull, is_disk_full
 from shardset_node.storage.files import fsync_dir, fsync_file
 
-__all__ = ["MAGIC", "WalCorruption", "WalError", "WalRecord", "WriteAheadLog"]
+__all__ = ["MAGIC", "TailCut", "WalCorruption", "WalError", "WalRecord", "WriteAheadLog"]
 
 log = structlog.get_logger(__name__)
 
@@ -83,6 +83,15 @@ class WalRecord:
     kind: int
     index: int  # highest Raft index the record carries (0 if none): GC accounting
     body: Body
+
+
+@dataclass(frozen=True, slots=True)
+class TailCut:
+    """A damaged tail :meth:`WriteAheadLog.open` cut off: what it held is unknown."""
+
+    path: Path
+    offset: int
+    dropped_bytes: int
 
 
 @dataclass(slots=True)
@@ -198,6 +207,9 @@ class WriteAheadLog:
         self._failed: BaseException | None = None
         self._opened = False
         self._closed = False
+        # Tails cut at open: the owner must treat their records as possibly lost
+        # acknowledged state (a torn write and a lying disk look the same).
+        self.tail_cuts: list[TailCut] = []
         # Writer-thread state: only the single in-flight flush touches these.
         self._fd: int | None = None
         self._fd_seq = 0
@@ -272,6 +284,7 @@ class WriteAheadLog:
             os.ftruncate(fd, offset)
         finally:
             os.close(fd)
+        self.tail_cuts.append(TailCut(path, offset, size - offset))
 
     @staticmethod
     def _account(segment: _Segment, record: WalRecord) -> None:
