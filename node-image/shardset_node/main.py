@@ -24,7 +24,7 @@ from shardset_node.config import NodeConfig
 from shardset_node.consistency import ReadPolicy, policy_from_body
 from shardset_node.core import Node
 from shardset_node.drain import drain_leadership
-from shardset_node.frontends.http import build_app
+from shardset_node.frontends.http import build_app, runner
 from shardset_node.frontends.wire import WireServer
 from shardset_node.kv import KvWrites
 from shardset_node.metrics import NodeMetrics
@@ -208,6 +208,7 @@ class NodeProcess:
             self.admin,
             self.metrics.registry,
             max_value_bytes=MAX_VALUE_BYTES,
+            limits=self.node.cfg.http,
         )
 
 
@@ -218,7 +219,7 @@ def assemble(cfg: NodeConfig) -> NodeProcess:
     kv = KvWrites(node)
     admin = Admin(node, peers, reads)
     peers.serve_locally(admin.call)  # an orchestration's call to this node itself
-    wire = WireServer(node.id, kv, reads, max_value_bytes=MAX_VALUE_BYTES)
+    wire = WireServer(node.id, kv, reads, max_value_bytes=MAX_VALUE_BYTES, limits=cfg.wire)
     metrics = NodeMetrics(node, reads, wire)
     return NodeProcess(node, peers, reads, kv, admin, wire, metrics)
 
@@ -247,9 +248,9 @@ async def serve(ns: argparse.Namespace) -> None:
     )
     process = assemble(cfg)
     await process.start()
-    runner = web.AppRunner(process.app(), access_log=None)
-    await runner.setup()
-    await web.TCPSite(runner, ns.api[0], ns.api[1]).start()
+    api = runner(process.app(), cfg.http)
+    await api.setup()
+    await web.TCPSite(api, ns.api[0], ns.api[1]).start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -260,7 +261,7 @@ async def serve(ns: argparse.Namespace) -> None:
     # Keep serving (redirects) while the leaderships move away, then stop.
     logger.info("stopping: draining leadership", node=me)
     drained = await drain_leadership(process.node, ns.drain_timeout_s)
-    await runner.cleanup()
+    await api.cleanup()
     await process.stop()
     logger.info("stopped", node=me, drained=drained)
 

@@ -89,6 +89,38 @@ def encode_batch(items: list[list[Any]]) -> bytes:
     return framing.frame(msgpack.packb(items, use_bin_type=True))
 
 
+def encode_batches(
+    items: list[list[Any]], max_items: int, max_bytes: int = framing.MAX_CLIENT_FRAME // 2
+) -> list[bytes]:
+    """`items` as frames of at most `max_items` each and, where items allow, at most
+    `max_bytes` of payload (an item larger than that goes alone), in order."""
+    packer = msgpack.Packer(use_bin_type=True)
+    frames: list[bytes] = []
+    parts: list[bytes] = []
+    size = 0
+    for item in items:
+        packed = packer.pack(item)
+        if parts and (len(parts) >= max_items or size + len(packed) > max_bytes):
+            frames.append(framing.frame(packer.pack_array_header(len(parts)) + b"".join(parts)))
+            parts, size = [], 0
+        parts.append(packed)
+        size += len(packed)
+    if parts:
+        frames.append(framing.frame(packer.pack_array_header(len(parts)) + b"".join(parts)))
+    return frames
+
+
+def batch_length(payload: bytes) -> int:
+    """How many items a frame's payload says it holds, read from its array header
+    alone (so a frame with too many is refused without decoding it)."""
+    unpacker = msgpack.Unpacker()
+    unpacker.feed(payload[:5])  # the longest array header (array 32)
+    try:
+        return int(unpacker.read_array_header())
+    except (ValueError, msgpack.OutOfData, msgpack.StackError) as e:
+        raise BatchError(f"a frame is an array ({e!r})") from None
+
+
 def decode_batch(payload: bytes) -> list[Any]:
     """The requests or answers of one frame's payload."""
     try:
