@@ -106,6 +106,7 @@ def runner(app: web.Application, limits: HttpLimits) -> web.AppRunner:
         keepalive_timeout=limits.keepalive_timeout,
         max_line_size=MAX_LINE_BYTES,
         max_field_size=MAX_LINE_BYTES,
+        lingering_time=2.0,  # s reading the unread rest of a body refused (e.g. 408)
         logger=_OneLineLogger("aiohttp.server"),
     )
 
