@@ -118,7 +118,7 @@ def batch_length(payload: bytes) -> int:
     try:
         return int(unpacker.read_array_header())
     except (ValueError, msgpack.OutOfData, msgpack.StackError) as e:
-        raise BatchError(f"a frame is an array ({e!r})") from None
+        raise BatchError(f"not msgpack, or not an array (a frame is an array): {e}") from None
 
 
 def decode_batch(payload: bytes) -> list[Any]:

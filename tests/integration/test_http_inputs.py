@@ -10,7 +10,7 @@ import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 import pytest
 
@@ -157,3 +157,16 @@ def test_no_traceback_in_the_log(node: local.LocalCluster) -> None:
         _ask(node, *param.values)
     _ask(node, "GET", "/v1/kv/" + "x" * 20000)
     assert "Traceback" not in _log(node)
+
+
+def test_key_length_as_documented_and_long_lines_refused(node: local.LocalCluster) -> None:
+    """The document's key bound (characters) always fits the server's (UTF-8 bytes),
+    and a request line past the server's limit is a documented 400."""
+    status, _, doc = _ask(node, "GET", "/v1/openapi.json")
+    key_schema = doc["paths"]["/v1/kv/{key}"]["parameters"][0]["schema"]
+    longest = "\N{GRINNING FACE}" * key_schema["maxLength"]  # 4 bytes of UTF-8 each
+    status, _, _ = _ask(node, "PUT", "/v1/kv/" + quote(longest), b"v")
+    assert status == 200
+    status, ctype, _ = _ask(node, "GET", "/v1/kv/" + "x" * 20_000)
+    documented = doc["paths"]["/v1/kv/{key}"]["get"]["responses"][str(status)]["content"]
+    assert status == 400 and ctype.split(";")[0] in documented

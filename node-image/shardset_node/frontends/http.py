@@ -17,7 +17,7 @@ import binascii
 import json
 import logging
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote_to_bytes
 
@@ -147,7 +147,7 @@ class _Handlers:
     admin_actions: Admin
     registry: CollectorRegistry
     max_value_bytes: int
-    limits: HttpLimits = field(default_factory=HttpLimits)
+    limits: HttpLimits
 
     async def put(self, request: web.Request) -> web.Response:
         key = _key(request)

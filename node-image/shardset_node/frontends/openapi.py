@@ -232,8 +232,8 @@ OPENAPI: dict[str, Any] = {
                         "schema": {**_INT, "minimum": 1, "maximum": MAX_SCAN_LIMIT},
                         "description": "at most this many keys (default 1000)",
                     },
-                ]
-                + _READ_PARAMS,
+                    *_READ_PARAMS,
+                ],
                 "responses": _read_responses(
                     _write_response({"items": {"type": "array"}, **_READ_FIELDS})
                 ),
