@@ -23,6 +23,11 @@ protocol carries the same operations, with the same answers, pipelined and batch
 * Answers, in any order: ``[id, status, body]``. `status` and `body` are what the HTTP
   API would answer (200, 404 for a missing key, 307 with `leader` naming the node to
   ask, 409, 503, ...), except that a read's `value` is raw bytes, not base64.
+* A frame carries at most `limits.MAX_REQUESTS_PER_FRAME` requests (clients split larger
+  batches: `encode_batches`); a larger one is refused unread with the answer
+  ``[0, 413, {"error": "frame_too_large", "limit": ...}]`` and the connection lives on.
+  A node stops reading a connection that holds too many requests or bytes in flight,
+  and closes one that idles, or leaves a frame half-sent, too long (WireLimits).
 * A frame that is not a msgpack array, or a request of the wrong shape, gets a 400
   naming what is wrong (with id 0 when no id can be read); framing errors close the
   connection.
