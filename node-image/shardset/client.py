@@ -39,6 +39,7 @@ from shardset_proto import urls, wire
 from shardset_proto.commands import MAX_KEY_BYTES
 from shardset_proto.consistency import LEADER_MODES, MODES
 from shardset_proto.framing import MAX_CLIENT_FRAME, FrameError, FrameReader
+from shardset_proto.limits import MAX_REQUESTS_PER_FRAME
 from shardset_proto.slots import slot_of
 from shardset_proto.status import ShardMapView
 
@@ -618,7 +619,9 @@ class _WireConn:
         self._flush_scheduled = False
         out, self._out = self._out, []
         if out and not self.closed:
-            self._writer.write(wire.encode_batch(out))
+            # A node refuses a frame of more than MAX_REQUESTS_PER_FRAME requests.
+            for data in wire.encode_batches(out, MAX_REQUESTS_PER_FRAME):
+                self._writer.write(data)
 
     def _sweep(self) -> None:
         self._sweeper = None

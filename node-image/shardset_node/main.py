@@ -25,7 +25,7 @@ from shardset_node.config import NodeConfig
 from shardset_node.consistency import ReadPolicy, policy_from_body
 from shardset_node.core import Node
 from shardset_node.drain import drain_leadership
-from shardset_node.frontends.http import build_app
+from shardset_node.frontends.http import build_app, runner
 from shardset_node.frontends.wire import WireServer
 from shardset_node.kv import KvWrites
 from shardset_node.metrics import NodeMetrics
@@ -258,6 +258,7 @@ class NodeProcess:
             self.admin,
             self.metrics.registry,
             max_value_bytes=MAX_VALUE_BYTES,
+            limits=self.node.cfg.http,
         )
 
 
@@ -269,7 +270,7 @@ def assemble(cfg: NodeConfig) -> NodeProcess:
     checker = ConsistencyChecker(node, peers, cfg.check_interval)
     admin = Admin(node, peers, reads, checker)
     peers.serve_locally(admin.call)  # an orchestration's call to this node itself
-    wire = WireServer(node.id, kv, reads, max_value_bytes=MAX_VALUE_BYTES)
+    wire = WireServer(node.id, kv, reads, max_value_bytes=MAX_VALUE_BYTES, limits=cfg.wire)
     metrics = NodeMetrics(node, reads, wire)
     return NodeProcess(
         node, peers, reads, kv, admin, wire, metrics, checker, Rebuilder(node, peers)
@@ -304,9 +305,9 @@ async def serve(ns: argparse.Namespace) -> int:
     process = await _start(cfg, fatal)
     if process is None:
         return FATAL_EXIT
-    runner = web.AppRunner(process.app(), access_log=None)
-    await runner.setup()
-    await web.TCPSite(runner, ns.api[0], ns.api[1]).start()
+    api = runner(process.app(), cfg.http)
+    await api.setup()
+    await web.TCPSite(api, ns.api[0], ns.api[1]).start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -315,14 +316,14 @@ async def serve(ns: argparse.Namespace) -> int:
     logger.info("serving", node=me, api=f"{ns.api[0]}:{ns.api[1]}", consistency=policy.view())
     await _first(stop.wait(), fatal.wait())
     if fatal.is_set():
-        return await _die(process, runner, ns.fatal_grace_s)
+        return await _die(process, api, ns.fatal_grace_s)
     # Keep serving (redirects) while the leaderships move away, then stop. A node whose
     # disk is full cannot hand anything over (its cores are stalled): no drain.
     logger.info("stopping: draining leadership", node=me)
     drained = False
     if process.node.host.refusal() is None:
         drained = await drain_leadership(process.node, ns.drain_timeout_s)
-    await runner.cleanup()
+    await api.cleanup()
     await process.stop()
     logger.info("stopped", node=me, drained=drained)
     return 0
@@ -352,7 +353,7 @@ async def _first(*waits: Coroutine[Any, Any, Any]) -> None:
         t.cancel()
 
 
-async def _die(process: NodeProcess, runner: web.AppRunner, grace: float) -> int:
+async def _die(process: NodeProcess, api: web.AppRunner, grace: float) -> int:
     """Crash-only: the Raft loop died. Health and every request answer 503 for `grace`
     seconds (probes and clients learn why), then the process exits with FATAL_EXIT."""
     node = process.node
@@ -365,7 +366,7 @@ async def _die(process: NodeProcess, runner: web.AppRunner, grace: float) -> int
         exit_in_s=grace,
     )
     await asyncio.sleep(grace)
-    await runner.cleanup()
+    await api.cleanup()
     try:
         await process.stop()
     except Exception as exc:  # the storage may be what failed: exit all the same

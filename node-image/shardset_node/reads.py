@@ -147,10 +147,23 @@ class ReadPath:
         return int(index)
 
     async def _session(self, g: ReplicaGroup, token: int, path: str) -> int:
+        if g.raft.role == Role.LEADER:
+            self._check_not_ahead(g, token)
         if g.raft.applied < token:
             try:
                 await asyncio.wait_for(g.wait_applied(token), SESSION_WAIT)
             except TimeoutError:
+                if g.raft.role == Role.LEADER:  # no one else to send the client to
+                    raise ApiError(
+                        503,
+                        "index_not_reached",
+                        f"node {self.node.id} leads shard {g.id} and has applied it up to "
+                        f"{g.raft.applied} (commit index {g.raft.committed}), behind the "
+                        f"session's index {token} after waiting {SESSION_WAIT}s; retry later",
+                        retry_after=1,
+                        shard=g.id,
+                        commit_index=g.raft.committed,
+                    ) from None
                 raise self._elsewhere(
                     g,
                     path,
@@ -158,6 +171,22 @@ class ReadPath:
                     f"behind the session's index {token} after waiting {SESSION_WAIT}s",
                 ) from None
         return g.raft.applied
+
+    def _check_not_ahead(self, g: ReplicaGroup, token: int) -> None:
+        """A token past the leader's last log index was never an index of this shard
+        (a client's mistake, or a token of another shard or store): no wait reaches it."""
+        last = g.raft.log.last_index()
+        if token > last:
+            raise ApiError(
+                400,
+                "index_ahead",
+                f"min_index {token} is ahead of shard {g.id}: its leader (node "
+                f"{self.node.id}) has logged up to index {last} and committed "
+                f"{g.raft.committed}; a session token is an index this store answered",
+                shard=g.id,
+                commit_index=g.raft.committed,
+                last_index=last,
+            )
 
     async def _bounded(self, g: ReplicaGroup, bound: int, path: str) -> tuple[int, dict[str, Any]]:
         if g.raft.role == Role.LEADER:

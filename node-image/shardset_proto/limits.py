@@ -6,6 +6,23 @@ from shardset_proto.commands import MAX_KEY_BYTES
 from shardset_proto.errors import ApiError
 
 MAX_IDEMPOTENCY_KEY = 128
+MAX_INTEGER = 2**63 - 1  # an integer parameter (index, shard, bound) fits SQLite's integer
+MAX_SCAN_LIMIT = 10_000  # keys one scan request may ask for
+# Requests one wire frame may carry. A node serves a frame's requests as one batch, so
+# the bound keeps the loop's work per frame small; a client splits larger batches
+# (shardset_proto.wire.encode_batches), and the node refuses a larger frame, naming it.
+MAX_REQUESTS_PER_FRAME = 1024
+
+
+def check_requests_per_frame(count: int) -> None:
+    if count > MAX_REQUESTS_PER_FRAME:
+        raise ApiError(
+            413,
+            "frame_too_large",
+            f"a frame carries {count} requests; the limit is {MAX_REQUESTS_PER_FRAME} per "
+            "frame (split the batch)",
+            limit=MAX_REQUESTS_PER_FRAME,
+        )
 
 
 def check_key(key: bytes) -> bytes:

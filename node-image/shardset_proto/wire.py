@@ -23,6 +23,11 @@ protocol carries the same operations, with the same answers, pipelined and batch
 * Answers, in any order: ``[id, status, body]``. `status` and `body` are what the HTTP
   API would answer (200, 404 for a missing key, 307 with `leader` naming the node to
   ask, 409, 503, ...), except that a read's `value` is raw bytes, not base64.
+* A frame carries at most `limits.MAX_REQUESTS_PER_FRAME` requests (clients split larger
+  batches: `encode_batches`); a larger one is refused unread with the answer
+  ``[0, 413, {"error": "frame_too_large", "limit": ...}]`` and the connection lives on.
+  A node stops reading a connection that holds too many requests or bytes in flight,
+  and closes one that idles, or leaves a frame half-sent, too long (WireLimits).
 * A frame that is not a msgpack array, or a request of the wrong shape, gets a 400
   naming what is wrong (with id 0 when no id can be read); framing errors close the
   connection.
@@ -87,6 +92,38 @@ def get(key: str, consistency: str | None, max_staleness_ms: int | None, token: 
 def encode_batch(items: list[list[Any]]) -> bytes:
     """One frame holding `items` (requests or answers)."""
     return framing.frame(msgpack.packb(items, use_bin_type=True))
+
+
+def encode_batches(
+    items: list[list[Any]], max_items: int, max_bytes: int = framing.MAX_CLIENT_FRAME // 2
+) -> list[bytes]:
+    """`items` as frames of at most `max_items` each and, where items allow, at most
+    `max_bytes` of payload (an item larger than that goes alone), in order."""
+    packer = msgpack.Packer(use_bin_type=True)
+    frames: list[bytes] = []
+    parts: list[bytes] = []
+    size = 0
+    for item in items:
+        packed = packer.pack(item)
+        if parts and (len(parts) >= max_items or size + len(packed) > max_bytes):
+            frames.append(framing.frame(packer.pack_array_header(len(parts)) + b"".join(parts)))
+            parts, size = [], 0
+        parts.append(packed)
+        size += len(packed)
+    if parts:
+        frames.append(framing.frame(packer.pack_array_header(len(parts)) + b"".join(parts)))
+    return frames
+
+
+def batch_length(payload: bytes) -> int:
+    """How many items a frame's payload says it holds, read from its array header
+    alone (so a frame with too many is refused without decoding it)."""
+    unpacker = msgpack.Unpacker()
+    unpacker.feed(payload[:5])  # the longest array header (array 32)
+    try:
+        return int(unpacker.read_array_header())
+    except (ValueError, msgpack.OutOfData, msgpack.StackError) as e:
+        raise BatchError(f"not msgpack, or not an array (a frame is an array): {e}") from None
 
 
 def decode_batch(payload: bytes) -> list[Any]:

@@ -10,6 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from shardset_proto import framing, wire
+from shardset_proto.limits import MAX_REQUESTS_PER_FRAME
 
 
 @given(
@@ -50,3 +51,18 @@ def test_a_batch_is_a_msgpack_array_of_requests() -> None:
     frames = framing.FrameReader(limit=framing.MAX_CLIENT_FRAME)
     (payload,) = frames.feed(wire.encode_batch(batch))
     assert msgpack.unpackb(payload, raw=False) == batch
+
+
+def test_encode_batches_splits_by_count_and_bytes_in_order() -> None:
+    """The client's and the node's frames stay within the per-frame request limit, and
+    large items spread over frames; the order is kept."""
+    wire_codec = wire
+    items = [[i, "get", f"k{i}", None, None, 0] for i in range(2 * MAX_REQUESTS_PER_FRAME + 5)]
+    frames = wire_codec.encode_batches(items, MAX_REQUESTS_PER_FRAME)
+    batches = [wire_codec.decode_batch(f[4:]) for f in frames]
+    assert [len(b) for b in batches] == [MAX_REQUESTS_PER_FRAME, MAX_REQUESTS_PER_FRAME, 5]
+    assert [x for b in batches for x in b] == items
+    lengths = [wire_codec.batch_length(f[framing.HEADER_SIZE :]) for f in frames]
+    assert lengths == [len(b) for b in batches]
+    big = [[i, "put", "k", b"x" * 600, None] for i in range(4)]
+    assert len(wire_codec.encode_batches(big, 100, max_bytes=1000)) == 4

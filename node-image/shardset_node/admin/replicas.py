@@ -30,6 +30,18 @@ class ReplicaActions:
         g = self.node.leader_group(shard, "transfer-leader")
         if g.raft.leader == to:
             return {"shard": shard, "leader": to, "changed": False}
+        voters = g.raft.conf.voters
+        if to not in voters:
+            known = to in self.node.meta.map.nodes or to in g.raft.conf.learners
+            raise ApiError(
+                409 if known else 400,
+                "not_a_voter" if known else "unknown_node",
+                f"cannot transfer shard {shard}'s leadership to node {to}: "
+                + ("it is not a voter" if known else "no such node in the store")
+                + f" (voters: {', '.join(map(str, sorted(voters)))})",
+                shard=shard,
+                node=to,
+            )
         await self.node.wait(g, g.transfer_leadership(to), "")
         return {"shard": shard, "leader": to, "changed": True}
 

@@ -11,27 +11,47 @@ with Retry-After. Bad input is a 4xx whose JSON names the problem.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import json
+import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import unquote_to_bytes
 
+import structlog
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from shardset_node.admin.dispatch import Admin
+from shardset_node.config import HttpLimits
 from shardset_node.core import Node
 from shardset_node.frontends.openapi import OPENAPI
+from shardset_node.frontends.unexpected import cause
 from shardset_node.kv import KvWrites
 from shardset_node.reads import ReadPath
 from shardset_node.status import shardmap_view, status
 from shardset_proto import urls
 from shardset_proto.errors import ApiError
-from shardset_proto.limits import check_idem, check_key, check_value
+from shardset_proto.limits import (
+    MAX_INTEGER,
+    MAX_SCAN_LIMIT,
+    check_idem,
+    check_key,
+    check_value,
+)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+log = structlog.get_logger(__name__)
+
+# The longest request line and header aiohttp reads: room for every request the
+# OpenAPI document allows (a 1,024-byte key percent-encoded is 3 KiB, a scan's start and
+# end as much again); a longer one is a 400 (aiohttp answers it in plain text).
+MAX_LINE_BYTES = 16 * 1024
 
 
 @web.middleware
@@ -42,9 +62,12 @@ async def errors_as_json(request: web.Request, handler: Handler) -> web.StreamRe
         headers = {"Location": e.location} if e.location else {}
         if e.retry_after is not None:
             headers["Retry-After"] = str(e.retry_after)
-        return web.json_response(
+        resp = web.json_response(
             {"error": e.code, "message": str(e), **e.extra}, status=e.status, headers=headers
         )
+        if e.status == 408:
+            resp.force_close()  # the rest of a body that timed out is not read
+        return resp
     except web.HTTPException as e:
         if e.status < 400:
             raise
@@ -52,6 +75,40 @@ async def errors_as_json(request: web.Request, handler: Handler) -> web.StreamRe
             {"error": e.reason.lower().replace(" ", "_"), "message": e.text or e.reason},
             status=e.status,
         )
+    except Exception as e:  # the last resort: a bug answers JSON, logged on one line
+        log.error("http_request_failed", method=request.method, path=request.path, **cause(e))
+        return web.json_response(
+            {"error": "internal", "message": "internal error; the node logged it"}, status=500
+        )
+
+
+class _OneLineLogger(logging.Logger):
+    """aiohttp's server logger: a request it cannot parse (a request line over the
+    limit, bad framing) is one warning, not a traceback in the node's JSON log."""
+
+    def exception(self, msg: object, *args: object, **kwargs: Any) -> None:
+        exc = kwargs.get("exc_info")
+        error = f"{type(exc).__name__}: {exc}" if isinstance(exc, BaseException) else str(msg)
+        log.warning("http_unparsable_request", error=error[:300])
+
+    def error(self, msg: object, *args: object, **kwargs: Any) -> None:
+        log.warning("http_server_error", error=(str(msg) % args if args else str(msg))[:300])
+
+
+def runner(app: web.Application, limits: HttpLimits) -> web.AppRunner:
+    """The app's runner with the node's timeouts: a connection idle between requests,
+    or whose request head has not fully arrived, for `keepalive_timeout` is closed (aiohttp
+    arms that timer from the connection's start); request bodies are bounded by the
+    handlers (`body_timeout`)."""
+    return web.AppRunner(
+        app,
+        access_log=None,
+        keepalive_timeout=limits.keepalive_timeout,
+        max_line_size=MAX_LINE_BYTES,
+        max_field_size=MAX_LINE_BYTES,
+        lingering_time=2.0,  # s reading the unread rest of a body refused (e.g. 408)
+        logger=_OneLineLogger("aiohttp.server"),
+    )
 
 
 def build_app(
@@ -62,10 +119,11 @@ def build_app(
     registry: CollectorRegistry,
     *,
     max_value_bytes: int,
+    limits: HttpLimits | None = None,
 ) -> web.Application:
     """Routes over a node's parts: writes, reads, admin actions, status and metrics."""
     app = web.Application(middlewares=[errors_as_json], client_max_size=max_value_bytes + 4096)
-    h = _Handlers(node, kv, reads, admin, registry, max_value_bytes)
+    h = _Handlers(node, kv, reads, admin, registry, max_value_bytes, limits or HttpLimits())
     app.router.add_put(urls.KV + "{key}", h.put)
     app.router.add_get(urls.KV + "{key}", h.get)
     app.router.add_delete(urls.KV + "{key}", h.delete)
@@ -89,10 +147,11 @@ class _Handlers:
     admin_actions: Admin
     registry: CollectorRegistry
     max_value_bytes: int
+    limits: HttpLimits
 
     async def put(self, request: web.Request) -> web.Response:
         key = _key(request)
-        value = check_value(await request.read(), self.max_value_bytes)
+        value = check_value(await _body(request, self.limits), self.max_value_bytes)
         body = await self.kv.put(key, value, _idem(request), request.path_qs)
         return web.json_response(body)
 
@@ -102,7 +161,7 @@ class _Handlers:
 
     async def cas(self, request: web.Request) -> web.Response:
         key = _key(request)
-        raw = await _json_object(request)
+        raw = await _json_object(request, self.limits)
         for field in ("expected", "value"):
             if field not in raw:
                 raise ApiError(400, "missing_field", f"JSON body needs {field!r} (base64 or null)")
@@ -127,7 +186,7 @@ class _Handlers:
         shard = _int_param(request, "shard")
         if shard is None:
             raise ApiError(400, "missing_parameter", "scan needs ?shard=N (the client fans out)")
-        limit = _int_param(request, "limit") or 1000
+        limit = _int_param(request, "limit", MAX_SCAN_LIMIT, least=1) or 1000
         body = await self.reads.scan(
             shard,
             request.query.get("start", ""),
@@ -150,7 +209,7 @@ class _Handlers:
         return web.json_response(OPENAPI)
 
     async def admin(self, request: web.Request) -> web.Response:
-        body = await _json_object(request)
+        body = await _json_object(request, self.limits)
         action = request.match_info["action"]
         return web.json_response(await self.admin_actions.run(action, body))
 
@@ -184,7 +243,19 @@ def _read_headers(body: dict[str, Any]) -> dict[str, str]:
 
 
 def _key(request: web.Request) -> bytes:
-    return check_key(request.match_info["key"].encode())
+    key = request.match_info["key"]
+    if "%" in key:
+        # The URL decoder leaves percent-escapes of bytes that are not UTF-8 as they are
+        # (`%FF` stays the three characters): such a key would be stored under another
+        # key. Refused, as the wire protocol refuses it.
+        raw = request.raw_path.partition("?")[0].rpartition("/")[2]
+        try:
+            unquote_to_bytes(raw).decode()
+        except UnicodeDecodeError:
+            raise ApiError(
+                400, "bad_key", f"key {raw[:200]} is not UTF-8 (keys are UTF-8 text)"
+            ) from None
+    return check_key(key.encode())
 
 
 def _idem(request: web.Request) -> bytes | None:
@@ -192,24 +263,62 @@ def _idem(request: web.Request) -> bytes | None:
     return None if raw is None else check_idem(raw.encode())
 
 
-def _int_param(request: web.Request, name: str) -> int | None:
+def _int_param(
+    request: web.Request, name: str, most: int = MAX_INTEGER, least: int = 0
+) -> int | None:
     raw = request.query.get(name)
     if raw is None:
         return None
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ApiError(400, "bad_parameter", f"{name} must be an integer, got {raw!r}") from None
-    if value < 0:
-        raise ApiError(400, "bad_parameter", f"{name} must not be negative, got {value}")
+    if not (raw.isascii() and raw.isdigit() and len(raw) <= 20):
+        raise ApiError(
+            400, "bad_parameter", f"{name} must be an integer from {least} to {most}, got "
+            f"{raw[:40]!r}", parameter=name,
+        )  # fmt: skip
+    value = int(raw)
+    if not least <= value <= most:
+        raise ApiError(
+            400, "bad_parameter", f"{name} must be from {least} to {most}, got {value}",
+            parameter=name,
+        )  # fmt: skip
     return value
 
 
-async def _json_object(request: web.Request) -> dict[str, Any]:
+async def _body(request: web.Request, limits: HttpLimits) -> bytes:
+    """The request's body, decoded from its Content-Encoding; a 4xx naming what is wrong
+    when it cannot be read, or does not arrive within the body timeout."""
     try:
-        raw = await request.json()
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise ApiError(400, "bad_json", "request body is not valid JSON") from None
+        async with asyncio.timeout(limits.body_timeout):
+            return await request.read()
+    except TimeoutError:
+        raise ApiError(
+            408, "body_timeout", f"the request body did not arrive within {limits.body_timeout}s"
+        ) from None
+    except (HttpProcessingError, web.RequestPayloadError) as e:
+        encoding = request.headers.get("Content-Encoding", "identity")
+        reason = " ".join(str(e).split())  # aiohttp's message spans lines
+        raise ApiError(
+            400, "bad_body", f"the body cannot be read (Content-Encoding {encoding[:40]!r}): "
+            f"{reason[:200]}",
+        ) from None  # fmt: skip
+
+
+async def _json_object(request: web.Request, limits: HttpLimits) -> dict[str, Any]:
+    data = await _body(request, limits)
+    charset = request.charset or "utf-8"
+    try:
+        raw = json.loads(data.decode(charset))
+    except LookupError:
+        raise ApiError(
+            415, "bad_charset", f"unknown charset {charset[:40]!r}; send JSON as UTF-8"
+        ) from None
+    except UnicodeDecodeError:
+        raise ApiError(400, "bad_json", f"request body is not valid {charset}") from None
+    except RecursionError:
+        raise ApiError(400, "bad_json", "request body is JSON nested too deeply") from None
+    except json.JSONDecodeError as e:
+        raise ApiError(400, "bad_json", f"request body is not valid JSON: {e}") from None
+    except ValueError as e:  # e.g. an integer of more digits than Python converts
+        raise ApiError(400, "bad_json", f"request body is not acceptable JSON: {e}") from None
     if not isinstance(raw, dict):
         raise ApiError(400, "bad_json", "request body must be a JSON object")
     return raw

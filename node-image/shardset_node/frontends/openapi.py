@@ -4,7 +4,15 @@ from __future__ import annotations
 
 from typing import Any
 
+from shardset_proto.commands import MAX_KEY_BYTES
 from shardset_proto.consistency import MODES
+from shardset_proto.limits import MAX_IDEMPOTENCY_KEY, MAX_INTEGER, MAX_SCAN_LIMIT
+
+# JSON Schema counts a string's characters, the server a key's UTF-8 bytes (at most 4
+# a character): any string of this many characters is a key the server accepts. Longer
+# keys are accepted too while their UTF-8 is within MAX_KEY_BYTES.
+_KEY_CHARS = MAX_KEY_BYTES // 4
+_INT = {"type": "integer", "minimum": 0, "maximum": MAX_INTEGER}
 
 _META = {
     "shard": {"type": "integer", "description": "the shard that owns the key"},
@@ -29,8 +37,10 @@ _KEY = {
     "name": "key",
     "in": "path",
     "required": True,
-    "schema": {"type": "string", "maxLength": 1024},
-    "description": "UTF-8 key, 1 to 1024 bytes, percent-encoded",
+    "schema": {"type": "string", "minLength": 1, "maxLength": _KEY_CHARS},
+    "description": f"UTF-8 key, 1 to {MAX_KEY_BYTES} bytes, percent-encoded (the schema "
+    f"says {_KEY_CHARS} characters, which always fit; a longer key is accepted while its "
+    "UTF-8 fits). Bytes that are not UTF-8 are refused (400 bad_key).",
 }
 _READ_PARAMS = [
     {
@@ -42,17 +52,19 @@ _READ_PARAMS = [
     {
         "name": "max_staleness_ms",
         "in": "query",
-        "schema": {"type": "integer", "minimum": 1},
+        "schema": {**_INT, "minimum": 1},
         "description": "bounded: the staleness bound (default: the node's maxStalenessMs)",
     },
     {
         "name": "min_index",
         "in": "query",
-        "schema": {"type": "integer", "minimum": 0},
+        "schema": _INT,
         "description": "session: the client's token for the key's shard (highest index it "
-        "wrote or read); the replica serves once it has applied it",
+        "wrote or read); the replica serves once it has applied it (400 index_ahead when "
+        "the shard's leader never logged that index)",
     },
 ]
+_SCAN_BOUND = {"type": "string", "maxLength": _KEY_CHARS}
 _READ_FIELDS = {
     "consistency": {"type": "string", "enum": list(MODES), "description": "mode that served"},
     "staleness_ms": {
@@ -81,7 +93,12 @@ _IDEM = {
     "name": "Idempotency-Key",
     "in": "header",
     "required": False,
-    "schema": {"type": "string"},
+    "schema": {
+        "type": "string",
+        "minLength": 1,
+        "maxLength": MAX_IDEMPOTENCY_KEY,
+        "pattern": "^[!-~]+$",
+    },
     "description": "same key on a retry = applied once, original result returned",
 }
 
@@ -94,13 +111,31 @@ def _write_response(extra: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+_ERR = {"content": {"application/json": {"schema": _ERROR}}}
+# A request the HTTP server cannot parse (e.g. a request line over 16 KiB) is answered
+# by aiohttp itself, in plain text, before any route sees it.
+_BAD_REQUEST = {
+    "description": "malformed request: `error` names the problem",
+    "content": {**_ERR["content"], "text/plain": {"schema": {"type": "string"}}},
+}
+
+
+_OBJECT = {"content": {"application/json": {"schema": {"type": "object"}}}}
+_DOWN = {"description": "not live or not ready: the body says why", **_OBJECT}
+
+
 def _responses(ok: dict[str, Any]) -> dict[str, Any]:
-    err = {"content": {"application/json": {"schema": _ERROR}}}
     return {
         "200": {"description": "done", "content": {"application/json": {"schema": ok}}},
-        "307": {"description": "not the leader: follow Location", **err},
-        "400": {"description": "malformed request", **err},
-        "503": {"description": "no leader yet: retry after Retry-After", **err},
+        "307": {"description": "not the leader: follow Location", **_ERR},
+        "400": _BAD_REQUEST,
+        "404": {"description": "no such shard", **_ERR},
+        "408": {"description": "the request body did not arrive in time", **_ERR},
+        "409": {"description": "stale shard-map epoch, or a conflicting state", **_ERR},
+        "413": {"description": "body or value too large", **_ERR},
+        "415": {"description": "a body in a charset the node cannot read", **_ERR},
+        "503": {"description": "no leader yet, or not caught up: retry after Retry-After", **_ERR},
+        "507": {"description": "the node's disk is full", **_ERR},
     }
 
 
@@ -120,10 +155,7 @@ OPENAPI: dict[str, Any] = {
                 "summary": "write a value (raw bytes body, up to 1 MiB)",
                 "parameters": [_IDEM],
                 "requestBody": {"content": {"application/octet-stream": {}}},
-                "responses": {
-                    **_responses(_write_response({"prev_exists": {"type": "boolean"}})),
-                    "413": {"description": "value too large"},
-                },
+                "responses": _responses(_write_response({"prev_exists": {"type": "boolean"}})),
             },
             "get": {
                 "summary": "read a value (base64 in `value`; 404 if absent) under a consistency "
@@ -141,8 +173,10 @@ OPENAPI: dict[str, Any] = {
                         )
                     ),
                     "404": {
-                        "description": "no such key (same metadata, value null)",
+                        "description": "no such key (same metadata, value null), or no such "
+                        "shard (an error body)",
                         "headers": _READ_HEADERS,
+                        "content": {"application/json": {"schema": {"type": "object"}}},
                     },
                 },
             },
@@ -189,15 +223,17 @@ OPENAPI: dict[str, Any] = {
                 "summary": "keys of one shard in [start, end), in key order, under a "
                 "consistency mode as for GET /v1/kv/{key}",
                 "parameters": [
-                    {"name": n, "in": "query", "schema": {"type": t}}
-                    for n, t in (
-                        ("shard", "integer"),
-                        ("start", "string"),
-                        ("end", "string"),
-                        ("limit", "integer"),
-                    )
-                ]
-                + _READ_PARAMS,
+                    {"name": "shard", "in": "query", "required": True, "schema": _INT},
+                    {"name": "start", "in": "query", "schema": _SCAN_BOUND},
+                    {"name": "end", "in": "query", "schema": _SCAN_BOUND},
+                    {
+                        "name": "limit",
+                        "in": "query",
+                        "schema": {**_INT, "minimum": 1, "maximum": MAX_SCAN_LIMIT},
+                        "description": "at most this many keys (default 1000)",
+                    },
+                    *_READ_PARAMS,
+                ],
                 "responses": _read_responses(
                     _write_response({"items": {"type": "array"}, **_READ_FIELDS})
                 ),
@@ -206,14 +242,14 @@ OPENAPI: dict[str, Any] = {
         "/v1/shardmap": {
             "get": {
                 "summary": "slots, replicas, node addresses, known leaders",
-                "responses": {"200": {"description": "the shard map"}},
+                "responses": {"200": {"description": "the shard map", **_OBJECT}},
             }
         },
         "/v1/status": {
             "get": {
                 "summary": "this node's replicas (role, term, commit, applied, lag) and its "
                 "default read consistency (`consistency`: {mode, maxStalenessMs})",
-                "responses": {"200": {"description": "status"}},
+                "responses": {"200": {"description": "status", **_OBJECT}},
             }
         },
         "/v1/admin/consistency": {
@@ -221,13 +257,10 @@ OPENAPI: dict[str, Any] = {
                 "summary": "change this node's default read consistency, live (no restart)",
                 "requestBody": {"content": {"application/json": {"schema": _POLICY}}},
                 "responses": {
+                    **_responses({"type": "object"}),
                     "200": {
                         "description": "the policy now in force",
                         "content": {"application/json": {"schema": _POLICY}},
-                    },
-                    "400": {
-                        "description": "invalid: `field` names the bad field",
-                        "content": {"application/json": {"schema": _ERROR}},
                     },
                 },
             }
@@ -246,17 +279,22 @@ OPENAPI: dict[str, Any] = {
         "/healthz": {
             "get": {
                 "summary": "process is alive (503 once its Raft loop died or is stuck)",
-                "responses": {"200": {"description": "ok"}, "503": {"description": "failed"}},
+                "responses": {"200": {"description": "ok", **_OBJECT}, "503": _DOWN},
             }
         },
         "/readyz": {
             "get": {
                 "summary": "every local replica knows its leader",
-                "responses": {"200": {"description": "ready"}, "503": {"description": "not ready"}},
+                "responses": {"200": {"description": "ready", **_OBJECT}, "503": _DOWN},
             }
         },
         "/metrics": {
-            "get": {"summary": "Prometheus metrics", "responses": {"200": {"description": "text"}}}
+            "get": {
+                "summary": "Prometheus metrics",
+                "responses": {
+                    "200": {"description": "text", "content": {"text/plain": {"schema": {}}}}
+                },
+            }
         },
     },
 }

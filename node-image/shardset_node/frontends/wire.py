@@ -2,8 +2,12 @@
 port for the connections the transport hands over after a client's hello.
 
 Requests of a batch run concurrently; answers completed in one event-loop iteration
-leave as one frame. A connection with MAX_IN_FLIGHT requests running is not read until
-half of them are answered.
+leave together (in frames of at most MAX_REQUESTS_PER_FRAME answers). Flow control
+(config.WireLimits): a frame of more than MAX_REQUESTS_PER_FRAME requests is refused
+unread; a connection is not read while it has too many requests or request bytes
+running, nor while the node's wire connections together hold too many bytes; a large
+frame's requests are started a few at a time, yielding to the loop between; a
+connection idle for too long, or slow to finish a frame it began, is closed.
 """
 
 from __future__ import annotations
@@ -15,32 +19,71 @@ from typing import Any
 
 import structlog
 
+from shardset_node.config import WireLimits
+from shardset_node.frontends.unexpected import cause
 from shardset_node.kv import KvWrites
 from shardset_node.reads import ReadPath
 from shardset_proto import wire
 from shardset_proto.errors import ApiError
 from shardset_proto.framing import MAX_CLIENT_FRAME, FrameError, FrameReader
-from shardset_proto.limits import check_idem, check_key, check_value
+from shardset_proto.limits import (
+    MAX_REQUESTS_PER_FRAME,
+    check_idem,
+    check_key,
+    check_requests_per_frame,
+    check_value,
+)
 
-__all__ = ["MAX_IN_FLIGHT", "WireServer"]
-
-MAX_IN_FLIGHT = 8192  # requests per connection before the node stops reading it
+__all__ = ["WireLimits", "WireServer"]
 
 log = structlog.get_logger(__name__)
+
+
+class Budget:
+    """Units (requests or bytes) in use against a limit; `room` waits until it is under."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
+        self._under = asyncio.Event()
+        self._under.set()
+
+    def take(self, n: int) -> None:
+        self.used += n
+        if self.used >= self.limit:
+            self._under.clear()
+
+    def give(self, n: int) -> None:
+        self.used -= n
+        if self.used < self.limit:
+            self._under.set()
+
+    async def room(self) -> None:
+        while self.used >= self.limit:
+            await self._under.wait()
 
 
 class WireServer:
     """Serves client connections handed over by the transport (see module doc)."""
 
     def __init__(
-        self, node_id: int, kv: KvWrites, reads: ReadPath, *, max_value_bytes: int
+        self,
+        node_id: int,
+        kv: KvWrites,
+        reads: ReadPath,
+        *,
+        max_value_bytes: int,
+        limits: WireLimits | None = None,
     ) -> None:
         self.node_id = node_id
         self.kv = kv
         self.reads = reads
         self.max_value_bytes = max_value_bytes
+        self.limits = limits or WireLimits()
+        self.bytes = Budget(self.limits.node_bytes)  # shared by every connection
         self.connections = 0
         self.requests = 0
+        self.closed_idle = 0
         self._ops: dict[str, Callable[[list[Any]], Any]] = {
             wire.Op.PUT: self._put,
             wire.Op.DELETE: self._delete,
@@ -107,66 +150,141 @@ class WireServer:
             status, body = await op(req)
             return [rid, status, body]
         except ApiError as e:
-            body = e.body()
-            if e.retry_after is not None:
-                body["retry_after"] = e.retry_after
-            return [rid, e.status, body]
+            return [rid, e.status, _error_body(e)]
         except Exception as e:  # a bug answers 500 and the connection lives on
-            log.exception("wire_request_failed", op=req[1] if isinstance(req, list) else None)
-            return [rid, 500, {"error": "internal", "message": repr(e)}]
+            op_name = req[1] if isinstance(req, list) and len(req) > 1 else None
+            log.error("wire_request_failed", op=op_name, **cause(e))
+            return [rid, 500, {"error": "internal", "message": "internal error; see node log"}]
+
+
+class _Closing(Exception):
+    """The connection is closed on purpose (idle, or a frame left half-sent)."""
+
+
+class _Frame:
+    """The budget one frame holds until its last request is answered."""
+
+    __slots__ = ("left", "size")
+
+    def __init__(self, size: int, left: int) -> None:
+        self.size = size
+        self.left = left
 
 
 class _Connection:
     """One client connection: reads batches of requests, answers each as it completes,
-    and writes the answers completed in one loop iteration as one frame."""
+    and writes the answers completed in one loop iteration together."""
 
     def __init__(
         self, server: WireServer, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
     ) -> None:
         self.server = server
+        self.limits = server.limits
         self.reader = reader
         self.writer = writer
         self.loop = asyncio.get_running_loop()
         self.tasks: set[asyncio.Task[None]] = set()
         self.answers: list[list[Any]] = []
         self.flush_scheduled = False
-        self.room = asyncio.Event()
-        self.room.set()
+        self.requests = Budget(self.limits.connection_requests)
+        self.bytes = Budget(self.limits.connection_bytes)
+        self.frame_began: float | None = None  # when the frame now arriving began
+        self.held: set[_Frame] = set()
 
     async def run(self) -> None:
         frames = FrameReader(self.reader, limit=MAX_CLIENT_FRAME)
         try:
             while True:
-                await self.room.wait()
-                payloads = await frames.read()
+                payloads = await self._read(frames)
                 if payloads is None:
                     return
                 for payload in payloads:
-                    self._dispatch(payload)
+                    await self._room()  # over a bound: answers first, then read on
+                    await self._dispatch(payload)
                 await self.writer.drain()  # a client that stops reading stops being read
         except FrameError as e:
             self._send([[0, 400, {"error": "bad_frame", "message": str(e)}]])
+        except _Closing as e:
+            self.server.closed_idle += 1
+            log.info("wire_connection_closed", reason=str(e), peer=self._peer())
+        except ConnectionError:
+            pass  # the client went away; its requests are cancelled below
         finally:
-            for task in self.tasks:
+            for task in list(self.tasks):
                 task.cancel()
+            for held in list(self.held):  # a task cancelled unstarted never releases
+                self._release(held)
 
-    def _dispatch(self, payload: bytes) -> None:
+    async def _room(self) -> None:
+        await self.requests.room()
+        await self.bytes.room()
+        await self.server.bytes.room()
+
+    async def _read(self, frames: FrameReader) -> list[bytes] | None:
+        """The next frames; _Closing when the client idles or dawdles over a frame."""
+        while True:
+            if frames.buffered:
+                if self.frame_began is None:
+                    self.frame_began = self.loop.time()
+                timeout = self.frame_began + self.limits.frame_timeout - self.loop.time()
+            else:
+                self.frame_began = None
+                timeout = self.limits.idle_timeout
+            try:
+                async with asyncio.timeout(max(timeout, 0.0)):
+                    return await frames.read()
+            except TimeoutError:
+                if frames.buffered:
+                    raise _Closing(
+                        f"a frame begun {self.limits.frame_timeout}s ago is still incomplete "
+                        f"({frames.buffered} bytes)"
+                    ) from None
+                if not self.tasks and not self.answers:
+                    raise _Closing(f"idle for {self.limits.idle_timeout}s") from None
+
+    async def _dispatch(self, payload: bytes) -> None:
         try:
+            check_requests_per_frame(wire.batch_length(payload))
             batch = wire.decode_batch(payload)
         except wire.BatchError as e:
             self._queue([0, 400, {"error": "bad_frame", "message": str(e)}])
             return
-        for req in batch:
-            task = self.loop.create_task(self._one(req))
+        except ApiError as e:
+            self._queue([0, e.status, _error_body(e)])
+            return
+        if not batch:
+            return
+        held = _Frame(len(payload), len(batch))
+        self.held.add(held)
+        self.bytes.take(held.size)
+        self.server.bytes.take(held.size)
+        for i, req in enumerate(batch, 1):
+            task = self.loop.create_task(self._one(req, held))
             self.tasks.add(task)
-            task.add_done_callback(self.tasks.discard)
-        if len(self.tasks) >= MAX_IN_FLIGHT:
-            self.room.clear()
+            self.requests.take(1)
+            task.add_done_callback(self._done)
+            if i % self.limits.yield_every == 0 and i < len(batch):
+                await asyncio.sleep(0)  # a large frame must not hold the Raft loop
 
-    async def _one(self, req: Any) -> None:
-        self._queue(await self.server.answer(req))
-        if len(self.tasks) <= MAX_IN_FLIGHT // 2:
-            self.room.set()
+    def _done(self, task: asyncio.Task[None]) -> None:
+        # Counted here, once the task is out of the set: a request that finishes
+        # must always make room (see test_wire_server, W1).
+        self.tasks.discard(task)
+        self.requests.give(1)
+
+    async def _one(self, req: Any, held: _Frame) -> None:
+        try:
+            self._queue(await self.server.answer(req))
+        finally:
+            held.left -= 1
+            if held.left == 0:
+                self._release(held)
+
+    def _release(self, held: _Frame) -> None:
+        if held in self.held:
+            self.held.discard(held)
+            self.bytes.give(held.size)
+            self.server.bytes.give(held.size)
 
     def _queue(self, answer: list[Any]) -> None:
         self.answers.append(answer)
@@ -182,7 +300,19 @@ class _Connection:
     def _send(self, answers: list[list[Any]]) -> None:
         if answers and not self.writer.is_closing():
             with contextlib.suppress(ConnectionError, RuntimeError):
-                self.writer.write(wire.encode_batch(answers))
+                for data in wire.encode_batches(answers, MAX_REQUESTS_PER_FRAME):
+                    self.writer.write(data)
+
+    def _peer(self) -> str:
+        peer = self.writer.get_extra_info("peername")
+        return f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
+
+
+def _error_body(e: ApiError) -> dict[str, Any]:
+    body = e.body()
+    if e.retry_after is not None:
+        body["retry_after"] = e.retry_after
+    return body
 
 
 def _shape(req: list[Any], n: int) -> list[Any]:
