@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from shardset_proto.admin import AdminAction
 from shardset_proto.commands import MAX_KEY_BYTES
 from shardset_proto.consistency import MODES
 from shardset_proto.limits import MAX_IDEMPOTENCY_KEY, MAX_INTEGER, MAX_SCAN_LIMIT
@@ -267,9 +268,9 @@ OPENAPI: dict[str, Any] = {
         },
         "/v1/admin/{action}": {
             "post": {
-                "summary": "admin operations (idempotent): transfer-leader, add-learner, promote, "
-                "remove-replica, create-replica, drop-replica, split-shard, read-index (on a "
-                "shard's leader: a linearizable read index, for followers' bounded reads)",
+                # The list comes from the contract, so a new action is never missing here.
+                "summary": "admin operations (idempotent), one typed JSON body each: "
+                + ", ".join(a.value for a in AdminAction),
                 "parameters": [
                     {"name": "action", "in": "path", "required": True, "schema": {"type": "string"}}
                 ],
