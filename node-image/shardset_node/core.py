@@ -70,7 +70,7 @@ class Node:
         self.id = cfg.node_id
         self.storage = NodeStorage(cfg.data_dir / "raft", fsync=cfg.fsync)
         cfg.data_dir.mkdir(parents=True, exist_ok=True)
-        self.engine = KvEngine(cfg.data_dir / "kv.sqlite3")
+        self.engine = KvEngine.open_checked(cfg.data_dir / "kv.sqlite3")
         self.host = RaftHost(self.storage.sync, tick_interval=cfg.tick_interval)
         self.meta = MetaMachine(cfg.bootstrap)
         self.transport: Transport | None = None
@@ -389,6 +389,8 @@ class Node:
         """Why the process should be restarted (/healthz), if it should."""
         if self.host.failure is not None:
             return [str(LoopFailed(self.host.failure))]
+        if self.engine.malformed is not None:  # storage/enginecheck.py: restart to repair
+            return [f"the engine file is malformed ({self.engine.malformed})"]
         stuck = self.host.stuck_for()
         if stuck > STUCK_ROUND_S:
             return [f"the Raft loop has been stuck in one round for {stuck:.0f}s"]
