@@ -21,7 +21,7 @@ from shardset_node.config import META_GROUP, META_VOTERS, REQUEST_TIMEOUT, NodeC
 from shardset_node.peers.transport import ClientHandler, Transport
 from shardset_node.replication.group import LeadershipLost, ReplicaGroup, StateMachine
 from shardset_node.replication.host import LoopFailed, RaftHost, StorageFull
-from shardset_node.replication.machines import MetaMachine, ShardMachine
+from shardset_node.replication.machines import MetaMachine, ShardMachine, check_received_snapshot
 from shardset_node.storage.diskspace import DiskSpace, disk_space
 from shardset_node.storage.files import atomic_replace
 from shardset_node.storage.kvengine import KvEngine
@@ -96,6 +96,7 @@ class Node:
             self.host.deliver,
             on_client=on_client,  # binary client protocol on the peer port
             term_of=self._term_of,  # bounds how far a peer's message may move a term
+            check_snapshot=check_received_snapshot,  # never store a damaged snapshot
         )
         # Nodes join and leave through the shard map: follow it.
         self.meta.on_change = self._map_changed
