@@ -137,3 +137,67 @@ def test_a_damaged_engine_page_is_quarantined_and_refilled(cluster_factory: Any)
         assert (Path(event["quarantine"]) / "kv.sqlite3").exists()  # kept for forensics
 
     asyncio.run(scenario())
+
+
+async def _answer(session: aiohttp.ClientSession, api: str, key: str) -> tuple[int, str]:
+    async with session.get(f"{api}/v1/kv/{key}?consistency=eventual") as r:
+        return r.status, await r.text()
+
+
+async def _reads_while_damaged(cluster: LocalCluster, node: int, keys: list[str]) -> list[int]:
+    """Eventual reads of every key on `node`: the exact value or 503 replica_corrupt,
+    never a 500, a changed value or a miss. The statuses seen (the node may exit)."""
+    seen = []
+    async with aiohttp.ClientSession() as session:
+        for k in keys:
+            try:
+                status, text = await _answer(session, cluster.node(node).api, k)
+            except aiohttp.ClientConnectionError:
+                break  # the node exited (crash-only): checked below
+            seen.append(status)
+            if status == 200:
+                assert base64.b64decode(json.loads(text)["value"]) == _value(k), k
+            else:
+                assert status == 503 and json.loads(text)["error"] == "replica_corrupt", text
+    return seen
+
+
+def test_a_page_found_damaged_while_running_is_never_served_and_repaired(
+    cluster_factory: Any,
+) -> None:
+    """The page is damaged under a running node (its quick_check at open passed): the
+    first read touching it answers 503 replica_corrupt, the node serves nothing more and
+    exits 70; started again, it quarantines the file and refills it from its log."""
+    cluster: LocalCluster = cluster_factory(node_args=("--compact-every", "40"))
+
+    async def scenario() -> None:
+        lay = await layout(cluster)
+        keys = lay.keys("rt", 60)
+        await _put_all(cluster, keys)
+        await wait_converged(cluster)
+        victim = 3
+        cluster.stop_node(victim)  # a clean stop: every page in the main file
+        cluster.start_node(victim)
+        await wait_converged(cluster)
+        page = _damage_a_leaf(cluster.node_dir(victim) / "kv.sqlite3")
+        log(f"damaged page {page} under the running node {victim}")
+        seen = await _reads_while_damaged(cluster, victim, keys)
+        log(f"statuses while damaged: {seen}")
+        assert 503 in seen or not cluster.running(victim), seen
+        for _ in range(200):  # bounded: 20 s
+            if not cluster.running(victim):
+                break
+            await asyncio.sleep(0.1)
+        assert not cluster.running(victim), "a node with a malformed engine must exit"
+        (fatal,) = _events(cluster, victim, "node_fatal")
+        assert fatal["exit_code"] == 70 and "malformed" in fatal["error"], fatal
+        assert _events(cluster, victim, "engine_malformed")
+        cluster.start_node(victim)
+        await wait_converged(cluster)
+        (event,) = _events(cluster, victim, "engine_quarantined")
+        assert "marked malformed" in event["reason"], event
+        async with aiohttp.ClientSession() as session:
+            for k in keys:
+                assert await _read(session, cluster.node(victim).api, k, "eventual") == _value(k)
+
+    asyncio.run(scenario())
