@@ -1,6 +1,7 @@
 """The cost of issue 15's integrity checks on the node's engine (KvEngine): the
-consistency checker's digest per 10,000 keys, and what per-row checksums add to gets,
-scans and applies. Run: ``.venv/bin/python -m bench.integrity_bench [--keys N]``.
+consistency checker's digest per 10,000 keys, what per-row checksums add to gets,
+scans and applies, and the engine file's check at open (``PRAGMA quick_check``,
+storage/enginecheck.py). Run: ``.venv/bin/python -m bench.integrity_bench [--keys N]``.
 
 Figures from this machine are in docs/integrity.md.
 """
@@ -13,6 +14,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from shardset_node.storage.enginecheck import engine_problem
 from shardset_node.storage.kvengine import KvEngine
 from shardset_proto.commands import Put
 
@@ -48,11 +50,15 @@ def main() -> None:
         scan = _best_of(ns.runs, lambda: e.scan(1, b"", None, ns.keys))
         keys = [f"key-{i:08d}".encode() for i in range(0, ns.keys, max(1, ns.keys // 10_000))]
         gets = _best_of(ns.runs, lambda: [e.get(1, k) for k in keys]) / len(keys)
+        e.sync()  # everything in the main file, as after a clean stop
+        size = (Path(d) / "kv.sqlite3").stat().st_size
+        check = _best_of(ns.runs, lambda: engine_problem(Path(d) / "kv.sqlite3"))
     print(f"{ns.keys} keys of {ns.value_bytes} B values (best of {ns.runs}):")
     print(f"  apply (batches of 1000 puts): {fill * per * 1000:.1f} ms per 10k keys")
     print(f"  consistency digest:           {digest * per * 1000:.1f} ms per 10k keys")
     print(f"  full scan (checked):          {scan * per * 1000:.1f} ms per 10k keys")
     print(f"  get (checked):                {gets * 1e6:.1f} us per get")
+    print(f"  quick_check at open:          {check * 1000:.1f} ms ({size >> 20} MiB file, cached)")
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ from shardset_node.config import META_GROUP, META_VOTERS, REQUEST_TIMEOUT, NodeC
 from shardset_node.peers.transport import ClientHandler, Transport
 from shardset_node.replication.group import LeadershipLost, ReplicaGroup, StateMachine
 from shardset_node.replication.host import LoopFailed, RaftHost, StorageFull
-from shardset_node.replication.machines import MetaMachine, ShardMachine
+from shardset_node.replication.machines import MetaMachine, ShardMachine, check_received_snapshot
 from shardset_node.storage.diskspace import DiskSpace, disk_space
 from shardset_node.storage.files import atomic_replace
 from shardset_node.storage.kvengine import KvEngine
@@ -70,7 +70,7 @@ class Node:
         self.id = cfg.node_id
         self.storage = NodeStorage(cfg.data_dir / "raft", fsync=cfg.fsync)
         cfg.data_dir.mkdir(parents=True, exist_ok=True)
-        self.engine = KvEngine(cfg.data_dir / "kv.sqlite3")
+        self.engine = KvEngine.open_checked(cfg.data_dir / "kv.sqlite3")
         self.host = RaftHost(self.storage.sync, tick_interval=cfg.tick_interval)
         self.meta = MetaMachine(cfg.bootstrap)
         self.transport: Transport | None = None
@@ -96,6 +96,7 @@ class Node:
             self.host.deliver,
             on_client=on_client,  # binary client protocol on the peer port
             term_of=self._term_of,  # bounds how far a peer's message may move a term
+            check_snapshot=check_received_snapshot,  # never store a damaged snapshot
         )
         # Nodes join and leave through the shard map: follow it.
         self.meta.on_change = self._map_changed
@@ -389,6 +390,8 @@ class Node:
         """Why the process should be restarted (/healthz), if it should."""
         if self.host.failure is not None:
             return [str(LoopFailed(self.host.failure))]
+        if self.engine.malformed is not None:  # storage/enginecheck.py: restart to repair
+            return [f"the engine file is malformed ({self.engine.malformed})"]
         stuck = self.host.stuck_for()
         if stuck > STUCK_ROUND_S:
             return [f"the Raft loop has been stuck in one round for {stuck:.0f}s"]

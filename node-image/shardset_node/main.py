@@ -335,6 +335,9 @@ async def _start(cfg: NodeConfig, fatal: asyncio.Event) -> NodeProcess | None:
     try:
         process = assemble(cfg)
         process.node.host.on_fatal = lambda _: fatal.set()
+        # A damaged engine file (storage/enginecheck.py): exit too, the restart
+        # quarantines it and replays the log into a fresh one.
+        process.node.engine.on_malformed = lambda _: fatal.set()
         await process.start()
     except Exception as exc:
         if not is_disk_full(exc):
@@ -358,6 +361,8 @@ async def _die(process: NodeProcess, api: web.AppRunner, grace: float) -> int:
     seconds (probes and clients learn why), then the process exits with FATAL_EXIT."""
     node = process.node
     cause = node.host.failure
+    if cause is None and node.engine.malformed is not None:
+        cause = RuntimeError(f"engine file malformed: {node.engine.malformed}")
     structlog.get_logger().critical(
         "node_fatal",
         node=node.id,

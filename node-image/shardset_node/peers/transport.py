@@ -6,7 +6,10 @@ its own (also when it rejects the version, so the dialer can log why) and from t
 only reads. Every later frame, dialer to acceptor, is one :mod:`shardset_proto.peer`
 batch. Every message of an inbound batch is checked (shardset_proto.peer_checks) before
 it is handed on: one that fails is dropped, counted and logged (rate-limited), and the
-rest of the batch, other groups' messages included, is delivered.
+rest of the batch, other groups' messages included, is delivered. A SNAPSHOT's bytes
+are checked too (`check_snapshot`, the node's state machines' own verification; in a
+worker thread when big), so a damaged or forged snapshot is never stored: it is dropped,
+counted as a rejected message and logged as ``peer_snapshot_rejected``.
 
 Each connection carries traffic one way: A's messages to B ride A's connection to B,
 B's replies ride B's connection to A. So nobody waits for a reply on a connection
@@ -59,6 +62,7 @@ __all__ = [
     "BatchHandler",
     "ClientHandler",
     "PeerStats",
+    "SnapshotCheck",
     "TermOf",
     "Transport",
     "TransportConfig",
@@ -71,6 +75,12 @@ Item = tuple[int, Message]
 BatchHandler = Callable[[int, list[Item]], None]
 # A hosted group's current term (None: not hosted here), for check_term_jump.
 TermOf = Callable[[int], int | None]
+# Raises (naming what is wrong) unless a received snapshot's data is one the group's state
+# machine will restore: (group, data).
+SnapshotCheck = Callable[[int, bytes], None]
+# Snapshots up to this size are checked on the event loop (well under a millisecond);
+# bigger ones in a worker thread, so a big one does not hold every other group's traffic.
+INLINE_SNAPSHOT_CHECK_BYTES = 64 * 1024
 # Serves one client connection once its hello is read (the handler answers it):
 # (reader, writer, the client's protocol version).
 ClientHandler = Callable[[asyncio.StreamReader, asyncio.StreamWriter, int], Awaitable[None]]
@@ -113,6 +123,7 @@ class TransportStats:
     bad_frames: int = 0  # oversized, truncated or undecodable inbound frames
     rejected_handshakes: int = 0
     rejected_messages: int = 0  # inbound messages that failed shardset_proto.peer_checks
+    rejected_snapshots: int = 0  # of those, SNAPSHOTs whose data failed check_snapshot
 
     def peer(self, node_id: int) -> PeerStats:
         stats = self.peers.get(node_id)
@@ -190,9 +201,11 @@ class Transport:
         config: TransportConfig | None = None,
         on_client: ClientHandler | None = None,
         term_of: TermOf | None = None,
+        check_snapshot: SnapshotCheck | None = None,
     ) -> None:
         self.node_id = node_id
         self._term_of = term_of
+        self._check_snapshot = check_snapshot
         self._on_client = on_client
         self.host = host
         self.stats = TransportStats()
@@ -532,6 +545,7 @@ class Transport:
                 stats.messages_received += len(items)
                 stats.bytes_received += HEADER_SIZE + len(payload)
                 items = self._screen(from_node, stats, items)
+                items = await self._screen_snapshots(from_node, stats, items)
                 if items:
                     self._deliver(from_node, items)
 
@@ -550,6 +564,49 @@ class Transport:
             else:
                 good.append((group, m))
         return good
+
+    async def _screen_snapshots(
+        self, from_node: int, stats: PeerStats, items: list[Item]
+    ) -> list[Item]:
+        """The messages, less the SNAPSHOTs whose data fails check_snapshot (in order:
+        awaiting a check holds this connection's later frames, not other connections)."""
+        check = self._check_snapshot
+        if check is None or all(m.snapshot is None for _, m in items):
+            return items
+        good: list[Item] = []
+        for group, m in items:
+            data = b"" if m.snapshot is None else m.snapshot.data
+            try:
+                if len(data) > INLINE_SNAPSHOT_CHECK_BYTES:
+                    await asyncio.to_thread(check, group, data)
+                elif data:
+                    check(group, data)
+            except Exception as exc:  # any failure: the data is not what restore takes
+                self._reject_snapshot(from_node, stats, group, m, exc)
+            else:
+                good.append((group, m))
+        return good
+
+    def _reject_snapshot(
+        self, from_node: int, stats: PeerStats, group: int, m: Message, exc: Exception
+    ) -> None:
+        stats.rejected += 1
+        self.stats.rejected_messages += 1
+        self.stats.rejected_snapshots += 1
+        unlogged = self._may_log_rejection(from_node)
+        if unlogged is None:
+            return
+        meta = m.snapshot.meta if m.snapshot is not None else None
+        self._log.warning(
+            "peer_snapshot_rejected",
+            peer=from_node,
+            group=group,
+            term=m.term,
+            index=None if meta is None else meta.index,
+            bytes=0 if m.snapshot is None else len(m.snapshot.data),
+            reason=str(exc) or type(exc).__name__,
+            not_logged_since_last=unlogged,
+        )
 
     def _reject_message(
         self, from_node: int, stats: PeerStats, group: int, m: Message, exc: PeerMessageError

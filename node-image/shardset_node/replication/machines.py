@@ -20,9 +20,11 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from shardset_node.config import META_GROUP
 from shardset_node.storage.diskspace import is_disk_full
 from shardset_node.storage.files import atomic_replace
 from shardset_node.storage.kvengine import KvEngine
+from shardset_node.storage.snapshot import verify_bytes
 from shardset_proto.commands import (
     Command,
     ComputeChecksum,
@@ -70,6 +72,25 @@ def decode_shard_snapshot(data: bytes) -> tuple[Ranges | None, bytes]:
     start = _SNAPSHOT_HEADER.size
     ranges = json.loads(data[start : start + size])
     return [(int(a), int(b)) for a, b in ranges], data[start + size :]
+
+
+def check_received_snapshot(group: int, data: bytes) -> None:
+    """Raise (ValueError or storage.snapshot.SnapshotError, naming what is wrong) unless
+    `data` is a snapshot the group's machine will restore: the shard map for the metadata
+    group; for a shard, the moved ranges and an intact engine file of that shard (every
+    record checked, as import_snapshot would). The transport calls it before a received
+    SNAPSHOT reaches the Raft core, so a damaged or forged one is never stored (else the
+    restore would fail after it was, and the node stop: the dead-loop path)."""
+    if not data:
+        return  # "empty": restore drops the shard's state, nothing to check
+    if group == META_GROUP:
+        ShardMap.decode(data)
+        return
+    moved, state = decode_shard_snapshot(data)
+    for start, end in moved or []:
+        if not 0 <= start < end:
+            raise ValueError(f"moved slot range [{start}, {end}) is empty or negative")
+    verify_bytes(state, group)
 
 
 class EntryNotApplicable(Exception):

@@ -17,6 +17,9 @@ export, a consistency digest). A row that fails is never served: the read raises
 in :attr:`KvEngine.corrupt` until its state is replaced (import_snapshot, drop_shard).
 A whole-file scan at open would be too slow for big stores, so rows are checked lazily.
 Schema 1 files (no checksums) get them computed once, at open (schema 2).
+A damaged PAGE (SQLite's own structure, not a row) is the whole file's problem:
+:meth:`KvEngine.open_checked` quarantines a file that fails ``PRAGMA quick_check`` and a
+running engine that meets SQLITE_CORRUPT serves nothing more (storage/enginecheck.py).
 
 Determinism: :meth:`KvEngine.apply` results depend only on the shard's state and the
 commands, including the idempotency table, which evicts by per-shard insertion sequence
@@ -32,13 +35,19 @@ import sqlite3
 import struct
 import threading
 import zlib
-from collections.abc import Collection, Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import structlog
 
+from shardset_node.storage.enginecheck import (
+    engine_problem,
+    malformed_reason,
+    quarantine_engine,
+    record_malformed,
+)
 from shardset_node.storage.snapshot import (
     KIND_FULL,
     KIND_SLOTS,
@@ -178,10 +187,34 @@ class KvEngine:
         # shard -> why: replicas that failed a checksum; nothing of them is served until
         # their state is replaced (import_snapshot, drop_shard).
         self.corrupt: dict[int, str] = {}
+        # Why the FILE is damaged (SQLITE_CORRUPT met at run time): then nothing of any
+        # shard is served and nothing applied; `on_malformed` tells the process, which
+        # restarts and quarantines the file (storage/enginecheck.py).
+        self.malformed: str | None = None
+        self.on_malformed: Callable[[str], None] = lambda _: None
         # NORMAL: no fsync per commit; the Raft log can replay what a power loss undoes.
         self._db.execute(f"PRAGMA synchronous={'FULL' if durable_commits else 'NORMAL'}")
         self._db.execute("PRAGMA journal_size_limit=67108864")
         _ensure_schema(self._db)
+
+    @classmethod
+    def open_checked(cls, path: str | os.PathLike[str], **kwargs: Any) -> KvEngine:
+        """The engine at `path`, after ``PRAGMA quick_check``: a damaged file (or one
+        marked malformed by a running node) is moved aside first and a fresh one opened;
+        the node's Raft groups then replay their snapshot and log into it (why that is
+        safe: storage/enginecheck.py)."""
+        path = Path(path)
+        problem = engine_problem(path)
+        if problem is not None:
+            moved = quarantine_engine(path)
+            log.error(
+                "engine_quarantined",
+                file=str(path),
+                reason=problem,
+                quarantine=str(moved),
+                action="fresh engine, refilled from the Raft snapshots and log",
+            )
+        return cls(path, **kwargs)
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -206,7 +239,7 @@ class KvEngine:
 
     def applied_index(self, shard: int) -> int:
         _check_shard(shard)
-        with self._lock:
+        with self._lock, self._guard(shard):
             return self._meta(shard)[0]
 
     def apply(self, shard: int, index: int, commands: Sequence[Command]) -> list[Result]:
@@ -217,7 +250,7 @@ class KvEngine:
         the remembered ones, and such commands change nothing.
         """
         _check_shard(shard)
-        with self._write() as db:
+        with self._write(shard) as db:
             applied, seq = self._meta(shard)
             _check_index(shard, index, applied)
             results = []
@@ -289,7 +322,7 @@ class KvEngine:
         """The key's value; ReplicaCorrupt if this replica of the shard is corrupt."""
         _check_shard(shard)
         check_key(key)
-        with self._lock:
+        with self._lock, self._guard(shard):
             self._refuse_corrupt(shard)
             try:
                 return _get(self._db, shard, key)
@@ -312,7 +345,7 @@ class KvEngine:
         if end is not None:
             sql += " AND key < ?"
             args += (end,)
-        with self._lock:
+        with self._lock, self._guard(shard):
             self._refuse_corrupt(shard)
             rows = self._db.execute(sql + " ORDER BY key LIMIT ?", (*args, limit)).fetchall()
             try:
@@ -323,6 +356,8 @@ class KvEngine:
     # -- integrity ------------------------------------------------------------------------
 
     def _refuse_corrupt(self, shard: int) -> None:
+        if self.malformed is not None:
+            raise ReplicaCorrupt(shard, f"engine file malformed: {self.malformed}")
         reason = self.corrupt.get(shard)
         if reason is not None:
             raise ReplicaCorrupt(shard, reason)
@@ -333,6 +368,33 @@ class KvEngine:
             log.error("replica_corrupt", shard=shard, reason=reason, file=str(self.path))
             self.corrupt[shard] = reason
         return ReplicaCorrupt(shard, reason)
+
+    @contextmanager
+    def _guard(self, shard: int) -> Iterator[None]:
+        """SQLITE_CORRUPT from the file becomes ReplicaCorrupt, the engine malformed."""
+        try:
+            yield
+        except sqlite3.DatabaseError as exc:
+            reason = malformed_reason(exc)
+            if reason is None:
+                raise
+            raise self._set_malformed(shard, reason) from exc
+
+    def _set_malformed(self, shard: int, reason: str) -> ReplicaCorrupt:
+        if self.malformed is None:
+            self.malformed = reason
+            log.error(
+                "engine_malformed",
+                shard=shard,
+                reason=reason,
+                file=str(self.path),
+                action="serving nothing; the restart quarantines the file",
+            )
+            try:
+                record_malformed(self.path, reason)  # first: the restart must see it
+            finally:
+                self.on_malformed(reason)
+        return ReplicaCorrupt(shard, f"engine file malformed: {reason}")
 
     def mark_corrupt(self, shard: int, reason: str) -> None:
         """Record `shard` as corrupt (e.g. outvoted by a consistency check)."""
@@ -354,7 +416,7 @@ class KvEngine:
     def drop_shard(self, shard: int) -> None:
         """Forget a shard replica entirely (data, applied index, idempotency records)."""
         _check_shard(shard)
-        with self._write() as db:
+        with self._write(shard) as db:
             self._clear_shard(db, shard)
         self.corrupt.pop(shard, None)
 
@@ -364,7 +426,7 @@ class KvEngine:
         :meth:`import_slots` has run on the destination. Returns the number of keys."""
         _check_shard(shard)
         wanted = frozenset(slots)
-        with self._write() as db:
+        with self._write(shard) as db:
             applied, seq = self._meta(shard)
             _check_index(shard, index, applied)
             keys = [
@@ -399,28 +461,32 @@ class KvEngine:
     def _export(self, shard: int, path: Path, slots: frozenset[int] | None) -> SnapshotInfo:
         # A separate connection in one read transaction: a consistent view at one applied
         # index, without holding the lock (applies go on while a big shard is exported).
+        if self.malformed is not None:
+            raise ReplicaCorrupt(shard, f"engine file malformed: {self.malformed}")
         reader = _connect(self.path)
         try:
-            reader.execute("BEGIN")
-            applied, idem_seq = _read_meta(reader, shard)
-            kv = self.verified(
-                shard,
-                reader.execute(
-                    "SELECT key, value, crc FROM kv WHERE shard = ? ORDER BY key", (shard,)
-                ),
-            )
-            idem = reader.execute(
-                "SELECT idem, seq, slot, result FROM idem WHERE shard = ? ORDER BY seq", (shard,)
-            )
-            if slots is None:
-                header = write_snapshot(path, (KIND_FULL, shard, applied, idem_seq), kv, idem)
-            else:
-                header = write_snapshot(
-                    path,
-                    (KIND_SLOTS, shard, applied, idem_seq),
-                    (r for r in kv if slot_of(r[0]) in slots),
-                    (r for r in idem if r[2] in slots),
+            with self._guard(shard):
+                reader.execute("BEGIN")
+                applied, idem_seq = _read_meta(reader, shard)
+                kv = self.verified(
+                    shard,
+                    reader.execute(
+                        "SELECT key, value, crc FROM kv WHERE shard = ? ORDER BY key", (shard,)
+                    ),
                 )
+                idem = reader.execute(
+                    "SELECT idem, seq, slot, result FROM idem WHERE shard = ? ORDER BY seq",
+                    (shard,),
+                )
+                if slots is None:
+                    header = write_snapshot(path, (KIND_FULL, shard, applied, idem_seq), kv, idem)
+                else:
+                    header = write_snapshot(
+                        path,
+                        (KIND_SLOTS, shard, applied, idem_seq),
+                        (r for r in kv if slot_of(r[0]) in slots),
+                        (r for r in idem if r[2] in slots),
+                    )
         finally:
             reader.close()
         return header.info(path)
@@ -445,7 +511,7 @@ class KvEngine:
         path = Path(path)
         header = verify(path)
         expect_kind(path, header, KIND_FULL, shard)
-        with self._write() as db:
+        with self._write(shard) as db:
             self._clear_shard(db, shard)
             try:
                 _load_full(db, shard, path, header)
@@ -464,7 +530,7 @@ class KvEngine:
         path = Path(path)
         header = verify(path)
         expect_kind(path, header, KIND_SLOTS, None)
-        with self._write() as db:
+        with self._write(shard) as db:
             applied, seq = self._meta(shard)
             _check_index(shard, index, applied)
             with open_records(path) as records:
@@ -484,9 +550,12 @@ class KvEngine:
     # -- helpers --------------------------------------------------------------------------
 
     @contextmanager
-    def _write(self) -> Iterator[sqlite3.Connection]:
-        """Hold the lock for one write transaction; roll back on any exception."""
-        with self._lock:
+    def _write(self, shard: int) -> Iterator[sqlite3.Connection]:
+        """Hold the lock for one write transaction of `shard`; roll back on any exception.
+        A malformed engine applies nothing (the Raft loop stops, see enginecheck)."""
+        with self._lock, self._guard(shard):
+            if self.malformed is not None:
+                raise ReplicaCorrupt(shard, f"engine file malformed: {self.malformed}")
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 yield self._db
@@ -658,17 +727,20 @@ class ShardDigest:
         h.update(struct.pack(">QQQ", self.shard, self.applied, self._seq) + extra)
         keys = 0
         try:
-            rows = self._reader.execute(
-                "SELECT key, value, crc FROM kv WHERE shard = ? ORDER BY key", (self.shard,)
-            )
-            for key, value in self.engine.verified(self.shard, rows):
-                h.update(struct.pack(">II", len(key), len(value)) + key + value)
-                keys += 1
-            for idem, seq, slot, result in self._reader.execute(
-                "SELECT idem, seq, slot, result FROM idem WHERE shard = ? ORDER BY seq",
-                (self.shard,),
-            ):
-                h.update(struct.pack(">IQII", len(idem), seq, slot, len(result)) + idem + result)
+            with self.engine._guard(self.shard):
+                rows = self._reader.execute(
+                    "SELECT key, value, crc FROM kv WHERE shard = ? ORDER BY key", (self.shard,)
+                )
+                for key, value in self.engine.verified(self.shard, rows):
+                    h.update(struct.pack(">II", len(key), len(value)) + key + value)
+                    keys += 1
+                for idem, seq, slot, result in self._reader.execute(
+                    "SELECT idem, seq, slot, result FROM idem WHERE shard = ? ORDER BY seq",
+                    (self.shard,),
+                ):
+                    h.update(
+                        struct.pack(">IQII", len(idem), seq, slot, len(result)) + idem + result
+                    )
         finally:
             self._reader.close()
         return h.hexdigest(), keys

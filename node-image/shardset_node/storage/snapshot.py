@@ -10,6 +10,7 @@ out malformed raise SnapshotCorrupt while they are read, so the loader can roll 
 from __future__ import annotations
 
 import hashlib
+import io
 import struct
 import zlib
 from collections.abc import Iterable, Iterator, Sequence
@@ -46,6 +47,7 @@ __all__ = [
     "kv_records",
     "open_records",
     "verify",
+    "verify_bytes",
     "write_snapshot",
 ]
 
@@ -199,6 +201,29 @@ def verify(path: Path) -> Header:
     return header
 
 
+def verify_bytes(data: bytes, shard: int, source: str = "<received snapshot>") -> Header:
+    """A full shard snapshot held in memory (one received from a peer), checked as the
+    loader would before it is stored anywhere: the header, the body's length and sha256,
+    the kind and shard, then every record (keys, values, order, idempotency records,
+    nothing after them). SnapshotCorrupt (or SnapshotMismatch) names what is wrong.
+    CPU-bound, about the cost of loading it: run a big one off the event loop."""
+    path = Path(source)
+    header = _parse_header(path, data[:HEADER_SIZE])
+    body = memoryview(data)[HEADER_SIZE:]
+    if len(body) != header.body_len:
+        raise SnapshotCorrupt(path, f"body is {len(body)} bytes, header says {header.body_len}")
+    if hashlib.sha256(body).digest() != header.body_sha256:
+        raise SnapshotCorrupt(path, "body sha256 does not match the header")
+    expect_kind(path, header, KIND_FULL, shard)
+    records = _records(path, io.BytesIO(body))
+    for _ in kv_records(path, records, header.key_count):
+        pass
+    for _ in idem_records(path, records, header.idem_count):
+        pass
+    expect_end(path, records)
+    return header
+
+
 def _parse_header(path: Path, raw: bytes) -> Header:
     if len(raw) < HEADER_SIZE:
         raise SnapshotCorrupt(path, f"file is {len(raw)} bytes, shorter than the header")
@@ -226,17 +251,17 @@ def open_records(path: Path) -> Iterator[Iterator[Any]]:
     """The body's records; a msgpack error while reading becomes SnapshotCorrupt."""
     with open(path, "rb") as f:
         f.seek(HEADER_SIZE)
-        unpacker = msgpack.Unpacker(
-            f, raw=False, use_list=True, strict_map_key=True, max_buffer_size=_MAX_RECORD_BYTES
-        )
+        yield _records(path, f)
 
-        def gen() -> Iterator[Any]:
-            try:
-                yield from unpacker
-            except (ValueError, TypeError, msgpack.UnpackException) as exc:
-                raise SnapshotCorrupt(path, f"bad record: {exc}") from exc
 
-        yield gen()
+def _records(path: Path, f: BinaryIO) -> Iterator[Any]:
+    unpacker = msgpack.Unpacker(
+        f, raw=False, use_list=True, strict_map_key=True, max_buffer_size=_MAX_RECORD_BYTES
+    )
+    try:
+        yield from unpacker
+    except (ValueError, TypeError, msgpack.UnpackException) as exc:
+        raise SnapshotCorrupt(path, f"bad record: {exc}") from exc
 
 
 def _take(path: Path, records: Iterator[Any], count: int, what: str) -> Iterator[Any]:
