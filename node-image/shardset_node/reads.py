@@ -41,6 +41,9 @@ from shardset_proto.consistency import LEADER_MODES
 from shardset_proto.errors import ApiError
 from shardset_raft import Role
 
+# The clock freshness proofs are measured on (a test substitutes one it steps).
+clock = time.monotonic
+
 SESSION_WAIT = 1.0  # seconds a replica waits to reach a client's session token
 PROOF_TIMEOUT = 1.0  # seconds a follower waits for the leader's read index
 
@@ -191,35 +194,39 @@ class ReadPath:
     async def _bounded(self, g: ReplicaGroup, bound: int, path: str) -> tuple[int, dict[str, Any]]:
         if g.raft.role == Role.LEADER:
             return await self._on_leader(g, "lease", path), {"staleness_ms": 0.0}
-        proof = self._proof(g, bound)
-        if proof is None:
+        proven = self._proven(g, bound)
+        if proven is None:
             fresh = await self._ask_leader(g)
             if fresh is not None:
-                remaining = bound / 1000 - (time.monotonic() - fresh.asked_at)
+                remaining = bound / 1000 - (clock() - fresh.asked_at)
                 if g.raft.applied < fresh.index and remaining > 0:
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(g.wait_applied(fresh.index), remaining)
-            proof = self._proof(g, bound)
-        if proof is None:
+            proven = self._proven(g, bound)
+        if proven is None:
             raise self._elsewhere(
                 g,
                 path,
                 f"node {self.node.id} cannot prove its copy of shard {g.id} is at most "
                 f"{bound} ms stale (no fresh read index from the leader, or not applied yet)",
             )
-        applied = g.raft.applied
-        staleness = proof.staleness_ms(time.monotonic(), applied)
-        return applied, {"staleness_ms": round(staleness or 0.0, 3)}
+        applied, staleness = proven
+        return applied, {"staleness_ms": round(staleness, 3)}
 
-    def _proof(self, g: ReplicaGroup, bound: int) -> FreshnessProof | None:
-        """The youngest proof this replica has applied, if it proves `bound`."""
-        applied, now = g.raft.applied, time.monotonic()
+    def _proven(self, g: ReplicaGroup, bound: int) -> tuple[int, float] | None:
+        """(applied index, staleness in ms) if the youngest proof this replica has applied
+        proves `bound`. Both come from ONE reading of the clock and of the applied index:
+        a claim read from the clock a second time (after the check) could exceed the
+        bound the check just proved, as it did under load (201 ms claimed for 200)."""
+        applied, now = g.raft.applied, clock()
         pending = self._pending.get(g.id)
         if pending is not None and pending.index <= applied:
             self._reached[g.id] = pending
             del self._pending[g.id]
         proof = self._reached.get(g.id)
-        return proof if proves(proof, now, applied, bound) else None
+        if not proves(proof, now, applied, bound) or proof is None:
+            return None
+        return applied, proof.staleness_ms(now, applied) or 0.0
 
     async def _ask_leader(self, g: ReplicaGroup) -> FreshnessProof | None:
         task = self._asking.get(g.id)
@@ -233,7 +240,7 @@ class ReadPath:
         nodes = self.node.meta.map.nodes
         if leader in (0, self.node.id) or leader not in nodes:
             return None
-        asked_at = time.monotonic()  # before the request leaves: the proof's origin
+        asked_at = clock()  # before the request leaves: the proof's origin
         try:
             answer = await self.peers.call(leader, ReadIndex(shard=g.id), timeout=PROOF_TIMEOUT)
             index = int(answer["index"])
