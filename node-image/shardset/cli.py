@@ -171,9 +171,22 @@ def cmd_local_up(ns: argparse.Namespace) -> int:
     if ns.replication > ns.nodes:
         raise UsageError(f"--replication {ns.replication} needs as many --nodes, got {ns.nodes}")
     cluster = local.up(ns.data_dir, ns.nodes, ns.shards, ns.replication, no_fsync=ns.no_fsync)
-    cluster.balance_leaders()
+    if cluster.rejoining:
+        _say_rejoining(cluster)  # leaders cannot go to nodes that host nothing yet
+    else:
+        cluster.balance_leaders()
     print(",".join(cluster.endpoints))
     return 0
+
+
+def _say_rejoining(cluster: local.LocalCluster) -> None:
+    for node in cluster.rejoining:
+        print(
+            f"shardset: node {node} started without its Raft log ({cluster.node_dir(node)} "
+            "was empty or missing): it rejoined empty and votes in no group; run "
+            f"`shardset local rebuild-node {node}` to give its replicas back",
+            file=sys.stderr,
+        )
 
 
 def cmd_local_down(ns: argparse.Namespace) -> int:
