@@ -159,21 +159,48 @@ def print_status(status: dict[str, Any]) -> None:
         if "error" in view:
             print(f"{node:>4} {view['error']}")
             continue
+        disk = view.get("disk") or {}
+        if disk.get("full") or disk.get("stalled"):
+            state = "stalled" if disk.get("stalled") else "full"
+            print(f"{node:>4} disk {state}, writes refused: {disk.get('reason')}")
         for group, g in view["groups"].items():
             lag = ",".join(f"{p}:{f['lag']}" for p, f in g.get("followers", {}).items())
             print(
                 f"{node:>4} {group:>5} {g['role']:<10} {g['term']:>5} {g['leader']:>6} "
-                f"{g['commit']:>7} {g['applied']:>7} {lag}"
+                f"{g['commit']:>7} {g['applied']:>7} {lag}{_group_notes(g)}"
             )
+
+
+def _group_notes(g: dict[str, Any]) -> str:
+    """Issue 15's marks on a replica, which otherwise show only in the JSON and logs."""
+    notes = []
+    if g.get("recovering"):
+        notes.append(f"recovering (no vote until commit {g['recovering']})")
+    if g.get("corrupt"):
+        notes.append(f"corrupt: {g['corrupt']}")
+    return "".join(f" [{n}]" for n in notes)
 
 
 def cmd_local_up(ns: argparse.Namespace) -> int:
     if ns.replication > ns.nodes:
         raise UsageError(f"--replication {ns.replication} needs as many --nodes, got {ns.nodes}")
     cluster = local.up(ns.data_dir, ns.nodes, ns.shards, ns.replication, no_fsync=ns.no_fsync)
-    cluster.balance_leaders()
+    if cluster.rejoining:
+        _say_rejoining(cluster)  # leaders cannot go to nodes that host nothing yet
+    else:
+        cluster.balance_leaders()
     print(",".join(cluster.endpoints))
     return 0
+
+
+def _say_rejoining(cluster: local.LocalCluster) -> None:
+    for node in cluster.rejoining:
+        print(
+            f"shardset: node {node} started without its Raft log ({cluster.node_dir(node)} "
+            "was empty or missing): it rejoined empty and votes in no group; run "
+            f"`shardset local rebuild-node {node}` to give its replicas back",
+            file=sys.stderr,
+        )
 
 
 def cmd_local_down(ns: argparse.Namespace) -> int:

@@ -3,7 +3,10 @@
 It caches the shard map (slots to shards, shards to replicas, node addresses)
 and the leader of each shard. A request that reaches a node without the
 shard's leader comes back as a 307 redirect naming the leader; the client
-follows it and remembers. A stale map (409) is refetched. Writes carry an
+follows it and remembers. A stale map (409) is refetched. A node whose disk is full
+(507) hands its leaderships off: the map is refetched and the write goes to the new
+leader. A replica that cannot answer (503: no leader, `replica_corrupt`, `node_failed`)
+or be reached is left for another one. Writes carry an
 idempotency key that stays the same across retries, so a retried put is
 applied once even if the first attempt's answer was lost.
 
@@ -43,7 +46,10 @@ from shardset_proto.limits import MAX_REQUESTS_PER_FRAME
 from shardset_proto.slots import slot_of
 from shardset_proto.status import ShardMapView
 
-RETRYABLE = {307, 409, 421, 503}
+RETRYABLE = {307, 409, 421, 503, 507}
+# 507 insufficient_storage: that node's disk is full (it refuses writes and hands its
+# leaderships off); the shard's other replicas may well take the write.
+FULL_DISK = 507
 PROTOCOLS = ("http", "wire")
 # What an attempt at one node may raise that means "try another replica".
 _TRANSIENT = (aiohttp.ClientError, TimeoutError, ConnectionError, OSError)
@@ -447,12 +453,34 @@ class Client:
             leader = int(body["leader"])
             self._route.leaders[shard] = leader
             return leader
+        if status == FULL_DISK:
+            return await self._away_from_full_disk(shard, key, current)
         if status == 409:  # the shard map moved on: refetch, re-route the key
             await self._refresh_map()
             if key is not None:
                 shard = self._route.shard_of(key)
             return self._node_for(shard)
         return self._other_replica(shard, current)
+
+    async def _away_from_full_disk(self, shard: int, key: str | None, full: int) -> int:
+        """Node `full` refused a write for lack of space (507) and hands its leaderships
+        to other voters: treated like a leader that moved. The map is fetched again
+        (it names the leaders as the nodes know them) and the retry goes to the shard's
+        new leader, or, while none other is known, to another replica (which redirects
+        to the leader or answers 503 until one is elected). Same request, same
+        Idempotency-Key: a write the full node may have proposed is applied once."""
+        if self._route.leaders.get(shard) == full:
+            self._route.leaders.pop(shard, None)
+        try:
+            await self._refresh_map()
+        except ShardsetError:  # no node answered: the map we hold still names replicas
+            return self._other_replica(shard, full)
+        if key is not None:
+            shard = self._route.shard_of(key)
+        leader = self._route.leaders.get(shard)
+        if leader is not None and leader != full:
+            return leader
+        return self._other_replica(shard, full)
 
     def _node_for(self, shard: int) -> int:
         leader = self._route.leaders.get(shard)

@@ -38,7 +38,7 @@ import pydantic
 from shardset_node.faults import BlockMode, FaultProxy
 from shardset_proto import urls
 from shardset_proto.admin import TransferLeader
-from shardset_proto.shardmap import NodeAddress, bootstrap_map
+from shardset_proto.shardmap import NodeAddress, ShardMap, bootstrap_map
 from shardset_proto.status import NodeStatus, ShardMapView
 
 T = TypeVar("T")
@@ -173,6 +173,9 @@ class LocalCluster:
     # "i>j" -> port of the proxy node i dials to reach node j; empty: no proxies.
     proxy_ports: dict[str, int] = field(default_factory=dict)
     net: ProxyNet | None = field(default=None, repr=False, compare=False)
+    # Nodes `up` found without their Raft log in a store that had started (lost_its_log):
+    # they run empty, voting in nothing, until `shardset local rebuild-node` runs.
+    rejoining: list[int] = field(default_factory=list, repr=False, compare=False)
 
     @property
     def endpoints(self) -> list[str]:
@@ -307,7 +310,7 @@ class LocalCluster:
             str(self.data_dir / "bootstrap.json"),
             "--allow-join",  # nodes added after the bootstrap map was written
         ]
-        if n.rejoin:  # its data was rebuilt: an empty directory must never bootstrap
+        if n.rejoin or self.lost_its_log(n.id):  # see lost_its_log
             cmd += ["--store-created-file", str(self.data_dir / STORE_CREATED)]
         if self.no_fsync:
             cmd.append("--no-fsync")
@@ -325,6 +328,41 @@ class LocalCluster:
         logf.close()
         n.pid = proc.pid
         self.save()
+
+    # --- the store-created marker ----------------------------------------------------
+    @property
+    def store_created(self) -> bool:
+        """Whether the store has started once (`up` wrote the marker then)."""
+        return (self.data_dir / STORE_CREATED).exists()
+
+    def mark_created(self) -> None:
+        """The store started once: from now on a node of the bootstrap map found without
+        its Raft log lost it, and must rejoin rather than bootstrap (lost_its_log)."""
+        if not self.store_created:
+            (self.data_dir / STORE_CREATED).write_text("true")
+
+    def lost_its_log(self, node_id: int) -> bool:
+        """A node of the bootstrap map whose Raft log is gone (its directory deleted by
+        hand, say) in a store that has started: were it to bootstrap, its empty log
+        would count as a voter's, and with one stale replica it could elect a leader
+        missing acknowledged writes. It starts with the store-created marker instead
+        (origin "rejoin", hosting and voting in nothing) until `shardset local
+        rebuild-node` gives its replicas back, as the operator does with a pod back on
+        an empty volume. Only then, and not for every start as the operator does: a
+        node whose log is corrupt mid-way then stops (exit 3) rather than moving its
+        data aside by itself, and `local up` names the rebuild (stopped_because). Nodes
+        added later (add_node) are not in the bootstrap map: they start empty anyway."""
+        if not self.store_created or not self._in_bootstrap_map(node_id):
+            return False
+        raft = self.node_dir(node_id) / "raft"
+        return not raft.is_dir() or not any(raft.rglob("*.log"))
+
+    def _in_bootstrap_map(self, node_id: int) -> bool:
+        try:
+            boot = ShardMap.decode((self.data_dir / "bootstrap.json").read_bytes())
+        except (OSError, ValueError, KeyError, TypeError):
+            return True  # unknown: the safe side is never to bootstrap an empty log
+        return node_id in boot.nodes
 
     def mark_rejoin(self, node_id: int) -> None:
         """From now on `node_id` starts with the store-created marker: on an empty data
@@ -373,7 +411,10 @@ class LocalCluster:
         exited: list[int] = []
         while pending and not exited and time.monotonic() < deadline:
             for nid in sorted(pending):
-                if _ready(self.node(nid).api):
+                # A node rejoining empty is not ready until rebuild-node re-adds it
+                # (its /readyz says so): that it runs and answers is all `up` can wait for.
+                api = self.node(nid).api
+                if _ready(api) or (nid in self.rejoining and _ready(api, urls.HEALTHZ)):
                     pending.discard(nid)
                 elif not self.running(nid):
                     exited.append(nid)  # it will not get ready: say so now
@@ -445,6 +486,7 @@ def up(
         boot = bootstrap_map(addrs, shards=shards, replication=replication)
         (data_dir / "bootstrap.json").write_bytes(boot.encode())
         cluster.save()
+    cluster.rejoining = [n.id for n in cluster.nodes if cluster.lost_its_log(n.id)]
     try:
         for n in cluster.nodes:
             cluster.start_node(n.id)
@@ -452,6 +494,7 @@ def up(
             LAST.parent.mkdir(parents=True, exist_ok=True)
             LAST.write_text(str(data_dir))
         cluster.wait_ready(ready_timeout)
+        cluster.mark_created()  # every node has started: the store exists
     except BaseException:
         if stop_on_failure:
             cluster.shutdown(kill=True)
@@ -583,9 +626,9 @@ def _leaders(views: Iterable[Any]) -> dict[int, int]:
     return found
 
 
-def _ready(api: str) -> bool:
+def _ready(api: str, probe: str = urls.READYZ) -> bool:
     try:
-        with urllib.request.urlopen(api + urls.READYZ, timeout=1) as resp:
+        with urllib.request.urlopen(api + probe, timeout=1) as resp:
             return bool(resp.status == 200)
     except (urllib.error.URLError, OSError, TimeoutError):
         return False

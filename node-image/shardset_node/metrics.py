@@ -12,6 +12,7 @@ from prometheus_client.registry import Collector
 from shardset_node.core import Node
 from shardset_node.reads import ReadPath
 from shardset_node.replication.machines import ShardMachine
+from shardset_node.storage.diskspace import disk_space
 from shardset_proto.consistency import MODES
 
 
@@ -53,7 +54,9 @@ class _NodeCollector(Collector):
             commit.add_metric(label, g.raft.committed)
             applied.add_metric(label, g.raft.applied)
         yield from (term, leader, commit, applied)
+        yield _recovering(self.node)
         yield from self._integrity()
+        yield from _disk_metrics(self.node)
         reads = self.reads
         served = CounterMetricFamily(
             "shardset_reads_served", "Reads this node served, by consistency mode", labels=["mode"]
@@ -115,6 +118,60 @@ class _NodeCollector(Collector):
                 bad = 1.0 if replica in view.mismatched else 0.0
                 mismatch.add_metric([str(gid), str(replica)], bad)
         yield from (corrupt, mismatch, checked)
+
+
+def _recovering(node: Node) -> GaugeMetricFamily:
+    """Issue 15: replicas that cut a damaged log tail and abstain from votes and commit
+    quorums until their shard commits past what they may have lost (Protocol-Aware
+    Recovery); the value is that index. Only the groups recovering are listed."""
+    family = GaugeMetricFamily(
+        "shardset_raft_recovering",
+        "Log index this replica may have lost when it cut a damaged WAL tail; it does "
+        "not vote or count toward commitment until its shard commits past it",
+        labels=["shard"],
+    )
+    for gid, g in sorted(node.host.groups.items()):
+        if g.raft.recovering:
+            family.add_metric([str(gid)], g.raft.recovering)
+    return family
+
+
+def _disk_metrics(node: Node) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+    """Issue 15: the data file system's space and whether the node refuses writes for
+    lack of it (below the reserve, or a write that failed with ENOSPC: `full`) or has
+    its Raft groups stalled on such a write (`stalled`)."""
+    space = disk_space(node.cfg.data_dir)
+    if space is not None:  # the file system could not be asked: no sample, not a 0
+        yield GaugeMetricFamily(
+            "shardset_disk_free_bytes",
+            "Bytes free (for the node's user) on the data file system",
+            value=space.free_bytes,
+        )
+        yield GaugeMetricFamily(
+            "shardset_disk_total_bytes", "Size of the data file system", value=space.total_bytes
+        )
+    stalled = node.host.disk_stall is not None
+    yield GaugeMetricFamily(
+        "shardset_disk_min_free_bytes",
+        "Free space the node keeps in reserve: below it, writes are refused (507)",
+        value=node.cfg.min_free_bytes,
+    )
+    yield GaugeMetricFamily(
+        "shardset_disk_full",
+        "1 if the node refuses writes for lack of space (below the reserve, or a write "
+        "failed with no space left)",
+        value=1.0 if stalled or node.low_space is not None else 0.0,
+    )
+    yield GaugeMetricFamily(
+        "shardset_disk_stalled",
+        "1 if the node's Raft groups are stalled on a write that found the disk full",
+        value=1.0 if stalled else 0.0,
+    )
+    yield CounterMetricFamily(
+        "shardset_disk_stall_dropped_messages",
+        "Peer Raft messages dropped while the Raft groups were stalled on a full disk",
+        value=node.host.dropped_while_stalled,
+    )
 
 
 def _peer_metrics(node: Node) -> Iterator[CounterMetricFamily]:

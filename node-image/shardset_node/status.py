@@ -107,6 +107,7 @@ def _group(me: int, g: ReplicaGroup, *, stalled: bool = False) -> GroupStatus:
         voters=sorted(r.conf.voters),
         learners=sorted(r.conf.learners),
         followers=followers,
+        recovering=r.recovering or None,  # 0: not recovering (left out of the JSON)
     )
 
 

@@ -77,6 +77,10 @@ class GroupStatus(_Report):
     corrupt: str | None = None
     # Issue 15, only on a leader that ran one: its last consistency check of the shard.
     consistency_check: ConsistencyCheckView | None = None
+    # Issue 15, only when set: this replica cut a damaged log tail at its last start and
+    # may have lost entries it acknowledged up to this index (Protocol-Aware Recovery):
+    # until its shard commits past it, it neither votes nor counts toward commitment.
+    recovering: int | None = None
 
     @property
     def is_leader(self) -> bool:
@@ -90,7 +94,7 @@ class GroupStatus(_Report):
     def _omit_followers(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
         # A follower's entry has no "followers" key at all (not null), as always.
         out: dict[str, Any] = handler(self)
-        for optional in ("followers", "corrupt", "consistency_check"):
+        for optional in ("followers", "corrupt", "consistency_check", "recovering"):
             if getattr(self, optional) is None:
                 out.pop(optional, None)
         return out
