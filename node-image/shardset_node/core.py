@@ -137,15 +137,27 @@ class Node:
     def _origin(self) -> str:
         """How this data directory began, decided once and kept (see ORIGIN)."""
         path = self.cfg.data_dir / ORIGIN
-        if path.exists():
-            return str(json.loads(path.read_text())["origin"])
         fresh = not self.storage.group_ids()
-        origin = "rejoin" if fresh and self.cfg.store_created else "bootstrap"
-        if origin == "rejoin":
+        if path.exists():
+            kept = str(json.loads(path.read_text())["origin"])
+            # A "bootstrap" directory whose Raft log is gone (its raft/ lost or deleted,
+            # origin.json left) in a store that exists: bootstrapping again would make
+            # its empty log a voter's and could lose acknowledged writes. Rejoin instead.
+            if not (kept == "bootstrap" and fresh and self.cfg.store_created):
+                return kept
             log.warning(
-                "empty data directory in an existing store: rejoining, not bootstrapping",
+                "raft log missing in an existing store: rejoining, not bootstrapping",
                 node=self.id,
+                data_dir=str(self.cfg.data_dir),
             )
+            origin = "rejoin"
+        else:
+            origin = "rejoin" if fresh and self.cfg.store_created else "bootstrap"
+            if origin == "rejoin":
+                log.warning(
+                    "empty data directory in an existing store: rejoining, not bootstrapping",
+                    node=self.id,
+                )
         atomic_replace(path, json.dumps({"origin": origin}).encode())
         return origin
 

@@ -1,0 +1,54 @@
+"""How a data directory began decides whether its groups may bootstrap: a node whose
+Raft log is gone in a store that already exists must rejoin empty, never bootstrap
+(its empty log would count as a voter's and could lose acknowledged writes)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+from pathlib import Path
+
+from shardset_node.config import NodeConfig
+from shardset_node.core import Node
+from shardset_proto.shardmap import NodeAddress, bootstrap_map
+
+
+def _config(data: Path, *, store_created: bool) -> NodeConfig:
+    # One node, so it elects itself and its groups write their Raft state.
+    boot = bootstrap_map({1: NodeAddress("127.0.0.1:1", "127.0.0.1:2")}, 2, 1)
+    return NodeConfig(1, data, "127.0.0.1", 0, boot, fsync=False, store_created=store_created)
+
+
+async def _started(cfg: NodeConfig) -> tuple[str, list[int]]:
+    node = Node(cfg)
+
+    async def no_client(*_: object) -> None:
+        return None
+
+    await node.start(no_client)
+    try:
+        async with asyncio.timeout(10):
+            while any(g.raft.leader != 1 for g in node.host.groups.values()):
+                await asyncio.sleep(0.01)
+        return node.origin, sorted(node.host.groups)
+    finally:
+        await node.stop()
+        node.engine.close()
+
+
+def test_a_bootstrap_node_whose_raft_log_was_lost_rejoins(tmp_path: Path) -> None:
+    data = tmp_path / "node-1"
+    origin, groups = asyncio.run(_started(_config(data, store_created=False)))
+    assert (origin, groups) == ("bootstrap", [0, 1, 2])
+    shutil.rmtree(data / "raft")  # the log is lost; origin.json and the engine remain
+    origin, groups = asyncio.run(_started(_config(data, store_created=True)))
+    assert (origin, groups) == ("rejoin", [])  # hosts and votes in nothing until re-added
+    assert json.loads((data / "origin.json").read_text()) == {"origin": "rejoin"}
+
+
+def test_a_bootstrap_node_with_its_log_keeps_its_groups(tmp_path: Path) -> None:
+    data = tmp_path / "node-1"
+    asyncio.run(_started(_config(data, store_created=False)))
+    origin, groups = asyncio.run(_started(_config(data, store_created=True)))
+    assert (origin, groups) == ("bootstrap", [0, 1, 2])
