@@ -74,3 +74,23 @@ def _print_logs(cluster: local.LocalCluster) -> None:
             continue
         print(f"----- last {LOG_TAIL_LINES} lines of {path} -----")
         print("\n".join(lines[-LOG_TAIL_LINES:]))
+
+
+@pytest.fixture(scope="module")
+def one_node_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[local.LocalCluster]:
+    """A one-node, two-shard store (no fsync) shared by the tests of one module: for
+    tests of a node's front ends, where replication is not the point."""
+    cluster = local.up(
+        tmp_path_factory.mktemp("one-node"),
+        1,
+        2,
+        1,
+        no_fsync=True,
+        remember=False,
+        ready_timeout=60.0,
+        stop_on_failure=True,
+    )
+    try:
+        yield cluster
+    finally:
+        cluster.shutdown(kill=True)

@@ -7,7 +7,6 @@ from __future__ import annotations
 import gzip
 import http.client
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlsplit
@@ -18,21 +17,8 @@ from shardset import local
 
 
 @pytest.fixture(scope="module")
-def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[local.LocalCluster]:
-    cluster = local.up(
-        tmp_path_factory.mktemp("one-node"),
-        1,
-        2,
-        1,
-        no_fsync=True,
-        remember=False,
-        ready_timeout=60.0,
-        stop_on_failure=True,
-    )
-    try:
-        yield cluster
-    finally:
-        cluster.shutdown(kill=True)
+def node(one_node_store: local.LocalCluster) -> local.LocalCluster:
+    return one_node_store
 
 
 def _ask(

@@ -5,7 +5,6 @@ bounded in examples so the whole module stays well under 90 s on a small machine
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -31,21 +30,8 @@ EXAMPLES = 25  # per operation (13 operations): bounded for CI, not exhaustive
 
 
 @pytest.fixture(scope="module")
-def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[local.LocalCluster]:
-    cluster = local.up(
-        tmp_path_factory.mktemp("openapi-fuzz"),
-        1,
-        2,
-        1,
-        no_fsync=True,
-        remember=False,
-        ready_timeout=60.0,
-        stop_on_failure=True,
-    )
-    try:
-        yield cluster
-    finally:
-        cluster.shutdown(kill=True)
+def node(one_node_store: local.LocalCluster) -> local.LocalCluster:
+    return one_node_store
 
 
 def _fuzz(operation: Any, base: str) -> str | None:

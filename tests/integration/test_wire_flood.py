@@ -6,7 +6,6 @@ on serving (W2)."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 
 import msgpack
 import pytest
@@ -20,21 +19,8 @@ TIMEOUT = 120.0  # bounds a hang; not a speed claim
 
 
 @pytest.fixture(scope="module")
-def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[local.LocalCluster]:
-    cluster = local.up(
-        tmp_path_factory.mktemp("wire-flood"),
-        1,
-        1,
-        1,
-        no_fsync=True,
-        remember=False,
-        ready_timeout=60.0,
-        stop_on_failure=True,
-    )
-    try:
-        yield cluster
-    finally:
-        cluster.shutdown(kill=True)
+def node(one_node_store: local.LocalCluster) -> local.LocalCluster:
+    return one_node_store
 
 
 def test_client_keeps_being_answered_after_10000_concurrent_reads(
