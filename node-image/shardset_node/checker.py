@@ -114,6 +114,7 @@ class ConsistencyChecker:
     async def check(self, shard: int) -> ConsistencyCheckView:
         """On the shard's leader: check the shard now; the outvoted replicas rebuild."""
         g = self.node.leader_group(shard, "check-consistency")
+        await self._voters_can_apply(shard, sorted(g.raft.conf.voters))
         machine = g.machine
         if not isinstance(machine, ShardMachine):
             raise ApiError(400, "not_a_shard", f"group {shard} holds no key-value state")
@@ -137,6 +138,36 @@ class ConsistencyChecker:
             if view.decided:
                 await self._rebuild(shard, index, view.mismatched)
         return view
+
+    async def _voters_can_apply(self, shard: int, voters: list[int]) -> None:
+        """Refuse to propose a check unless every other voter knows `replica-digest`.
+
+        A node from before the checker cannot decode a ComputeChecksum entry: applying
+        one would stop it (an entry it cannot apply), so during a rolling upgrade, or
+        while a voter cannot be asked, the shard is not checked. A node that knows the
+        action answers a digest asked for at index 1 (never a check entry) with
+        `no_such_check` (or `replica_corrupt`); an old node answers `unknown_action`.
+        """
+        others = [n for n in voters if n != self.node.id]
+        answers = await asyncio.gather(*(self._knows_checks(n, shard) for n in others))
+        unable = [n for n, ok in zip(others, answers, strict=True) if not ok]
+        if unable:
+            raise ApiError(
+                409,
+                "check_unsupported",
+                f"shard {shard} not checked: voters {unable} cannot be asked or do not "
+                "know consistency checks (a node older than the checker, or unreachable)",
+                shard=shard,
+                voters=unable,
+            )
+
+    async def _knows_checks(self, node: int, shard: int) -> bool:
+        try:
+            await self.peers.call(node, ReplicaDigest(shard=shard, index=1), timeout=5.0)
+        except ApiError as e:
+            # A corrupt replica knows checks too: it answers so to every digest.
+            return e.code in ("no_such_check", "replica_corrupt")
+        return True  # entry 1 was a check after all: the node knows them
 
     async def _digest(self, node: int, shard: int, index: int) -> str | None:
         try:
