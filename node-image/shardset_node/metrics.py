@@ -23,6 +23,8 @@ class WireCounters(Protocol):
     def connections(self) -> int: ...
     @property
     def requests(self) -> int: ...
+    @property
+    def closed_idle(self) -> int: ...
 
 
 class NodeMetrics:
@@ -85,6 +87,17 @@ class _NodeCollector(Collector):
             "shardset_wire_requests",
             "Requests answered over the wire protocol",
             value=wire.requests,
+        )
+        yield CounterMetricFamily(
+            "shardset_wire_connections_closed_idle",
+            "Wire connections closed for idling or for a frame left half sent",
+            value=wire.closed_idle,
+        )
+        yield GaugeMetricFamily(
+            "shardset_engine_malformed",
+            "1 once SQLite reported the engine file damaged: nothing is served, the node "
+            "exits and quarantines the file at its restart",
+            value=1.0 if self.node.engine.malformed else 0.0,
         )
 
     def _integrity(self) -> Iterator[GaugeMetricFamily]:

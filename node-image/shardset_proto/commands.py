@@ -183,6 +183,8 @@ def decode_command(data: bytes) -> Command:
     return Cas(*args)
 
 
+# The first byte of a slot-move command (JSON) in a shard's log: msgpack never uses it.
+SYSTEM_PREFIX = b"\xc1"
 CHECK_MARKER = b"\xc2"  # msgpack's `false`: never the first byte of a command array
 
 

@@ -26,7 +26,13 @@ import binascii
 import json
 from typing import Any
 
-from shardset_proto.commands import CommandError, decode_check, decode_command, is_check
+from shardset_proto.commands import (
+    SYSTEM_PREFIX,
+    CommandError,
+    decode_check,
+    decode_command,
+    is_check,
+)
 from shardset_proto.shardmap import ShardMap
 from shardset_proto.slots import SLOTS
 from shardset_proto.status import META_GROUP
@@ -37,7 +43,6 @@ __all__ = [
     "MAX_MEMBERS",
     "MAX_NUMBER",
     "MAX_TERM_JUMP",
-    "SYSTEM_PREFIX",
     "PeerMessageError",
     "check_header",
     "check_message",
@@ -57,9 +62,6 @@ MAX_NUMBER = 1 << 62
 MAX_TERM_JUMP = 1 << 32
 MAX_ENTRIES = 1 << 16  # per APPEND; the core sends at most max_entries_per_msg (256)
 MAX_MEMBERS = 1 << 10  # voters plus learners of one membership
-# The first byte of a slot-move command in a shard's log (never the first byte of
-# msgpack); shardset_node.replication.machines.SYSTEM is the same byte.
-SYSTEM_PREFIX = b"\xc1"
 _SYSTEM_OPS = frozenset({"freeze", "drop", "ingest"})
 
 _REPLIES_THAT_REJECT = frozenset(

@@ -142,3 +142,19 @@ def test_metrics_report_a_stalled_disk_and_the_messages_it_dropped(tmp_path: Pat
         assert found["shardset_disk_stall_dropped_messages_total"][()] == 3.0
 
     _with_node(tmp_path, check, min_free_bytes=1)
+
+
+def test_metrics_report_a_malformed_engine_and_idle_closed_wire_connections(
+    tmp_path: Path,
+) -> None:
+    async def check(process: NodeProcess, client: TestClient[Any, Any]) -> None:
+        found = await _metrics(client)
+        assert found["shardset_engine_malformed"] == {(): 0.0}
+        assert found["shardset_wire_connections_closed_idle_total"] == {(): 0.0}
+        process.node.engine.malformed = "database disk image is malformed"
+        process.wire.closed_idle += 2
+        found = await _metrics(client)
+        assert found["shardset_engine_malformed"] == {(): 1.0}
+        assert found["shardset_wire_connections_closed_idle_total"] == {(): 2.0}
+
+    _with_node(tmp_path, check)

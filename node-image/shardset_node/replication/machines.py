@@ -26,6 +26,7 @@ from shardset_node.storage.files import atomic_replace
 from shardset_node.storage.kvengine import KvEngine
 from shardset_node.storage.snapshot import verify_bytes
 from shardset_proto.commands import (
+    SYSTEM_PREFIX,
     Command,
     ComputeChecksum,
     decode_check,
@@ -36,8 +37,6 @@ from shardset_proto.shardmap import ShardMap
 from shardset_proto.slots import slot_of
 from shardset_proto.status import ConsistencyCheckView
 from shardset_raft import Entry, EntryType, Snapshot
-
-SYSTEM = b"\xc1"  # never the first byte of msgpack: marks a slot-move command (JSON)
 
 Ranges = list[tuple[int, int]]
 
@@ -115,7 +114,7 @@ def _entry(index: int) -> Iterator[None]:
 
 
 def system_command(op: str, start: int, end: int, **fields: object) -> bytes:
-    return SYSTEM + json.dumps({"op": op, "start": start, "end": end, **fields}).encode()
+    return SYSTEM_PREFIX + json.dumps({"op": op, "start": start, "end": end, **fields}).encode()
 
 
 class ShardMachine:
@@ -158,7 +157,7 @@ class ShardMachine:
         for pos, e in enumerate(entries):
             if e.index <= done:
                 continue
-            if e.type == EntryType.NORMAL and e.data[:1] == SYSTEM:
+            if e.type == EntryType.NORMAL and e.data[:1] == SYSTEM_PREFIX:
                 self._flush(batch, entries[pos - 1].index if pos else done, results)
                 batch = []
                 with _entry(e.index):
