@@ -12,12 +12,10 @@ handed off by transfer, nothing stalls)."""
 from __future__ import annotations
 
 import asyncio
-import errno
 import os
 import shutil
-import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +44,9 @@ pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="mounting a small tmpf
 
 @pytest.fixture
 def small_disk_cluster(
-    cluster_factory: ClusterFactory, monkeypatch: pytest.MonkeyPatch
+    cluster_factory: ClusterFactory,
+    monkeypatch: pytest.MonkeyPatch,
+    mount_tmpfs: Callable[[Path, str], Path],
 ) -> Iterator[LocalCluster]:
     """The cluster, with node FULL's data directory moved onto a 24 MiB tmpfs; node
     FULL keeps no reserve of free space (it runs into ENOSPC)."""
@@ -55,8 +55,7 @@ def small_disk_cluster(
     cluster.stop_node(FULL)
     aside = data.with_name(data.name + "-aside")
     data.rename(aside)
-    data.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=24m", "tmpfs", str(data)], check=True)
+    mount_tmpfs(data, "24m")
     try:
         shutil.copytree(aside, data, dirs_exist_ok=True)
         monkeypatch.setenv("SHARDSET_MIN_FREE_MB", "0")  # inherited by node FULL alone
@@ -64,26 +63,11 @@ def small_disk_cluster(
         cluster.wait_ready(60.0)
         yield cluster
     finally:
-        cluster.stop_node(FULL, kill=True)
-        subprocess.run(["umount", "-l", str(data)], check=False)
+        cluster.stop_node(FULL, kill=True)  # before mount_tmpfs unmounts its data
 
 
-def fill(directory: Path, leave: int = 0) -> Path:
-    """Take every free byte of the file system holding `directory`, but `leave`."""
-    path = directory / "ballast"
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
-    try:
-        for size in (1 << 20, 1 << 12, 1):
-            while True:
-                try:
-                    os.write(fd, b"\0" * size)
-                except OSError as e:
-                    assert e.errno == errno.ENOSPC
-                    break
-    finally:
-        os.close(fd)
-    os.truncate(path, max(0, path.stat().st_size - leave))
-    return path
+# tests/conftest.py's fill(directory, leave=0): a ballast taking the free space.
+Fill = Callable[..., Path]
 
 
 async def put(http: aiohttp.ClientSession, node: str, key: str, value: str) -> dict[str, Any]:
@@ -148,7 +132,7 @@ async def refused_writes(
     raise AssertionError("200 writes to a full disk were all acknowledged")
 
 
-async def scenario(cluster: LocalCluster) -> None:
+async def scenario(cluster: LocalCluster, fill: Fill) -> None:
     lay = await layout(cluster)
     keys = lay.keys("k", 3)
     direct = lay.keys("direct", 2)
@@ -160,8 +144,8 @@ async def scenario(cluster: LocalCluster) -> None:
             for key in direct:
                 await client.put(key, b"before")
                 allowed[key] = {"before"}
-        await no_space_left(cluster, lay, http, direct, allowed)
-        await low_space(cluster, lay, http, direct, allowed)
+        await no_space_left(cluster, lay, http, direct, allowed, fill)
+        await low_space(cluster, lay, http, direct, allowed, fill)
     await asyncio.sleep(1.0)
     await workload.stop()
     log(f"workload: {dict(workload.served)} errors {dict(workload.errors)}")
@@ -178,6 +162,7 @@ async def no_space_left(
     http: aiohttp.ClientSession,
     direct: list[str],
     allowed: dict[str, set[str]],
+    fill: Fill,
 ) -> None:
     """Not one byte left: a write the node leads is refused with 507 (never a timeout),
     its groups stall, the other nodes elect leaders, it serves what it has applied, and
@@ -218,6 +203,7 @@ async def low_space(
     http: aiohttp.ClientSession,
     direct: list[str],
     allowed: dict[str, set[str]],
+    fill: Fill,
 ) -> None:
     """Node FULL restarted with a reserve: below it, writes still fit, yet they are not
     taken (507, or a redirect once the shard is handed off, never a timeout), and every
@@ -272,6 +258,6 @@ async def _led_elsewhere(cluster: LocalCluster, lay: Layout) -> bool:
 
 
 def test_full_disk_refuses_writes_moves_leaders_and_recovers(
-    small_disk_cluster: LocalCluster,
+    small_disk_cluster: LocalCluster, fill_disk: Fill
 ) -> None:
-    asyncio.run(asyncio.wait_for(scenario(small_disk_cluster), TIMEOUT))
+    asyncio.run(asyncio.wait_for(scenario(small_disk_cluster, fill_disk), TIMEOUT))

@@ -9,7 +9,7 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -25,34 +25,9 @@ def rec(group: int, index: int, size: int = 64) -> WalRecord:
 
 
 @pytest.fixture
-def small_fs(tmp_path: Path) -> Iterator[Path]:
-    """A 1 MiB tmpfs, unmounted afterwards (root only)."""
-    if os.geteuid() != 0:
-        pytest.skip("mounting a small tmpfs needs root")
-    mnt = tmp_path / "small"
-    mnt.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)], check=True)
-    try:
-        yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=False)
-
-
-def fill(directory: Path) -> Path:
-    """Take every free byte of the file system holding `directory`."""
-    path = directory / "ballast"
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
-    try:
-        for size in (1 << 16, 4096, 512, 1):
-            while True:
-                try:
-                    os.write(fd, b"\0" * size)
-                except OSError as e:
-                    assert e.errno == errno.ENOSPC
-                    break
-    finally:
-        os.close(fd)
-    return path
+def small_fs(tmp_path: Path, mount_tmpfs: Callable[[Path, str], Path]) -> Path:
+    """A 1 MiB tmpfs (root only)."""
+    return mount_tmpfs(tmp_path / "small", "1m")
 
 
 def test_disk_full_is_recognised_through_causes() -> None:
@@ -67,7 +42,9 @@ def test_disk_full_is_recognised_through_causes() -> None:
     assert not is_disk_full(ValueError("bad entry"))
 
 
-def test_wal_sync_on_a_full_disk_refuses_and_recovers(small_fs: Path) -> None:
+def test_wal_sync_on_a_full_disk_refuses_and_recovers(
+    small_fs: Path, fill_disk: Callable[..., Path]
+) -> None:
     wal_dir = small_fs / "wal"
 
     async def go() -> None:
@@ -75,7 +52,7 @@ def test_wal_sync_on_a_full_disk_refuses_and_recovers(small_fs: Path) -> None:
         wal.open()
         wal.append(rec(1, 1))
         await wal.sync()
-        ballast = fill(small_fs)
+        ballast = fill_disk(small_fs)
         for i in range(2, 40):
             wal.append(rec(1, i, size=4096))
         with pytest.raises(DiskFull):
@@ -125,10 +102,12 @@ def test_wal_fdatasync_enospc_is_retried_not_fatal(
     assert [r.index for r in WriteAheadLog(tmp_path / "wal").open()] == [1, 2]
 
 
-def test_a_node_that_cannot_start_on_a_full_disk_says_so_in_one_line(small_fs: Path) -> None:
+def test_a_node_that_cannot_start_on_a_full_disk_says_so_in_one_line(
+    small_fs: Path, fill_disk: Callable[..., Path]
+) -> None:
     boot = bootstrap_map({1: NodeAddress("127.0.0.1:1", "http://127.0.0.1:2")}, 1, 1)
     (small_fs.parent / "boot.json").write_bytes(boot.encode())
-    fill(small_fs)
+    fill_disk(small_fs)
     cmd = [
         sys.executable, "-m", "shardset_node", "--id", "1", "--data-dir", str(small_fs),
         "--peer", "127.0.0.1:0", "--api", "127.0.0.1:0",
