@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-import struct
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,38 +23,6 @@ from clusterkit import layout, log, stable_leaders, wait_converged
 
 from shardset.client import Client
 from shardset.local import LocalCluster
-
-KV_ROOT = 2  # the kv table is the schema's first: its b-tree's root page
-
-
-def _kv_leaf_pages(path: Path) -> tuple[int, list[int]]:
-    """(page size, the kv table's leaf pages in key order), parsed from the file."""
-    raw = path.read_bytes()
-    (size,) = struct.unpack_from(">H", raw, 16)
-    size = 65536 if size == 1 else size
-
-    def walk(page: int) -> list[int]:
-        off = (page - 1) * size + (100 if page == 1 else 0)
-        kind, cells = raw[off], struct.unpack_from(">H", raw, off + 3)[0]
-        if kind in (0x0A, 0x0D):
-            return [page]
-        ptrs = struct.unpack_from(f">{cells}H", raw, off + 12)
-        base = (page - 1) * size
-        children = [struct.unpack_from(">I", raw, base + p)[0] for p in ptrs]
-        children.append(struct.unpack_from(">I", raw, off + 8)[0])
-        return [leaf for c in children for leaf in walk(c)]
-
-    return size, walk(KV_ROOT)
-
-
-def _damage_a_leaf(db_file: Path) -> int:
-    size, leaves = _kv_leaf_pages(db_file)
-    assert len(leaves) >= 3, f"too few kv pages to damage one in the middle: {leaves}"
-    page = leaves[len(leaves) // 2]
-    with db_file.open("r+b") as f:
-        f.seek((page - 1) * size)
-        f.write(b"\x00")
-    return page
 
 
 def _value(key: str) -> bytes:
@@ -95,7 +63,9 @@ async def _put_all(cluster: LocalCluster, keys: list[str]) -> None:
         await client.close()
 
 
-def test_a_damaged_engine_page_is_quarantined_and_refilled(cluster_factory: Any) -> None:
+def test_a_damaged_engine_page_is_quarantined_and_refilled(
+    cluster_factory: Any, damage_leaf: Callable[[Path], int]
+) -> None:
     # Compaction every 40 entries: the refill needs the stored snapshots AND the log.
     cluster: LocalCluster = cluster_factory(node_args=("--compact-every", "40"))
 
@@ -107,7 +77,7 @@ def test_a_damaged_engine_page_is_quarantined_and_refilled(cluster_factory: Any)
         victim = 2
         cluster.stop_node(victim)
         db_file = cluster.node_dir(victim) / "kv.sqlite3"
-        page = _damage_a_leaf(db_file)
+        page = damage_leaf(db_file)
         log(f"damaged page {page} of {db_file}")
         cluster.start_node(victim)
         await wait_converged(cluster)
@@ -163,7 +133,7 @@ async def _reads_while_damaged(cluster: LocalCluster, node: int, keys: list[str]
 
 
 def test_a_page_found_damaged_while_running_is_never_served_and_repaired(
-    cluster_factory: Any,
+    cluster_factory: Any, damage_leaf: Callable[[Path], int]
 ) -> None:
     """The page is damaged under a running node (its quick_check at open passed): the
     first read touching it answers 503 replica_corrupt, the node serves nothing more and
@@ -179,7 +149,7 @@ def test_a_page_found_damaged_while_running_is_never_served_and_repaired(
         cluster.stop_node(victim)  # a clean stop: every page in the main file
         cluster.start_node(victim)
         await wait_converged(cluster)
-        page = _damage_a_leaf(cluster.node_dir(victim) / "kv.sqlite3")
+        page = damage_leaf(cluster.node_dir(victim) / "kv.sqlite3")
         log(f"damaged page {page} under the running node {victim}")
         seen = await _reads_while_damaged(cluster, victim, keys)
         log(f"statuses while damaged: {seen}")

@@ -8,7 +8,7 @@ shard), applies nothing, and is quarantined at the next open (storage/enginechec
 from __future__ import annotations
 
 import sqlite3
-import struct
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -17,36 +17,6 @@ import structlog
 from shardset_node.storage.enginecheck import engine_problem, malformed_reason, marker_path
 from shardset_node.storage.kvengine import KvEngine, ReplicaCorrupt
 from shardset_proto.commands import Put
-
-KV_ROOT = 2  # the kv table is the schema's first: its b-tree's root page
-
-
-def kv_leaf_pages(path: Path) -> tuple[int, list[int]]:
-    """(page size, the kv table's leaf pages, in key order), parsed from the file."""
-    raw = path.read_bytes()
-    (size,) = struct.unpack_from(">H", raw, 16)
-    size = 65536 if size == 1 else size
-
-    def walk(page: int) -> list[int]:
-        off = (page - 1) * size + (100 if page == 1 else 0)
-        kind, cells = raw[off], struct.unpack_from(">H", raw, off + 3)[0]
-        if kind in (0x0A, 0x0D):  # index / table leaf
-            return [page]
-        assert kind in (0x02, 0x05), f"page {page} has type {kind:#x}"
-        ptrs = struct.unpack_from(f">{cells}H", raw, off + 12)
-        base = (page - 1) * size
-        children = [struct.unpack_from(">I", raw, base + p)[0] for p in ptrs]
-        children.append(struct.unpack_from(">I", raw, off + 8)[0])  # the right-most
-        return [leaf for c in children for leaf in walk(c)]
-
-    return size, walk(KV_ROOT)
-
-
-def damage_page_type(path: Path, page: int, size: int) -> None:
-    """Overwrite a b-tree page's type byte with one no page has (as a flipped byte)."""
-    with path.open("r+b") as f:
-        f.seek((page - 1) * size)
-        f.write(b"\x00")
 
 
 def _filled(path: Path, keys: int = 3000) -> None:
@@ -60,17 +30,17 @@ def _filled(path: Path, keys: int = 3000) -> None:
         e.sync()  # into the main file, where the page is damaged below
 
 
-def _damaged(tmp_path: Path) -> Path:
+def _damaged(tmp_path: Path, damage_leaf: Callable[[Path], int]) -> Path:
     path = tmp_path / "kv.sqlite3"
     _filled(path)
-    size, leaves = kv_leaf_pages(path)
-    assert len(leaves) > 4
-    damage_page_type(path, leaves[len(leaves) // 2], size)
+    damage_leaf(path)
     return path
 
 
-def test_a_malformed_page_is_never_served_and_stops_applies(tmp_path: Path) -> None:
-    path = _damaged(tmp_path)
+def test_a_malformed_page_is_never_served_and_stops_applies(
+    tmp_path: Path, damage_leaf: Callable[[Path], int]
+) -> None:
+    path = _damaged(tmp_path, damage_leaf)
     told: list[str] = []
     with KvEngine(path) as e:
         e.on_malformed = told.append
@@ -92,8 +62,10 @@ def test_a_malformed_page_is_never_served_and_stops_applies(tmp_path: Path) -> N
         assert told == [e.malformed]  # said once
 
 
-def test_open_checked_quarantines_a_damaged_file_and_starts_fresh(tmp_path: Path) -> None:
-    path = _damaged(tmp_path)
+def test_open_checked_quarantines_a_damaged_file_and_starts_fresh(
+    tmp_path: Path, damage_leaf: Callable[[Path], int]
+) -> None:
+    path = _damaged(tmp_path, damage_leaf)
     assert engine_problem(path) is not None
     with structlog.testing.capture_logs() as logs, KvEngine.open_checked(path) as e:
         assert e.applied_index(1) == 0 and e.get(2, b"a") is None  # fresh
