@@ -12,8 +12,18 @@ from collections.abc import Sequence
 import pytest
 
 from shardset_node.replication.group import ReplicaGroup
-from shardset_node.replication.host import RaftHost, StorageFull
-from shardset_raft import ConfState, Entry, EntryType, Raft, RaftConfig, Ready, Snapshot
+from shardset_node.replication.host import DISK_RETRY_INTERVAL, RaftHost, StorageFull
+from shardset_raft import (
+    ConfState,
+    Entry,
+    EntryType,
+    Message,
+    MessageType,
+    Raft,
+    RaftConfig,
+    Ready,
+    Snapshot,
+)
 
 
 class Disk:
@@ -144,5 +154,70 @@ def test_a_stage_that_finds_no_space_is_staged_again_later() -> None:
             await host.stop()
         assert host.failure is None
         assert machine.applied == [b"x", b"y"]
+
+    asyncio.run(asyncio.wait_for(scenario(), 60.0))
+
+
+class Followers:
+    """Nodes 2 and 3, faked: they grant every vote and acknowledge every append, and
+    count the appends the leader (node 1) sends them."""
+
+    def __init__(self) -> None:
+        self.host: RaftHost | None = None
+        self.appends = 0
+
+    def send(self, to: int, group: int, messages: tuple[Message, ...]) -> None:
+        assert self.host is not None
+        for m in messages:
+            answer = self._answer(m)
+            if answer is not None:
+                self.host.deliver(to, [(group, answer)])
+
+    def _answer(self, m: Message) -> Message | None:
+        kinds = {
+            MessageType.PRE_VOTE: MessageType.PRE_VOTE_RESP,
+            MessageType.VOTE: MessageType.VOTE_RESP,
+        }
+        if m.type in kinds:
+            return Message(kinds[m.type], m.frm, m.to, m.term)
+        if m.type == MessageType.APPEND:
+            self.appends += 1
+            return Message(
+                MessageType.APPEND_RESP, m.frm, m.to, m.term, index=m.index + len(m.entries)
+            )
+        if m.type == MessageType.HEARTBEAT:
+            return Message(MessageType.HEARTBEAT_RESP, m.frm, m.to, m.term, context=m.context)
+        return None
+
+
+def test_a_stalled_leader_does_not_keep_its_followers_from_electing() -> None:
+    """The refused round is retried every DISK_RETRY_INTERVAL; sending the leader's
+    appends again at each retry reset the followers' election timers, so the shard
+    could stay led by the stalled node (seen as a flaky integration test). The appends
+    of the refused round leave once; retries only probe the disk."""
+
+    async def scenario() -> None:
+        disk, peers = Disk(), Followers()
+        host = RaftHost(disk.sync, tick_interval=0.01)
+        peers.host = host
+        raft = Raft(RaftConfig(id=1, election_tick=3, seed=1), bootstrap=ConfState({1, 2, 3}))
+        group = ReplicaGroup(1, raft, disk, Machine(disk), peers.send)
+        host.add(group)
+        await host.start()
+        try:
+            async with asyncio.timeout(10):
+                while raft.leader != 1:
+                    await asyncio.sleep(0.01)
+            await group.propose(b"before")
+            disk.full = True
+            with pytest.raises(StorageFull):
+                await asyncio.wait_for(group.propose(b"during"), 5.0)
+            sent = peers.appends
+            await asyncio.sleep(4 * DISK_RETRY_INTERVAL)
+            assert host.disk_stall is not None
+            assert peers.appends == sent, "the stalled leader sent its appends again"
+        finally:
+            disk.full = False
+            await host.stop()
 
     asyncio.run(asyncio.wait_for(scenario(), 60.0))

@@ -256,7 +256,12 @@ class RaftHost:
         stalled) if the disk is full."""
         if any(self._must_sync(u.group, u.ready) for u in round_):
             for u in round_:
-                if u.ready.messages and self._may_send_before_sync(u.group, u.ready):
+                # Not again when a refused round is retried: a stalled leader's appends,
+                # re-sent every retry, would reset its followers' election timers and
+                # keep them from electing a leader that has disk space.
+                if u.messages_sent or not u.ready.messages:
+                    continue
+                if self._may_send_before_sync(u.group, u.ready):
                     u.group.send_messages(u.ready)
                     u.messages_sent = True
             try:
