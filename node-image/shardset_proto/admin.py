@@ -242,7 +242,9 @@ class AddNode(AdminBody):
     action = AdminAction.ADD_NODE
     node: Index
     peer: NonEmpty  # host:port of its peer transport
-    api: NonEmpty  # http://host:port of its API
+    api: NonEmpty  # http(s)://host:port of its API
+    admin: str | None = None  # https://host:port of its admin API (None: on `api`)
+    wire: str | None = None  # host:port of its wire protocol (None: on `peer`)
 
 
 class RecoverShard(AdminBody):

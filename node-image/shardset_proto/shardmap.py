@@ -18,7 +18,34 @@ from shardset_proto.slots import SLOTS
 @dataclass(frozen=True, slots=True)
 class NodeAddress:
     peer: str  # host:port of the Raft transport
-    api: str  # http://host:port of the client API
+    api: str  # http(s)://host:port of the client API
+    # With TLS (issue 16) admin actions and the binary client protocol have ports of
+    # their own: https://host:port of the admin API (only the operator and the store's
+    # nodes may call it) and host:port of the wire protocol. Empty: served where they
+    # were before (admin on `api`, wire on `peer`), as an insecure node does.
+    admin: str = ""
+    wire: str = ""
+
+    @property
+    def admin_url(self) -> str:
+        return self.admin or self.api
+
+    @property
+    def wire_addr(self) -> str:
+        return self.wire or self.peer
+
+    def encode(self) -> list[str]:
+        # Two fields unless the node has separate ports, so maps written before
+        # issue 16 and insecure stores read and write the same bytes as before.
+        if self.admin or self.wire:
+            return [self.peer, self.api, self.admin, self.wire]
+        return [self.peer, self.api]
+
+    @staticmethod
+    def decode(raw: list[str]) -> NodeAddress:
+        if len(raw) not in (2, 4):
+            raise ValueError(f"a node address has 2 or 4 fields, not {len(raw)}")
+        return NodeAddress(*(str(f) for f in raw))
 
 
 @dataclass(frozen=True)
@@ -59,7 +86,7 @@ class ShardMap:
                 "epoch": self.epoch,
                 "slots": [[r.start, r.end, r.shard] for r in self.slots],
                 "replicas": {str(s): list(h) for s, h in self.replicas.items()},
-                "nodes": {str(n): [a.peer, a.api] for n, a in self.nodes.items()},
+                "nodes": {str(n): a.encode() for n, a in self.nodes.items()},
             },
             sort_keys=True,
         ).encode()
@@ -71,7 +98,7 @@ class ShardMap:
             epoch=int(raw["epoch"]),
             slots=tuple(SlotRange(int(a), int(b), int(s)) for a, b, s in raw["slots"]),
             replicas={int(s): tuple(int(n) for n in h) for s, h in raw["replicas"].items()},
-            nodes={int(n): NodeAddress(p, a) for n, (p, a) in raw["nodes"].items()},
+            nodes={int(n): NodeAddress.decode(a) for n, a in raw["nodes"].items()},
         )
 
 

@@ -162,8 +162,10 @@ class NodeStatus(_Report):
 
 
 class AddressView(_Report):
-    peer: str  # host:port of the peer transport (and the wire protocol)
-    api: str  # http://host:port of the HTTP API
+    peer: str  # host:port of the peer transport (and the wire protocol when `wire` is "")
+    api: str  # http(s)://host:port of the HTTP API
+    admin: str = ""  # https://host:port of the admin API ("": on `api`)
+    wire: str = ""  # host:port of the wire protocol ("": on `peer`)
 
 
 class ShardMapView(_Report):
@@ -182,7 +184,10 @@ class ShardMapView(_Report):
             epoch=m.epoch,
             slots=[(r.start, r.end, r.shard) for r in m.slots],
             replicas={s: list(h) for s, h in m.replicas.items()},
-            nodes={n: AddressView(peer=a.peer, api=a.api) for n, a in m.nodes.items()},
+            nodes={
+                n: AddressView(peer=a.peer, api=a.api, admin=a.admin, wire=a.wire)
+                for n, a in m.nodes.items()
+            },
             leaders=leaders,
         )
 
@@ -192,5 +197,7 @@ class ShardMapView(_Report):
             epoch=self.epoch,
             slots=tuple(SlotRange(a, b, s) for a, b, s in self.slots),
             replicas={s: tuple(h) for s, h in self.replicas.items()},
-            nodes={n: NodeAddress(a.peer, a.api) for n, a in self.nodes.items()},
+            nodes={
+                n: NodeAddress(a.peer, a.api, a.admin, a.wire) for n, a in self.nodes.items()
+            },
         )

@@ -15,7 +15,7 @@ from pydantic import ValidationError
 from shardset_node.config import NodeConfig
 from shardset_node.main import assemble
 from shardset_node.status import shardmap_view, status
-from shardset_proto.shardmap import NodeAddress, bootstrap_map
+from shardset_proto.shardmap import NodeAddress, ShardMap, bootstrap_map
 from shardset_proto.status import (
     META_KEY,
     GroupRole,
@@ -75,9 +75,14 @@ SHARDMAP: dict[str, Any] = {
     "slots": [[0, 8192, 1], [8192, 16384, 2]],
     "replicas": {"1": [2, 1, 3], "2": [1, 3]},
     "nodes": {
-        "1": {"peer": "n1:7000", "api": "http://n1:8080"},
-        "2": {"peer": "n2:7000", "api": "http://n2:8080"},
-        "3": {"peer": "n3:7000", "api": "http://n3:8080"},
+        "1": {"peer": "n1:7000", "api": "http://n1:8080", "admin": "", "wire": ""},
+        "2": {"peer": "n2:7000", "api": "http://n2:8080", "admin": "", "wire": ""},
+        "3": {
+            "peer": "n3:7000",
+            "api": "https://n3:8080",
+            "admin": "https://n3:8081",
+            "wire": "n3:7001",
+        },
     },
     "leaders": {"1": 2, "2": 1},
 }
@@ -124,7 +129,10 @@ def test_shardmap_view_round_trips_and_gives_the_map() -> None:
     assert view.to_json() == SHARDMAP
     m = view.shard_map()
     assert m.epoch == 4 and m.shard_of_slot(9000) == 2 and m.replicas[1] == (2, 1, 3)
-    assert m.nodes[3] == NodeAddress("n3:7000", "http://n3:8080")
+    assert m.nodes[1] == NodeAddress("n1:7000", "http://n1:8080")
+    assert m.nodes[3] == NodeAddress("n3:7000", "https://n3:8080", "https://n3:8081", "n3:7001")
+    assert m.nodes[3].admin_url == "https://n3:8081" and m.nodes[1].admin_url == "http://n1:8080"
+    assert ShardMap.decode(m.encode()) == m
     assert ShardMapView.of(m, {1: 2, 2: 1}) == view
 
 

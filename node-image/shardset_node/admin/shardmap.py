@@ -71,7 +71,7 @@ class MapActions:
         becomes a learner of the metadata group, so it learns the map. It hosts no
         replica until replicas are moved to it."""
         node = body.node
-        addr = NodeAddress(body.peer, body.api)
+        addr = NodeAddress(body.peer, body.api, body.admin or "", body.wire or "")
         meta = self.node.leader_group(META_GROUP, "add-node")
 
         def change(m: ShardMap) -> ShardMap | None:
