@@ -1,4 +1,4 @@
-"""The admin API: its 20 actions and one typed request body per action.
+"""The admin API: its 22 actions and one typed request body per action.
 
 The operator (and a node orchestrating a split or a recovery) POSTs a body to
 `/v1/admin/<action>` of a node; every action is idempotent, so a caller retries it
@@ -22,7 +22,9 @@ from pydantic import (
     field_validator,
 )
 
+from shardset_proto.commands import MAX_KEY_BYTES
 from shardset_proto.consistency import MAX_STALENESS_LIMIT_MS, ReadMode
+from shardset_proto.identity import USER_NAME_PATTERN, Role
 from shardset_proto.urls import admin_path
 
 
@@ -50,6 +52,9 @@ class AdminAction(StrEnum):
     REPLICA_DIGEST = "replica-digest"
     SHARD_STATE = "shard-state"
     REBUILD_REPLICA = "rebuild-replica"
+    # The store's users, kept in the metadata group (issue 16, shardset_proto.users).
+    PUT_USER = "put-user"
+    DELETE_USER = "delete-user"
 
     @property
     def path(self) -> str:
@@ -313,6 +318,28 @@ class RebuildReplica(AdminBody):
     reason: str = "asked to rebuild"
 
 
+class PutUser(AdminBody):
+    """On the metadata leader: create or replace user `name` (a ShardSetUser) in the
+    store's user table; its role and prefixes apply to its certificate and token at once."""
+
+    action = AdminAction.PUT_USER
+    name: Annotated[str, Field(pattern=USER_NAME_PATTERN)]
+    role: Role
+    prefixes: list[Annotated[str, Field(min_length=1, max_length=MAX_KEY_BYTES)]] = Field(
+        default_factory=list, max_length=64
+    )
+    # SHA-256 (hex) of the user's bearer token; None: the user has no token (certificate only).
+    token_sha256: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")] | None = None
+
+
+class DeleteUser(AdminBody):
+    """On the metadata leader: remove user `name`; its certificate and token stop working
+    on every node as soon as the node applies the change (seconds)."""
+
+    action = AdminAction.DELETE_USER
+    name: Annotated[str, Field(pattern=USER_NAME_PATTERN)]
+
+
 BODIES: dict[AdminAction, type[AdminBody]] = {
     b.action: b
     for b in (
@@ -336,6 +363,8 @@ BODIES: dict[AdminAction, type[AdminBody]] = {
         ReplicaDigest,
         ShardState,
         RebuildReplica,
+        PutUser,
+        DeleteUser,
     )
 }
 

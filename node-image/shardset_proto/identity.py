@@ -28,7 +28,8 @@ SCHEME = "shardset"
 
 # A store key, a user name: DNS-label-like, so they fit a URI path and a Secret name.
 _NAME = re.compile(r"^[a-z0-9]([a-z0-9.-]{0,251}[a-z0-9])?$")
-_USER = re.compile(r"^[a-z0-9]([a-z0-9._-]{0,61}[a-z0-9])?$")
+USER_NAME_PATTERN = r"^[a-z0-9]([a-z0-9._-]{0,61}[a-z0-9])?$"
+_USER = re.compile(USER_NAME_PATTERN)
 
 
 class IdentityError(ValueError):

@@ -127,6 +127,20 @@ class DiskView(_Report):
     min_free_bytes: int | None = Field(default=None, alias="minFreeBytes")
 
 
+class TlsView(_Report):
+    """The certificates a TLS node has loaded (absent from an insecure node): the
+    operator renews before `certNotAfter` and ends a CA rotation only when every node
+    reports the new CA among `caFingerprints` (issue 16)."""
+
+    identity: str  # the URI SAN of the node's certificate
+    cert_serial: str = Field(alias="certSerial")  # hex
+    cert_fingerprint: str = Field(alias="certFingerprint")  # SHA-256 of the DER, hex
+    cert_not_after: float = Field(alias="certNotAfter")  # Unix time
+    ca_fingerprints: list[str] = Field(alias="caFingerprints")  # every CA it trusts now
+    ca_not_after: float = Field(alias="caNotAfter")  # the earliest CA expiry, Unix time
+    loaded_at: float = Field(alias="loadedAt")  # when these files were (re)loaded
+
+
 class NodeStatus(_Report):
     """GET /v1/status: the node, how its data began, its shard map epoch, its default
     read consistency, and every Raft group it hosts (keyed by group_key)."""
@@ -137,13 +151,15 @@ class NodeStatus(_Report):
     consistency: ConsistencyView | None = None
     groups: dict[str, GroupStatus] = Field(default_factory=dict)
     disk: DiskView | None = None
+    tls: TlsView | None = None
 
     @model_serializer(mode="wrap")
     def _omit_disk(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
-        # Served only by nodes that know it: no "disk": null for readers of old reports.
+        # Served only by nodes that know them: no "disk": null for readers of old reports.
         out: dict[str, Any] = handler(self)
-        if self.disk is None:
-            out.pop("disk", None)
+        for optional in ("disk", "tls"):
+            if getattr(self, optional) is None:
+                out.pop(optional, None)
         return out
 
     @property

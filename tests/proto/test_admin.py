@@ -17,11 +17,13 @@ from shardset_proto.admin import (
     BadBody,
     CheckConsistency,
     CreateReplica,
+    DeleteUser,
     DropReplica,
     MapRecover,
     MapSplit,
     Promote,
     ProposeSystem,
+    PutUser,
     ReadIndex,
     RebuildReplica,
     RecordReplicas,
@@ -36,6 +38,7 @@ from shardset_proto.admin import (
     TransferLeader,
     parse_body,
 )
+from shardset_proto.identity import Role
 
 # One body per action, with the JSON the operator and the nodes send today.
 EXAMPLES: list[tuple[AdminBody, dict[str, Any]]] = [
@@ -88,11 +91,16 @@ EXAMPLES: list[tuple[AdminBody, dict[str, Any]]] = [
     (ReplicaDigest(shard=3, index=17), {"shard": 3, "index": 17}),
     (ShardState(shard=3, min_index=17), {"shard": 3, "min_index": 17}),
     (RebuildReplica(shard=3, reason="why"), {"shard": 3, "reason": "why"}),
+    (
+        PutUser(name="app", role=Role.READ, prefixes=["app/"], token_sha256="a" * 64),
+        {"name": "app", "role": "read", "prefixes": ["app/"], "token_sha256": "a" * 64},
+    ),
+    (DeleteUser(name="app"), {"name": "app"}),
 ]
 
 
 def test_every_action_has_one_body_named_for_it() -> None:
-    assert len(AdminAction) == 20
+    assert len(AdminAction) == 22
     assert set(BODIES) == set(AdminAction)
     assert all(body.action == action for action, body in BODIES.items())
     assert {type(b).action for b, _ in EXAMPLES} == set(AdminAction)

@@ -10,6 +10,14 @@ from dataclasses import dataclass
 
 RAFT_PORT = 7000
 API_PORT = 8000
+# With TLS (issue 16): the binary client protocol and the admin API on ports of their own,
+# so the client Service exposes API_PORT and WIRE_PORT, and the NetworkPolicy admits only
+# the operator and the store's pods to RAFT_PORT and ADMIN_PORT.
+WIRE_PORT = 7001
+ADMIN_PORT = 8001
+# Where a node pod mounts its TLS Secret (shardset_proto.tlsfiles layout:
+# ca.crt, and node-<id>.crt / node-<id>.key for every node of the store).
+TLS_MOUNT = "/etc/shardset/tls"
 MANAGED_BY = "shardset-operator"
 # The StatefulSet's annotation holding a hash of its pod template as last applied
 # (builders/statefulset.py writes it, plan/upgrade.py reads it back).
@@ -43,6 +51,26 @@ class Names:
     def pdb(self) -> str:
         return self.name
 
+    @property
+    def store_key(self) -> str:
+        """The store in every certificate's identity (shardset_proto.identity)."""
+        return f"{self.namespace}.{self.name}"
+
+    @property
+    def ca_secret(self) -> str:
+        """The operator's CA for this store: ca.crt and ca.key (never mounted by a pod)."""
+        return f"{self.name}-ca"
+
+    @property
+    def node_tls_secret(self) -> str:
+        """ca.crt (the CA bundle nodes trust), node-<id>.crt and node-<id>.key."""
+        return f"{self.name}-node-tls"
+
+    @property
+    def operator_tls_secret(self) -> str:
+        """The operator's client certificate for this store: ca.crt, tls.crt, tls.key."""
+        return f"{self.name}-operator-tls"
+
     def pod(self, node_id: int) -> str:
         return f"{self.name}-{node_id - 1}"
 
@@ -55,6 +83,15 @@ class Names:
 
     def api_url(self, node_id: int) -> str:
         return f"http://{self.host(node_id)}:{API_PORT}"
+
+    def tls_api_url(self, node_id: int) -> str:
+        return f"https://{self.host(node_id)}:{API_PORT}"
+
+    def admin_url(self, node_id: int) -> str:
+        return f"https://{self.host(node_id)}:{ADMIN_PORT}"
+
+    def wire_address(self, node_id: int) -> str:
+        return f"{self.host(node_id)}:{WIRE_PORT}"
 
     def selector(self) -> dict[str, str]:
         """Labels that pick this store's node pods (and so its PVCs)."""
