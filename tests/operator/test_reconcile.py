@@ -8,6 +8,7 @@ the ConfigMap before any node, scale changes are refused, failures are explained
 from __future__ import annotations
 
 import asyncio
+import base64
 import copy
 from typing import Any
 
@@ -17,7 +18,7 @@ from shardset_operator.api.naming import Names
 from shardset_operator.api.observed import PodState, StatefulSetState
 from shardset_operator.builders.configmap import BOOTSTRAP_KEY
 from shardset_operator.clients.kube import KubeError
-from shardset_operator.clients.nodeclient import NodeCallError
+from shardset_operator.clients.nodeclient import ClientTls, NodeCallError
 from shardset_operator.reconcile.context import Context, Outcome
 from shardset_operator.reconcile.converge import converge
 from shardset_proto.admin import AdminBody, SetConsistency
@@ -40,6 +41,14 @@ class FakeKube:
             raise KubeError(f"apply {kind} prod/{name}: 403 Forbidden: no")
         self.calls.append(f"apply {kind} {name}")
         self.objects[(kind, name)] = copy.deepcopy(obj)
+
+    async def secret_data(self, namespace: str, name: str) -> dict[str, bytes] | None:
+        if self.fail_kind == "Secret":
+            raise KubeError(f"read Secret {namespace}/{name}: 403 Forbidden: no")
+        secret = self.objects.get(("Secret", name))
+        if secret is None:
+            return None
+        return {k: base64.b64decode(v) for k, v in secret["data"].items()}
 
     async def patch_shardset_status(self, namespace: str, name: str, body: dict[str, Any]) -> None:
         self.calls.append(f"patch status {sorted(body)}")
@@ -66,12 +75,18 @@ class FakeKube:
 class FakeNodes:
     def __init__(self, calls: list[str]) -> None:
         self.calls = calls
+        self.tls: ClientTls | None = None  # the operator's credentials it was given
+        self.urls: list[str] = []
         self.modes = {i: "linearizable" for i in range(1, 8)}
         self.down: set[int] = set()
         self.no_admin: set[int] = set()
 
-    @staticmethod
-    def _id(url: str) -> int:
+    def for_store(self, store: str, tls: ClientTls | None) -> FakeNodes:
+        self.tls = tls
+        return self
+
+    def _id(self, url: str) -> int:
+        self.urls.append(url)
         return int(url.split("//kv-")[1].split(".")[0]) + 1
 
     async def status(self, url: str) -> NodeStatus:
@@ -146,6 +161,9 @@ def test_first_reconcile_creates_everything_and_reports_a_ready_store(
     kube, nodes = world
     out = _run(kube, nodes, _body())
     assert kube.calls == [
+        "apply Secret kv-ca",
+        "apply Secret kv-node-tls",
+        "apply Secret kv-operator-tls",
         "apply ConfigMap kv-config",
         "apply Service kv-peers",
         "apply Service kv",
