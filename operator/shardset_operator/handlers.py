@@ -137,6 +137,7 @@ async def forget(rt: Runtime, body: kopf.Body) -> None:
     names = Names(sset.name, sset.namespace)
     metrics.record_conditions(str(body.metadata.uid), None)
     metrics.record_certs(names.namespace, names.name, None)
+    rt.ctx.nodes.forget(names.store_key)  # its ssl context
     rt.locks.pop(str(body.metadata.uid), None)
     rt.last.pop(str(body.metadata.uid), None)
     if sset.spec.storage.retain_on_delete:

@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from shardset_operator.api.consistency import ReadSetting
-from shardset_operator.api.models import ConsistencySpec, ShardSetStatus
+from shardset_operator.api.models import ConsistencySpec, ShardSetStatus, TlsStatus
 from shardset_operator.api.naming import node_id_of_pod
 from shardset_operator.api.observed import PodState, StatefulSetState
 from shardset_operator.clients.observe import ready_count
@@ -301,3 +301,12 @@ def test_status_patch_clears_fields_that_went_away() -> None:
     }
     assert body["conditions"][0]["lastTransitionTime"] == "2026-01-01T00:00:00Z"
     assert "readyNodes" in body and "observedGeneration" in body
+
+
+def test_status_patch_clears_a_finished_ca_rotation() -> None:
+    # A merge patch keeps what it does not mention: a rotation that ended must say null.
+    st = compute_status(ShardSetStatus(), _obs(), NOW)
+    done = st.model_copy(update={"tls": TlsStatus(mode="Operator", ca_not_after=NOW)})
+    tls = status_patch(done)["tls"]
+    assert tls["rotation"] is None and tls["caNotAfter"] == "2026-01-01T00:00:00Z"
+    assert status_patch(st)["tls"] is None
