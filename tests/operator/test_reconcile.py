@@ -452,3 +452,21 @@ def test_certificates_that_cannot_be_read_do_not_stop_observing_and_applying(
     assert ("StatefulSet", "kv") in kube.objects and ("ConfigMap", "kv-config") in kube.objects
     status, reason, message = _cond(out, "Progressing")
     assert (status, reason) == ("False", "ReconcileFailed") and "kv-ca" in message
+
+
+def test_a_store_created_without_tls_keeps_running_without_and_says_why(
+    world: tuple[FakeKube, FakeNodes],
+) -> None:
+    # A store created before spec.tls existed reads the default (Operator) afterwards.
+    kube, nodes = world
+    _run(kube, nodes, _body(tls={"mode": "Disabled"}))
+    kube.calls.clear()
+    nodes.urls.clear()
+    out = _run(kube, nodes, _body())
+    assert not [c for c in kube.calls if c.startswith("apply Secret")]
+    assert nodes.urls and all(u.startswith("http://") for u in nodes.urls)
+    pod = kube.objects[("StatefulSet", "kv")]["spec"]["template"]["spec"]
+    assert "--tls-dir" not in pod["containers"][0]["args"]
+    status, reason, message = _cond(out, "Progressing")
+    assert (status, reason) == ("False", "TlsModeChangeNotSupported")
+    assert "created without TLS" in message

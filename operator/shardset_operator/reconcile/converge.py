@@ -33,6 +33,7 @@ async def converge(body: dict[str, Any], ctx: Context) -> Outcome:
     run = Run.of(body, ctx.node_image)
     try:
         boot = await read_bootstrap(ctx, run)
+        run.names = replace(run.names, tls=boot.shape.tls)  # as the store was created
         ids = range(1, max(run.sset.spec.nodes, max(boot.known, default=0)) + 1)
         tls = await prepare_tls(ctx, run, ids)  # before observe: the client's certificate
         ctx = replace(ctx, nodes=node_client(ctx, run, tls))

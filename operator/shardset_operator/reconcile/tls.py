@@ -53,11 +53,10 @@ class Tls:
 
 
 async def prepare_tls(ctx: Context, run: Run, ids: Sequence[int]) -> Tls:
-    mode = run.sset.spec.tls.mode
-    if mode == "Disabled":
+    if not run.names.tls:  # spec.tls.mode Disabled, or a store created without TLS
         return Tls(None, None)
     try:
-        if mode == "Secrets":
+        if run.sset.spec.tls.mode == "Secrets":
             return await _copy_user_secrets(ctx, run, ids)
         return await _operator_ca(ctx, run, ids, None, None)
     except (KubeError, CertError, pki.PkiError) as e:
@@ -143,8 +142,9 @@ async def _operator_ca(
 def _status(run: Run, plan: CertPlan, bundle: bytes, operator: Data) -> TlsStatus:
     previous = run.sset.status.tls
     last = plan.steps[-1].message if plan.steps else (previous.last_change if previous else None)
+    mode = run.sset.spec.tls.mode
     return tls_status(
-        run.sset.spec.tls.mode,
+        "Operator" if mode == "Disabled" else mode,  # Disabled: refused (plan/shape.py)
         bundle,
         [p.cert_pem for p in plan.state.nodes.values()],
         operator.get(TLS_CRT),
