@@ -21,8 +21,8 @@ from prometheus_client import CollectorRegistry
 
 from shardset_node.admin.dispatch import Admin
 from shardset_node.auth import Authenticator
-from shardset_node.core import Node
 from shardset_node.config import HttpLimits
+from shardset_node.core import Node
 from shardset_node.frontends.http import make_admin_app, make_app, runner
 from shardset_node.kv import KvWrites
 from shardset_node.reads import ReadPath
