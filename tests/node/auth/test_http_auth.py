@@ -128,6 +128,19 @@ def test_client_api_roles_prefixes_and_credentials(store_pki: Pki, users: Users)
     assert sorted(writes) == [b"app/x", b"k", b"k", b"k"]
 
 
+def test_401_names_the_bearer_scheme(store_pki: Pki, users: Users) -> None:
+    async def scenario() -> tuple[int, str | None]:
+        app = _client_app(Authenticator(STORE, users), FakeKv(), admin_routes=False)
+        async with (
+            _serving(app, store_pki.server(require_client_cert=False)) as base,
+            aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=store_pki.client(None))) as s,
+            s.get(base + "/v1/kv/k") as r,
+        ):
+            return r.status, r.headers.get("WWW-Authenticate")
+
+    assert asyncio.run(scenario()) == (401, 'Bearer realm="shardset"')
+
+
 def test_revoked_token_and_deleted_users_certificate(store_pki: Pki, users: Users) -> None:
     async def scenario() -> list[str]:
         app = _client_app(Authenticator(STORE, users), FakeKv(), admin_routes=False)
