@@ -11,12 +11,13 @@ import ssl
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, cast
 
 import aiohttp
 import pytest
 from aiohttp import web
-from authkit import OTHER, STORE, TOKENS, FakeAdmin, FakeKv, FakeNode, FakeReads, Pki, Users
+from authkit import NOW, OTHER, STORE, TOKENS, FakeAdmin, FakeKv, FakeNode, FakeReads, Pki, Users
 from prometheus_client import CollectorRegistry
 
 from shardset_node.admin.dispatch import Admin
@@ -26,6 +27,10 @@ from shardset_node.core import Node
 from shardset_node.frontends.http import make_admin_app, make_app, runner
 from shardset_node.kv import KvWrites
 from shardset_node.reads import ReadPath
+from shardset_node.tls import NodeTls
+from shardset_proto import pki
+from shardset_proto.identity import Identity
+from shardset_proto.tlsfiles import TlsFiles, client_context
 
 BOUND = 30.0  # bounds a test that would otherwise hang: not a speed claim
 MAX_VALUE = 1 << 20
@@ -230,6 +235,71 @@ def test_insecure_node_checks_nothing(store_pki: Pki) -> None:
     wrong, doc = asyncio.run(scenario())
     assert wrong == []
     assert "components" not in doc and "security" not in doc
+
+
+def test_keep_alive_connection_rechecks_the_user_table_every_request(
+    store_pki: Pki, users: Users
+) -> None:
+    async def scenario() -> list[int]:
+        app = _client_app(Authenticator(STORE, users), FakeKv(), admin_routes=False)
+        got = []
+        async with (
+            _serving(app, store_pki.server(require_client_cert=False)) as base,
+            aiohttp.ClientSession(connector=_one_connection(store_pki.client("writer"))) as s,
+        ):
+            for delete in (False, True):
+                if delete:
+                    users.delete("writer")
+                async with s.put(base + "/v1/kv/k", data=b"v") as r:
+                    got.append(r.status)
+        return got
+
+    assert asyncio.run(scenario()) == [200, 401]
+
+
+def test_ca_dropped_refuses_new_connections_and_open_ones_live_on(
+    tmp_path: Path, users: Users
+) -> None:
+    """With the node's own certificate check (NodeTls.verify: the CURRENT bundle)."""
+    old, new = pki.issue_ca(STORE, NOW), pki.issue_ca(STORE, NOW)
+    node_dir, op_dir = TlsFiles(tmp_path / "node"), TlsFiles(tmp_path / "operator")
+    leaf = pki.issue_leaf(new, Identity.node(STORE, 1), NOW, ips=("127.0.0.1",))
+    node_dir.write(old.cert_pem + new.cert_pem, leaf.cert_pem, leaf.key_pem)
+    op = pki.issue_leaf(old, Identity.operator(STORE), NOW)
+    op_dir.write(new.cert_pem, op.cert_pem, op.key_pem)
+    node_tls = NodeTls(node_dir.directory, STORE, 1)
+
+    async def scenario() -> tuple[list[int], type[BaseException] | None]:
+        auth = Authenticator(STORE, users, node_tls.verify)
+        app = _client_app(auth, FakeKv(), admin_routes=False)
+        got = []
+        async with (
+            _serving(app, node_tls.server_context(require_client_cert=False)) as base,
+            aiohttp.ClientSession(connector=_one_connection(client_context(op_dir))) as s,
+        ):
+            for rotated in (False, True):
+                if rotated:  # the end of a CA rotation: the old CA leaves the bundle
+                    node_dir.write(new.cert_pem, leaf.cert_pem, leaf.key_pem)
+                    assert node_tls.reload()
+                async with s.get(base + "/v1/kv/k") as r:
+                    got.append(r.status)
+            try:
+                async with (
+                    aiohttp.ClientSession(connector=_one_connection(client_context(op_dir))) as s2,
+                    s2.get(base + "/v1/kv/k") as r,
+                ):
+                    got.append(r.status)
+            except aiohttp.ClientError as e:
+                return got, type(e)
+        return got, None
+
+    got, refused = asyncio.run(scenario())
+    assert got == [200, 200]  # the open connection lived on
+    assert refused is not None  # a new one with the old CA's certificate did not
+
+
+def _one_connection(ctx: ssl.SSLContext) -> aiohttp.TCPConnector:
+    return aiohttp.TCPConnector(ssl=ctx, limit=1)
 
 
 @pytest.mark.parametrize("admin_routes", [False, True])
