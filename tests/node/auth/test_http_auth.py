@@ -19,6 +19,7 @@ import pytest
 from aiohttp import web
 from authkit import NOW, OTHER, STORE, TOKENS, FakeAdmin, FakeKv, FakeNode, FakeReads, Pki, Users
 from prometheus_client import CollectorRegistry
+from structlog.testing import capture_logs
 
 from shardset_node.admin.dispatch import Admin
 from shardset_node.auth import Authenticator
@@ -127,10 +128,17 @@ def test_client_api_roles_prefixes_and_credentials(store_pki: Pki, users: Users)
         async with _serving(app, store_pki.server(require_client_cert=False)) as base:
             return await _check(store_pki, base, CLIENT_CASES), kv.writes
 
-    wrong, writes = asyncio.run(scenario())
+    with capture_logs() as logs:
+        wrong, writes = asyncio.run(scenario())
     assert wrong == []
     # Only the authorized writes reached the store.
     assert sorted(writes) == [b"app/x", b"k", b"k", b"k"]
+    # Each refusal logged with its reason, the remote and the identity claimed.
+    refusals = [e for e in logs if e["event"] == "http_request_refused"]
+    assert len(refusals) == sum(c.status in (401, 403) for c in CLIENT_CASES)
+    assert all(e["remote"] == "127.0.0.1" and e["reason"] for e in refusals)
+    claimed = {e["claimed"] for e in refusals}
+    assert {"user reader (role read, cert)", "shardset://local.test/user/gone"} <= claimed
 
 
 def test_401_names_the_bearer_scheme(store_pki: Pki, users: Users) -> None:

@@ -14,6 +14,7 @@ from typing import Any, cast
 
 import msgpack
 from authkit import OTHER, STORE, TOKENS, FakeKv, FakeReads, Pki, Users
+from structlog.testing import capture_logs
 
 from shardset_node.auth import Authenticator
 from shardset_node.frontends.wire import WireServer
@@ -152,20 +153,32 @@ def test_bad_token_is_answered_401_then_closed(store_pki: Pki, users: Users) -> 
 
 def test_roles_and_prefixes_per_request(store_pki: Pki, users: Users) -> None:
     async def scenario() -> None:
-        async with _served(store_pki, Authenticator(STORE, users)) as connect:
-            reader = await connect("reader")  # a user certificate: no auth request needed
-            reader.send([_get(1, "k"), _put(2, "k"), [3, *wire.cas("k", None, b"v", None)]])
-            got = await reader.answers(3)
-            assert got[1][0] == 200
-            for rid in (2, 3):
-                assert got[rid][0] == 403 and "may not do kv.write" in got[rid][1]["message"]
-            app = await connect(None)
-            app.send([[1, *wire.auth(TOKENS["app"])], _put(2, "app/x"), _put(3, "other")])
-            got = await app.answers(3)
-            assert got[2][0] == 200
-            assert got[3][0] == 403 and "'other' is outside the prefixes" in got[3][1]["message"]
+        await _roles_and_prefixes(store_pki, users)
 
-    _run(scenario)
+    with capture_logs() as logs:
+        _run(scenario)
+    refusals = [e for e in logs if e["event"] == "wire_request_refused"]
+    assert len(refusals) == 3  # logged with the reason, the remote and who it claimed
+    assert all(e["remote"].startswith("127.0.0.1:") and e["reason"] for e in refusals)
+    assert {e["claimed"] for e in refusals} == {
+        "user reader (role read, cert)",
+        "user app (role readwrite, token)",
+    }
+
+
+async def _roles_and_prefixes(store_pki: Pki, users: Users) -> None:
+    async with _served(store_pki, Authenticator(STORE, users)) as connect:
+        reader = await connect("reader")  # a user certificate: no auth request needed
+        reader.send([_get(1, "k"), _put(2, "k"), [3, *wire.cas("k", None, b"v", None)]])
+        got = await reader.answers(3)
+        assert got[1][0] == 200
+        for rid in (2, 3):
+            assert got[rid][0] == 403 and "may not do kv.write" in got[rid][1]["message"]
+        app = await connect(None)
+        app.send([[1, *wire.auth(TOKENS["app"])], _put(2, "app/x"), _put(3, "other")])
+        got = await app.answers(3)
+        assert got[2][0] == 200
+        assert got[3][0] == 403 and "'other' is outside the prefixes" in got[3][1]["message"]
 
 
 def test_certificates_of_nodes_operator_and_other_stores(store_pki: Pki, users: Users) -> None:
