@@ -76,6 +76,7 @@ class Node:
         self.host = RaftHost(self.storage.sync, tick_interval=cfg.tick_interval)
         self.meta = MetaMachine(cfg.bootstrap)
         self.transport: Transport | None = None
+        self.tls: NodeTls | None = None  # its TLS material (status, metrics); set by start()
         # Shards whose replica was dropped here: never recreated from the bootstrap map.
         self.tombstones = self._load_tombstones()
         self.origin = "bootstrap"  # decided in start() (see ORIGIN)
@@ -89,6 +90,7 @@ class Node:
         hands client connections (the binary wire protocol) to `on_client`; with `tls`
         the transport is mutual TLS and serves peers only (issue 16)."""
         await self.storage.open()
+        self.tls = tls
         self.origin = self._origin()
         self._host_groups()
         self.transport = Transport(
