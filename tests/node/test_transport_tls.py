@@ -330,3 +330,32 @@ async def forge_append_plain(port: int, claimed: int) -> None:
     await asyncio.sleep(0)
     writer.close()
     await writer.wait_closed()
+
+
+def test_a_dialer_whose_certificate_is_refused_says_so(tmp_path: Path, ca: pki.KeyPair) -> None:
+    """A node left with a certificate of a CA its peers no longer trust (a CA rotation
+    gone wrong): the acceptor refuses it (unknown_ca) and the dialer counts and logs that
+    its certificate was refused, rather than failing quietly."""
+    newer = pki.issue_ca(STORE, NOW)
+    pair = pki.issue_leaf(newer, Identity.node(STORE, 1), NOW)
+    files = TlsFiles(tmp_path / "dialer")
+    files.write(ca.cert_pem + newer.cert_pem, pair.cert_pem, pair.key_pem)
+
+    async def body() -> None:
+        inbox = Inbox()
+        b = await started(Transport(2, LOCAL, 0, {}, inbox, tls=node_tls(tmp_path, ca, 2)))
+        dialer_tls = NodeTls(files.directory, STORE, 1)
+        a = await started(Transport(1, LOCAL, 0, {2: (LOCAL, b.port)}, Inbox(), tls=dialer_tls))
+        try:
+            with capture_logs() as logs:
+                a.send(2, GROUP, [msg(0)])
+                await eventually(lambda: a.stats.refused.get("refused_by_peer", 0) >= 1)
+            assert b.stats.refused.get("unknown_ca", 0) >= 1
+            assert inbox.items() == []
+            line = next(e for e in logs if e.get("reason") == "refused_by_peer")
+            assert line["side"] == "dialer" and "node 2 closed" in line["error"]
+        finally:
+            await a.stop()
+            await b.stop()
+
+    run(body)

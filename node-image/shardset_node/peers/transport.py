@@ -142,7 +142,8 @@ class TransportStats:
     rejected_snapshots: int = 0  # of those, SNAPSHOTs whose data failed check_snapshot
     # TLS connections refused (either side), per reason: no_certificate, unknown_ca,
     # self_signed, expired, other_store, not_a_node, id_mismatch, untrusted_ca, not_tls,
-    # tls_error; handshake_incomplete (closed or timed out mid-handshake) is counted only.
+    # tls_error, refused_by_peer (the acceptor refused this node's certificate);
+    # handshake_incomplete (closed or timed out mid-handshake) is counted only.
     refused: dict[str, int] = field(default_factory=dict)
 
     def peer(self, node_id: int) -> PeerStats:
@@ -383,7 +384,10 @@ class Transport:
         try:
             await asyncio.wait_for(self._dialer_handshake(peer, reader, writer), timeout)
         except (OSError, TimeoutError, EOFError, FrameError, _HandshakeError) as exc:
-            self._log.debug("handshake_failed", peer=peer.node_id, error=repr(exc))
+            if self._tls is not None and isinstance(exc, ssl.SSLError | EOFError):
+                self._refused_by_peer(peer, exc)
+            else:
+                self._log.debug("handshake_failed", peer=peer.node_id, error=repr(exc))
             await _close(writer)
             return None
         except asyncio.CancelledError:
@@ -395,6 +399,15 @@ class Transport:
             stats.reconnects += 1
         self._log.info("peer_connected", peer=peer.node_id, connects=stats.connects)
         return reader, writer
+
+    def _refused_by_peer(self, peer: _Peer, exc: ssl.SSLError | EOFError) -> None:
+        """TLS 1.3: the acceptor's refusal of OUR certificate arrives after our side of
+        the handshake, at our first read, as an alert or a close before its hello (the
+        acceptor logs why; say here that it happened)."""
+        why = handshake_reason(exc)[1] if isinstance(exc, ssl.SSLError) else repr(exc)
+        mine = f"node {peer.node_id} closed the connection before its hello: {why}"
+        addr = f"{peer.addr[0]}:{peer.addr[1]}"
+        self._refuse("dialer", "refused_by_peer", mine, addr, claimed=f"node {self.node_id}")
 
     async def _connect(
         self, peer: _Peer
@@ -845,7 +858,7 @@ _VERIFY_REASONS = {
     9: "expired",  # not yet valid
     10: "expired",
     18: "self_signed",  # a self-signed leaf
-    19: "self_signed",  # a self-signed CA in the chain, not ours
+    19: "unknown_ca",  # a chain sent up to its root, a CA that is not ours
     2: "unknown_ca",
     20: "unknown_ca",  # issuer not among the trusted CAs
     21: "unknown_ca",
