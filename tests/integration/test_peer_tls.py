@@ -114,6 +114,9 @@ def test_insecure_nodes_apply_a_forged_append(tmp_path: Path) -> None:
                 return await read_on(cluster, http, t["follower"], t["key"]) == 200
 
             await cluster.wait(applied, "the forged write applied on the follower")
+        for node in cluster.ports:  # and each node said what is off
+            (warning,) = cluster.log_events(node, "insecure_mode")
+            assert "peer authentication" in warning["off"]
 
     try:
         run(body())
@@ -225,6 +228,8 @@ def test_a_broken_certificate_file_keeps_the_old_certificate(
             await cluster.wait(failed, "tls_reload_failed")
             reason = cluster.log_events(node, "tls_reload_failed")[-1]["reason"]
             assert f"node-{node}.crt" in reason
+            async with http.get(cluster.api(node) + "/metrics") as r:
+                assert "shardset_tls_reload_failures_total 1.0" in await r.text()
         # A new connection (new session) still handshakes, with the old certificate.
         async with cluster.session() as http:
             assert (await cluster.status(http, node))["tls"]["certSerial"] == before["certSerial"]
