@@ -26,6 +26,7 @@ from shardset_node.storage.diskspace import DiskSpace, disk_space
 from shardset_node.storage.files import atomic_replace
 from shardset_node.storage.kvengine import KvEngine
 from shardset_node.storage.raftstore import NodeStorage
+from shardset_node.tls import NodeTls
 from shardset_proto import urls
 from shardset_proto.errors import ApiError
 from shardset_proto.shardmap import ShardMap
@@ -76,6 +77,7 @@ class Node:
         self.host = RaftHost(self.storage.sync, tick_interval=cfg.tick_interval)
         self.meta = MetaMachine(cfg.bootstrap)
         self.transport: Transport | None = None
+        self.tls: NodeTls | None = None  # its TLS material (status, metrics); set by start()
         # Shards whose replica was dropped here: never recreated from the bootstrap map.
         self.tombstones = self._load_tombstones()
         self.origin = "bootstrap"  # decided in start() (see ORIGIN)
@@ -84,10 +86,12 @@ class Node:
         self._disk_watch: asyncio.Task[None] | None = None
 
     # --- lifecycle ------------------------------------------------------------------
-    async def start(self, on_client: ClientHandler) -> None:
+    async def start(self, on_client: ClientHandler | None, tls: NodeTls | None = None) -> None:
         """Open the storage, host this node's groups and start the transport, which
-        hands client connections (the binary wire protocol) to `on_client`."""
+        hands client connections (the binary wire protocol) to `on_client`; with `tls`
+        the transport is mutual TLS and serves peers only (issue 16)."""
         await self.storage.open()
+        self.tls = tls
         self.origin = self._origin()
         self._host_groups()
         self.transport = Transport(
@@ -96,9 +100,10 @@ class Node:
             self.cfg.peer_port,
             self._peer_addresses(self.meta.map),
             self.host.deliver,
-            on_client=on_client,  # binary client protocol on the peer port
+            on_client=on_client,  # binary client protocol on the peer port (insecure)
             term_of=self._term_of,  # bounds how far a peer's message may move a term
             check_snapshot=check_received_snapshot,  # never store a damaged snapshot
+            tls=tls,
         )
         # Nodes join and leave through the shard map: follow it.
         self.meta.on_change = self._map_changed

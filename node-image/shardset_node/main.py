@@ -1,5 +1,11 @@
 """The node process: its command line, and the composition root that builds a node
-from its parts (core, peer client, reads, writes, admin actions, front ends, metrics)."""
+from its parts (core, peer client, reads, writes, admin actions, front ends, metrics).
+
+With `--tls-dir` (issue 16) the node serves TLS on every port it opens: the peer port
+(mutual TLS, the store's nodes only), the client API (HTTPS, a client certificate or a
+bearer token), the admin API (`--admin`: HTTPS, client certificates required) and the
+wire protocol (`--wire`: TLS, a client certificate or a token). Without it the node runs
+insecure as before, and says so once (`insecure_mode`)."""
 
 from __future__ import annotations
 
@@ -12,7 +18,7 @@ import signal
 import socket
 import sys
 from collections.abc import Coroutine
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -20,12 +26,13 @@ import structlog
 from aiohttp import web
 
 from shardset_node.admin.dispatch import Admin
+from shardset_node.auth import Authenticator
 from shardset_node.checker import ConsistencyChecker
 from shardset_node.config import NodeConfig
 from shardset_node.consistency import ReadPolicy, policy_from_body
 from shardset_node.core import Node
 from shardset_node.drain import drain_leadership
-from shardset_node.frontends.http import build_app, runner
+from shardset_node.frontends.http import make_admin_app, make_app, runner
 from shardset_node.frontends.wire import WireServer
 from shardset_node.kv import KvWrites
 from shardset_node.metrics import NodeMetrics
@@ -36,10 +43,11 @@ from shardset_node.storage.diskspace import is_disk_full
 from shardset_node.storage.quarantine import EXIT_STORAGE_CORRUPT, quarantine_data_dir
 from shardset_node.storage.raftstore import StorageCorruption
 from shardset_node.storage.wal import WalCorruption, WalError
+from shardset_node.tls import DEFAULT_RELOAD_INTERVAL, NodeTls, TlsConfigError
 from shardset_proto.commands import MAX_VALUE_BYTES
 from shardset_proto.consistency import MODES
 from shardset_proto.errors import ApiError
-from shardset_proto.shardmap import ShardMap
+from shardset_proto.shardmap import NodeAddress, ShardMap
 
 # The exit code of a node whose Raft loop died (EX_SOFTWARE): crash-only, the kubelet (or
 # `shardset local`) restarts it; the log's one `node_fatal` event names the cause.
@@ -139,6 +147,56 @@ def _failure_args(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _tuning_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--tick-ms", type=int, default=50)
+    p.add_argument("--no-fsync", action="store_true", help="tests only: skip fdatasync")
+    p.add_argument("--compact-every", type=int, default=10_000, help="entries between snapshots")
+    p.add_argument(
+        "--peer-override",
+        action="append",
+        default=[],
+        metavar="ID=HOST:PORT",
+        help="tests only: reach peer ID through another address (a fault proxy)",
+    )
+
+
+def _tls_args(p: argparse.ArgumentParser) -> None:
+    tls_dir = os.environ.get("SHARDSET_TLS_DIR")
+    p.add_argument(
+        "--tls-dir",
+        type=Path,
+        default=Path(tls_dir) if tls_dir else None,
+        help="serve TLS on every port, from this directory: ca.crt, and node-<id>.crt/.key "
+        "(else tls.crt/.key) naming shardset://<store>/node/<id> (env SHARDSET_TLS_DIR; "
+        "without it the node runs insecure)",
+    )
+    p.add_argument(
+        "--store",
+        default=os.environ.get("SHARDSET_STORE") or None,
+        help="the store key the certificates name (<namespace>.<name>; local.<name> for "
+        "shardset local); required with --tls-dir (env SHARDSET_STORE)",
+    )
+    p.add_argument(
+        "--tls-reload-s",
+        type=float,
+        default=_env_seconds("SHARDSET_TLS_RELOAD_S", DEFAULT_RELOAD_INTERVAL),
+        help="seconds between re-reads of --tls-dir: new certificates are used for every "
+        "new connection (env SHARDSET_TLS_RELOAD_S, default 5)",
+    )
+    p.add_argument(
+        "--admin",
+        type=_hostport,
+        help="HOST:PORT of the admin API (HTTPS, client certificates required; needs "
+        "--tls-dir); without it admin actions are served on the API port",
+    )
+    p.add_argument(
+        "--wire",
+        type=_hostport,
+        help="HOST:PORT of the binary client protocol (TLS with --tls-dir); an insecure "
+        "node also serves it on the peer port",
+    )
+
+
 def parse(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="shardset-node", description="Run one Shardset node.")
     who = p.add_mutually_exclusive_group(required=True)
@@ -186,17 +244,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         help="if this file exists, the store was created before: on an empty data "
         "directory the node rejoins (waits to be re-added) instead of bootstrapping",
     )
-    p.add_argument("--tick-ms", type=int, default=50)
-    p.add_argument("--no-fsync", action="store_true", help="tests only: skip fdatasync")
-    p.add_argument("--compact-every", type=int, default=10_000, help="entries between snapshots")
-    p.add_argument(
-        "--peer-override",
-        action="append",
-        default=[],
-        metavar="ID=HOST:PORT",
-        help="tests only: reach peer ID through another address (a fault proxy)",
-    )
+    _tuning_args(p)
     _integrity_args(p)
+    _tls_args(p)
     p.add_argument("--log-format", choices=("json", "console"), default="json")
     return p.parse_args(argv)
 
@@ -224,6 +274,28 @@ def read_policy(ns: argparse.Namespace) -> ReadPolicy:
         raise SystemExit(f"{flag}: {e}") from None
 
 
+def load_tls(ns: argparse.Namespace, me: int) -> NodeTls | None:
+    """The node's TLS material (None: insecure); exits naming what is wrong with it."""
+    if ns.tls_dir is None:
+        if ns.admin is not None:
+            raise SystemExit(
+                "--admin needs --tls-dir: the admin port serves only callers with a client "
+                "certificate (without TLS, admin actions stay on the API port)"
+            )
+        return None
+    if not ns.store:
+        raise SystemExit(
+            "--store KEY is required with --tls-dir: the store key the certificates name "
+            "(shardset://<store>/node/<id>; <namespace>.<name> in Kubernetes)"
+        )
+    if ns.tls_reload_s <= 0:
+        raise SystemExit(f"--tls-reload-s must be positive, got {ns.tls_reload_s}")
+    try:
+        return NodeTls(ns.tls_dir, ns.store, me, reload_interval=ns.tls_reload_s)
+    except TlsConfigError as exc:
+        raise SystemExit(f"--tls-dir {ns.tls_dir}: {exc}") from None
+
+
 @dataclass(frozen=True)
 class NodeProcess:
     """One node's parts, wired together."""
@@ -237,21 +309,32 @@ class NodeProcess:
     metrics: NodeMetrics
     checker: ConsistencyChecker
     rebuilder: Rebuilder
+    tls: NodeTls | None = None
+    auth: Authenticator | None = None
+    _tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     async def start(self) -> None:
-        await self.node.start(on_client=self.wire.serve)
+        # With TLS the wire protocol has its own listener (serve()), not the peer port.
+        on_client = self.wire.serve if self.tls is None else None
+        await self.node.start(on_client=on_client, tls=self.tls)
+        if self.tls is not None:
+            self._tasks.append(asyncio.create_task(self.tls.run(), name="tls-reload"))
         await self.checker.start()
         await self.rebuilder.start()
 
     async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.checker.stop()
         await self.rebuilder.stop()
         await self.reads.close()
         await self.peers.close()
         await self.node.stop()
 
-    def app(self) -> web.Application:
-        return build_app(
+    def app(self, *, admin_routes: bool = True) -> web.Application:
+        """The client API (with the admin actions unless the admin port serves them)."""
+        return make_app(
             self.node,
             self.kv,
             self.reads,
@@ -259,22 +342,109 @@ class NodeProcess:
             self.metrics.registry,
             max_value_bytes=MAX_VALUE_BYTES,
             limits=self.node.cfg.http,
+            auth=self.auth,
+            admin_routes=admin_routes,
+        )
+
+    def admin_app(self) -> web.Application:
+        """The admin port's API (TLS only: it authenticates by client certificate)."""
+        assert self.auth is not None, "the admin port needs TLS"
+        return make_admin_app(
+            self.node,
+            self.admin,
+            auth=self.auth,
+            max_value_bytes=MAX_VALUE_BYTES,
+            limits=self.node.cfg.http,
         )
 
 
-def assemble(cfg: NodeConfig) -> NodeProcess:
+def assemble(cfg: NodeConfig, tls: NodeTls | None = None) -> NodeProcess:
     node = Node(cfg)
-    peers = PeerClient(cfg.node_id, lambda: node.meta.map)
+    peers = PeerClient(cfg.node_id, lambda: node.meta.map, tls=tls)
     reads = ReadPath(node, peers, cfg.read_policy)
     kv = KvWrites(node)
     checker = ConsistencyChecker(node, peers, cfg.check_interval)
     admin = Admin(node, peers, reads, checker)
     peers.serve_locally(admin.call)  # an orchestration's call to this node itself
-    wire = WireServer(node.id, kv, reads, max_value_bytes=MAX_VALUE_BYTES, limits=cfg.wire)
+    # With TLS every client is authenticated (certificate or token) and authorized
+    # against the store's users; the node's own verify checks the current CA bundle.
+    auth = None if tls is None else Authenticator(tls.store, lambda: node.users, tls.verify)
+    wire = WireServer(
+        node.id, kv, reads, max_value_bytes=MAX_VALUE_BYTES, limits=cfg.wire, auth=auth
+    )
     metrics = NodeMetrics(node, reads, wire)
     return NodeProcess(
-        node, peers, reads, kv, admin, wire, metrics, checker, Rebuilder(node, peers)
+        node, peers, reads, kv, admin, wire, metrics, checker, Rebuilder(node, peers), tls, auth
     )
+
+
+@dataclass
+class Listeners:
+    """The client-facing listeners: the API, and the admin API and the wire protocol
+    when they have ports of their own."""
+
+    api: web.AppRunner
+    admin: web.AppRunner | None = None
+    wire: asyncio.Server | None = None
+
+    async def close(self) -> None:
+        if self.wire is not None:
+            self.wire.close()
+        if self.admin is not None:
+            await self.admin.cleanup()
+        await self.api.cleanup()
+
+
+async def open_listeners(process: NodeProcess, ns: argparse.Namespace) -> Listeners:
+    tls, limits = process.tls, process.node.cfg.http
+    # Client certificates optional where a bearer token may stand in for one.
+    client_ctx = None if tls is None else tls.server_context(require_client_cert=False)
+    api = runner(process.app(admin_routes=ns.admin is None), limits)
+    await api.setup()
+    listeners = Listeners(api)
+    await web.TCPSite(api, ns.api[0], ns.api[1], ssl_context=client_ctx).start()
+    if ns.admin is not None and tls is not None:
+        listeners.admin = runner(process.admin_app(), limits)
+        await listeners.admin.setup()
+        admin_ctx = tls.server_context(require_client_cert=True)
+        await web.TCPSite(listeners.admin, *ns.admin, ssl_context=admin_ctx).start()
+    if ns.wire is not None:
+        listeners.wire = await asyncio.start_server(
+            process.wire.accept, ns.wire[0], ns.wire[1], ssl=client_ctx
+        )
+    return listeners
+
+
+def address_warnings(ns: argparse.Namespace, tls: bool, entry: NodeAddress | None) -> list[str]:
+    """How this node's entry in the shard map (what other nodes, the operator and
+    clients use to reach it) disagrees with the ports it serves."""
+    if entry is None:
+        return []
+    out = []
+    if tls and not entry.api.startswith("https://"):
+        out.append(f"api {entry.api!r} is not https:// but the API serves TLS")
+    for flag, value, port in (("admin", entry.admin, ns.admin), ("wire", entry.wire, ns.wire)):
+        if port is not None and not value.rstrip("/").endswith(f":{port[1]}"):
+            out.append(f"{flag} {value!r} does not name port {port[1]} (--{flag})")
+    return out
+
+
+def _log_mode(ns: argparse.Namespace, process: NodeProcess) -> None:
+    logger = structlog.get_logger()
+    if process.tls is None:
+        logger.warning(
+            "insecure_mode",
+            node=process.node.id,
+            off="TLS on every port; peer authentication (whoever reaches the peer port "
+            "can send Raft messages as any node); client authentication and authorization "
+            "(whoever reaches the API, wire or peer port can read, write and run admin "
+            "actions)",
+            enable="--tls-dir DIR --store KEY",
+        )
+        return
+    entry = process.node.meta.map.nodes.get(process.node.id)
+    for problem in address_warnings(ns, True, entry):
+        logger.warning("advertised_address_mismatch", node=process.node.id, problem=problem)
 
 
 async def serve(ns: argparse.Namespace) -> int:
@@ -301,19 +471,27 @@ async def serve(ns: argparse.Namespace) -> int:
         check_interval=ns.check_interval_s,
         min_free_bytes=ns.min_free_mb << 20,
     )
+    tls = load_tls(ns, me)
     fatal = asyncio.Event()
-    process = await _start(cfg, fatal)
+    process = await _start(cfg, fatal, tls)
     if process is None:
         return FATAL_EXIT
-    api = runner(process.app(), cfg.http)
-    await api.setup()
-    await web.TCPSite(api, ns.api[0], ns.api[1]).start()
+    _log_mode(ns, process)
+    api = await open_listeners(process, ns)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     logger = structlog.get_logger()
-    logger.info("serving", node=me, api=f"{ns.api[0]}:{ns.api[1]}", consistency=policy.view())
+    logger.info(
+        "serving",
+        node=me,
+        api=f"{ns.api[0]}:{ns.api[1]}",
+        admin=None if ns.admin is None else f"{ns.admin[0]}:{ns.admin[1]}",
+        wire=None if ns.wire is None else f"{ns.wire[0]}:{ns.wire[1]}",
+        tls=None if tls is None else tls.report().cert_serial,
+        consistency=policy.view(),
+    )
     await _first(stop.wait(), fatal.wait())
     if fatal.is_set():
         return await _die(process, api, ns.fatal_grace_s)
@@ -323,17 +501,19 @@ async def serve(ns: argparse.Namespace) -> int:
     drained = False
     if process.node.host.refusal() is None:
         drained = await drain_leadership(process.node, ns.drain_timeout_s)
-    await api.cleanup()
+    await api.close()
     await process.stop()
     logger.info("stopped", node=me, drained=drained)
     return 0
 
 
-async def _start(cfg: NodeConfig, fatal: asyncio.Event) -> NodeProcess | None:
+async def _start(
+    cfg: NodeConfig, fatal: asyncio.Event, tls: NodeTls | None = None
+) -> NodeProcess | None:
     """The node, started, its Raft loop's death setting `fatal`; None (logged as one
     `node_fatal` line) when a full disk does not even let it open its storage."""
     try:
-        process = assemble(cfg)
+        process = assemble(cfg, tls)
         process.node.host.on_fatal = lambda _: fatal.set()
         # A damaged engine file (storage/enginecheck.py): exit too, the restart
         # quarantines it and replays the log into a fresh one.
@@ -356,7 +536,7 @@ async def _first(*waits: Coroutine[Any, Any, Any]) -> None:
         t.cancel()
 
 
-async def _die(process: NodeProcess, api: web.AppRunner, grace: float) -> int:
+async def _die(process: NodeProcess, api: Listeners, grace: float) -> int:
     """Crash-only: the Raft loop died. Health and every request answer 503 for `grace`
     seconds (probes and clients learn why), then the process exits with FATAL_EXIT."""
     node = process.node
@@ -371,7 +551,7 @@ async def _die(process: NodeProcess, api: web.AppRunner, grace: float) -> int:
         exit_in_s=grace,
     )
     await asyncio.sleep(grace)
-    await api.cleanup()
+    await api.close()
     try:
         await process.stop()
     except Exception as exc:  # the storage may be what failed: exit all the same

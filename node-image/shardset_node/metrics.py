@@ -58,7 +58,7 @@ class _NodeCollector(Collector):
         yield from (term, leader, commit, applied)
         yield from (_recovering(self.node), _users(self.node))
         yield from self._integrity()
-        yield from _disk_metrics(self.node)
+        yield from (*_disk_metrics(self.node), *_tls_metrics(self.node))
         reads = self.reads
         served = CounterMetricFamily(
             "shardset_reads_served", "Reads this node served, by consistency mode", labels=["mode"]
@@ -216,3 +216,43 @@ def _peer_metrics(node: Node) -> Iterator[CounterMetricFamily]:
         if ps.rejected:
             rejected.add_metric([str(peer)], ps.rejected)
     yield rejected
+    refused = CounterMetricFamily(
+        "shardset_peer_handshakes_refused",
+        "Peer connections refused by mutual TLS (either side), by reason: no_certificate, "
+        "unknown_ca, self_signed, expired, other_store, not_a_node, id_mismatch, ...",
+        labels=["reason"],
+    )
+    for reason, count in sorted(stats.refused.items()):
+        refused.add_metric([reason], count)
+    yield refused
+
+
+def _tls_metrics(node: Node) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+    """Issue 16: when the node's certificate and its CAs expire, and its reloads (none
+    of these on an insecure node)."""
+    tls = node.tls
+    if tls is None:
+        return
+    yield GaugeMetricFamily(
+        "shardset_tls_cert_not_after_seconds",
+        "Unix time the node's certificate expires (the one it presents now)",
+        value=tls.cert.not_after.timestamp(),
+    )
+    cas = GaugeMetricFamily(
+        "shardset_tls_ca_not_after_seconds",
+        "Unix time each CA the node trusts now expires (two during a CA rotation)",
+        labels=["fingerprint"],
+    )
+    for ca in tls.cas:
+        cas.add_metric([ca.fingerprint[:16]], ca.not_after.timestamp())
+    yield cas
+    yield CounterMetricFamily(
+        "shardset_tls_reloads",
+        "Reloads of the TLS directory that put new certificates in use",
+        value=tls.stats.reloads,
+    )
+    yield CounterMetricFamily(
+        "shardset_tls_reload_failures",
+        "Reloads of the TLS directory that failed (the previous certificates stay in use)",
+        value=tls.stats.reload_failures,
+    )

@@ -63,6 +63,7 @@ def status(node: Node, reads: ReadPath) -> NodeStatus:
             for gid, g in sorted(node.host.groups.items())
         },
         disk=disk_view(node),
+        tls=None if node.tls is None else node.tls.report(),  # issue 16: what it serves now
     )
 
 

@@ -73,9 +73,10 @@ class PeerRefused(IdentityError):
     metrics and logs): no_certificate, bad_certificate, no_identity, other_store,
     untrusted_ca, expired, not_a_node, id_mismatch, ..."""
 
-    def __init__(self, reason: str, message: str) -> None:
+    def __init__(self, reason: str, message: str, claimed: str | None = None) -> None:
         super().__init__(message)
         self.reason = reason
+        self.claimed = claimed  # the identity (URI SANs) the certificate claims, if any
 
 
 @dataclass(frozen=True, slots=True)
@@ -323,27 +324,30 @@ class NodeTls:
             cert = x509.load_der_x509_certificate(der)
         except ValueError as exc:
             raise PeerRefused("bad_certificate", f"certificate does not parse: {exc}") from None
+        claimed = " ".join(pki.info(cert).uris) or None
         try:
             ident = pki.peer_identity(der, self.store)
         except IdentityError as exc:
-            raise PeerRefused(_identity_reason(cert, self.store), str(exc)) from None
+            raise PeerRefused(_identity_reason(cert, self.store), str(exc), claimed) from None
         if not pki.issued_by(cert, list(self._material.cas)):
             raise PeerRefused(
                 "untrusted_ca",
                 f"certificate of {ident} was not issued by a CA this node trusts now",
+                claimed,
             )
         now = self._clock()
         if not cert.not_valid_before_utc <= now < cert.not_valid_after_utc:
-            raise PeerRefused(
-                "expired", f"certificate of {ident} expired {cert.not_valid_after_utc.isoformat()}"
-            )
+            when = cert.not_valid_after_utc.isoformat()
+            raise PeerRefused("expired", f"certificate of {ident} expired {when}", claimed)
         return ident
 
     def verify_node(self, ssl_object: ssl.SSLObject | ssl.SSLSocket | None) -> int:
         """The id of the node of this store the peer's certificate names."""
         ident = self.verify(ssl_object)
         if ident.kind != Kind.NODE:
-            raise PeerRefused("not_a_node", f"{ident} is not a node of store {self.store}")
+            raise PeerRefused(
+                "not_a_node", f"{ident} is not a node of store {self.store}", ident.uri
+            )
         return ident.node_id
 
     # --- status ----------------------------------------------------------------------

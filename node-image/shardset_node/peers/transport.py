@@ -11,6 +11,18 @@ are checked too (`check_snapshot`, the node's state machines' own verification; 
 worker thread when big), so a damaged or forged snapshot is never stored: it is dropped,
 counted as a rejected message and logged as ``peer_snapshot_rejected``.
 
+With a NodeTls (issue 16) every connection is TLS 1.3 with client certificates, both
+ways verified before anything else: the dialer checks the acceptor's certificate names
+`node/<the id it dialled>` of this store, the acceptor that the dialer's names a node of
+this store whose id is the one its hello then claims. Both also check that a CA of the
+CURRENT bundle issued it (NodeTls.verify). A refused connection (no certificate, another
+store's, an unknown CA, expired, a user's or the operator's, an id mismatch) is closed
+before any frame is read, counted per reason (TransportStats.refused) and logged as
+``peer_refused`` with the reason, the remote address and the identity claimed. In TLS
+mode the peer port carries Raft only: the wire protocol has a port of its own. Without
+a NodeTls (insecure mode) connections are plain TCP and anyone who reaches the port is
+taken for the node its hello names (issue 16's forged APPEND).
+
 Each connection carries traffic one way: A's messages to B ride A's connection to B,
 B's replies ride B's connection to A. So nobody waits for a reply on a connection
 (pipelining), and there is no tie-breaking between two nodes dialing each other.
@@ -28,13 +40,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
+import socket
+import ssl
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import structlog
 
+from shardset_node.tls import NodeTls, PeerRefused
 from shardset_proto.framing import (
     CLIENT_MAGIC,
     HEADER_SIZE,
@@ -124,6 +140,11 @@ class TransportStats:
     rejected_handshakes: int = 0
     rejected_messages: int = 0  # inbound messages that failed shardset_proto.peer_checks
     rejected_snapshots: int = 0  # of those, SNAPSHOTs whose data failed check_snapshot
+    # TLS connections refused (either side), per reason: no_certificate, unknown_ca,
+    # self_signed, expired, other_store, not_a_node, id_mismatch, untrusted_ca, not_tls,
+    # tls_error, refused_by_peer (the acceptor refused this node's certificate);
+    # handshake_incomplete (closed or timed out mid-handshake) is counted only.
+    refused: dict[str, int] = field(default_factory=dict)
 
     def peer(self, node_id: int) -> PeerStats:
         stats = self.peers.get(node_id)
@@ -202,11 +223,15 @@ class Transport:
         on_client: ClientHandler | None = None,
         term_of: TermOf | None = None,
         check_snapshot: SnapshotCheck | None = None,
+        tls: NodeTls | None = None,
     ) -> None:
         self.node_id = node_id
+        self._tls = tls
+        self._server_ctx: ssl.SSLContext | None = None
         self._term_of = term_of
         self._check_snapshot = check_snapshot
-        self._on_client = on_client
+        # With TLS the wire protocol has its own listener: the peer port serves peers only.
+        self._on_client = on_client if tls is None else None
         self.host = host
         self.stats = TransportStats()
         self._port = port
@@ -217,13 +242,15 @@ class Transport:
         self._log = structlog.get_logger(_LOGGER, node=node_id)
         self._peers: dict[int, _Peer] = {}
         self._server: asyncio.Server | None = None
+        self._acceptor: asyncio.Task[None] | None = None  # TLS: the accept loop
         self._started = False
         self._closing = False
         # Tasks to cancel on stop(): inbound connection handlers, and writers of removed peers
         # that may still be closing their connection.
         self._background: set[asyncio.Task[None]] = set()
-        # Per peer: when a rejected message was last logged, and how many since were not.
-        self._reject_log: dict[int, tuple[float | None, int]] = {}
+        # Per peer (or per refusal reason and remote host): when a rejection was last
+        # logged, and how many since were not.
+        self._reject_log: dict[object, tuple[float | None, int]] = {}
         self.update_peers(peers)
 
     @property
@@ -238,17 +265,33 @@ class Transport:
 
     async def start(self) -> None:
         self._closing = False
-        self._server = await asyncio.start_server(self._accept, self.host, self._port)
-        self._port = self._server.sockets[0].getsockname()[1]
+        if self._tls is not None:
+            # One context for every handshake; it follows the node's certificate reloads.
+            self._server_ctx = self._tls.server_context(require_client_cert=True)
+            # Sockets accepted here and the TLS handshake run in each connection's task
+            # (connect_accepted_socket), so a refused one is seen, logged and counted
+            # here rather than dropped inside the event loop (asyncio and uvloop alike).
+            listener = _listen(self.host, self._port)
+            self._port = listener.getsockname()[1]
+            self._acceptor = asyncio.create_task(self._accept_loop(listener), name="peer-accept")
+        else:
+            self._server = await asyncio.start_server(self._accept, self.host, self._port)
+            self._port = self._server.sockets[0].getsockname()[1]
         self._started = True
         for peer in self._peers.values():
             self._spawn_writer(peer)
-        self._log.info("transport_started", host=self.host, port=self._port)
+        self._log.info(
+            "transport_started", host=self.host, port=self._port, tls=self._tls is not None
+        )
 
     async def stop(self) -> None:
         self._closing = True
         if self._server is not None:
             self._server.close()
+        if self._acceptor is not None:
+            self._acceptor.cancel()
+            await asyncio.gather(self._acceptor, return_exceptions=True)
+            self._acceptor = None
         tasks = [p.task for p in self._peers.values() if p.task is not None]
         tasks.extend(self._background)
         for task in tasks:
@@ -334,16 +377,17 @@ class Transport:
 
     async def _dial(self, peer: _Peer) -> tuple[asyncio.StreamReader, asyncio.StreamWriter] | None:
         timeout = self._config.connect_timeout
-        try:
-            reader, writer = await asyncio.wait_for(asyncio.open_connection(*peer.addr), timeout)
-        except (OSError, TimeoutError) as exc:
-            # debug: a down peer is redialed every few seconds and would flood the log.
-            self._log.debug("dial_failed", peer=peer.node_id, error=repr(exc))
+        conn = await self._connect(peer)
+        if conn is None:
             return None
+        reader, writer = conn
         try:
             await asyncio.wait_for(self._dialer_handshake(peer, reader, writer), timeout)
         except (OSError, TimeoutError, EOFError, FrameError, _HandshakeError) as exc:
-            self._log.debug("handshake_failed", peer=peer.node_id, error=repr(exc))
+            if self._tls is not None and isinstance(exc, ssl.SSLError | EOFError):
+                self._refused_by_peer(peer, exc)
+            else:
+                self._log.debug("handshake_failed", peer=peer.node_id, error=repr(exc))
             await _close(writer)
             return None
         except asyncio.CancelledError:
@@ -354,6 +398,54 @@ class Transport:
         if stats.connects > 1:
             stats.reconnects += 1
         self._log.info("peer_connected", peer=peer.node_id, connects=stats.connects)
+        return reader, writer
+
+    def _refused_by_peer(self, peer: _Peer, exc: ssl.SSLError | EOFError) -> None:
+        """TLS 1.3: the acceptor's refusal of OUR certificate arrives after our side of
+        the handshake, at our first read, as an alert or a close before its hello (the
+        acceptor logs why; say here that it happened)."""
+        why = handshake_reason(exc)[1] if isinstance(exc, ssl.SSLError) else repr(exc)
+        mine = f"node {peer.node_id} closed the connection before its hello: {why}"
+        addr = f"{peer.addr[0]}:{peer.addr[1]}"
+        self._refuse("dialer", "refused_by_peer", mine, addr, claimed=f"node {self.node_id}")
+
+    async def _connect(
+        self, peer: _Peer
+    ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter] | None:
+        """A connection to the peer: TCP, or with TLS one whose certificate names the
+        node dialled (checked before anything is sent on it)."""
+        timeout = self._config.connect_timeout
+        addr = f"{peer.addr[0]}:{peer.addr[1]}"
+        try:
+            if self._tls is None:
+                opening = asyncio.open_connection(*peer.addr)
+            else:  # a fresh context per dial: the newest certificates after a reload
+                ctx = self._tls.client_context()
+                opening = asyncio.open_connection(
+                    *peer.addr, ssl=ctx, ssl_handshake_timeout=timeout
+                )
+            reader, writer = await asyncio.wait_for(opening, 2 * timeout)
+        except ssl.SSLError as exc:
+            reason, why = handshake_reason(exc)
+            self._refuse("dialer", reason, why, addr, claimed=f"node {peer.node_id}")
+            return None
+        except (OSError, TimeoutError) as exc:
+            # debug: a down peer is redialed every few seconds and would flood the log.
+            self._log.debug("dial_failed", peer=peer.node_id, error=repr(exc))
+            return None
+        if self._tls is not None:
+            try:
+                answered = self._tls.verify_node(writer.get_extra_info("ssl_object"))
+                if answered != peer.node_id:
+                    raise PeerRefused(
+                        "id_mismatch",
+                        f"dialled node {peer.node_id}, its certificate names node {answered}",
+                        f"node {answered}",
+                    )
+            except PeerRefused as exc:
+                self._refuse("dialer", exc.reason, str(exc), addr, claimed=exc.claimed)
+                await _close(writer)
+                return None
         return reader, writer
 
     async def _dialer_handshake(
@@ -476,8 +568,36 @@ class Transport:
         with contextlib.suppress(asyncio.CancelledError):
             await self._serve(reader, writer)
 
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        remote = writer.get_extra_info("peername")
+    async def _accept_loop(self, listener: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            while True:
+                try:
+                    sock, _ = await loop.sock_accept(listener)
+                except OSError as exc:  # out of file descriptors, say: keep listening
+                    self._log.warning("peer_accept_failed", error=repr(exc))
+                    await asyncio.sleep(0.1)
+                    continue
+                self._track(asyncio.create_task(self._accept_tls(sock)))
+        finally:
+            listener.close()
+
+    async def _accept_tls(self, sock: socket.socket) -> None:
+        # The top of the connection task, cancelled by stop().
+        with contextlib.suppress(asyncio.CancelledError):
+            conn = await self._tls_accept(sock)
+            if conn is not None:
+                await self._serve(*conn)
+
+    async def _serve(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        cert_node: int | None = None,
+    ) -> None:
+        """One inbound connection: its hello, then its frames (cert_node: the node id
+        its verified certificate names, with TLS)."""
+        remote = _remote(writer)
         try:
             if self._closing:
                 return
@@ -490,15 +610,78 @@ class Transport:
             if magic == CLIENT_MAGIC and self._on_client is not None:
                 await self._on_client(reader, writer, version)
                 return
+            if cert_node is not None and node_id != cert_node:
+                why = f"hello claims node {node_id}, the certificate names node {cert_node}"
+                self._refuse("acceptor", "id_mismatch", why, remote, claimed=f"node {node_id}")
+                return
             from_node = await asyncio.wait_for(
                 self._acceptor_handshake(writer, version, node_id), self._config.connect_timeout
             )
             if from_node is not None:
                 await self._read_frames(from_node, reader)
         except (OSError, EOFError, TimeoutError, FrameError) as exc:
-            self._log.warning("inbound_closed", remote=str(remote), error=repr(exc))
+            self._log.warning("inbound_closed", remote=remote, error=repr(exc))
         finally:
             await _close(writer)
+
+    async def _tls_accept(
+        self, sock: socket.socket
+    ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, int] | None:
+        """The connection as streams and the node id the dialer's certificate names,
+        once the TLS handshake and the certificate's checks passed; None (refused:
+        counted, logged; the connection closed) otherwise."""
+        assert self._tls is not None and self._server_ctx is not None
+        loop = asyncio.get_running_loop()
+        remote = _remote(sock.getpeername())
+        reader = asyncio.StreamReader(loop=loop)
+        protocol = asyncio.StreamReaderProtocol(reader, loop=loop)
+        try:
+            # On failure the loop closes the socket it was handed. (The protocol it
+            # returns is uvloop's SSLProtocol, not ours: ours is used.)
+            secure, _ = await loop.connect_accepted_socket(
+                lambda: protocol,
+                sock,
+                ssl=self._server_ctx,
+                ssl_handshake_timeout=self._config.connect_timeout,
+            )
+            writer = asyncio.StreamWriter(secure, protocol, reader, loop)
+        except ssl.SSLError as exc:
+            reason, why = handshake_reason(exc)
+            self._refuse("acceptor", reason, why, remote, claimed=None)
+            return None
+        except (OSError, EOFError, TimeoutError) as exc:
+            # A port probe or a peer gone mid-handshake: nothing was refused.
+            self._count_refusal("handshake_incomplete")
+            self._log.debug("peer_handshake_incomplete", remote=remote, error=repr(exc))
+            return None
+        try:
+            return reader, writer, self._tls.verify_node(writer.get_extra_info("ssl_object"))
+        except PeerRefused as exc:
+            await _close(writer)
+            self._refuse("acceptor", exc.reason, str(exc), remote, claimed=exc.claimed)
+            return None
+
+    def _count_refusal(self, reason: str) -> None:
+        self.stats.refused[reason] = self.stats.refused.get(reason, 0) + 1
+
+    def _refuse(
+        self, side: str, reason: str, why: str, remote: str, *, claimed: str | None
+    ) -> None:
+        """Count a refused TLS connection and log it (one line per reason and remote
+        host per REJECT_LOG_INTERVAL, with how many were not logged since)."""
+        self._count_refusal(reason)
+        unlogged = self._may_log_rejection((reason, remote.rpartition(":")[0]))
+        if unlogged is None:
+            return
+        self._log.warning(
+            "peer_refused",
+            side=side,
+            reason=reason,
+            error=why,
+            remote=remote,
+            claimed=claimed,
+            not_logged_since_last=unlogged,
+        )
 
     async def _acceptor_handshake(
         self, writer: asyncio.StreamWriter, version: int, node_id: int
@@ -626,15 +809,15 @@ class Transport:
             not_logged_since_last=unlogged,
         )
 
-    def _may_log_rejection(self, from_node: int) -> int | None:
-        """None while this peer's rejections are not logged (one line per
+    def _may_log_rejection(self, source: object) -> int | None:
+        """None while this source's rejections are not logged (one line per
         REJECT_LOG_INTERVAL); else how many were not logged since the last line."""
         now = time.monotonic()
-        last, unlogged = self._reject_log.get(from_node, (None, 0))
+        last, unlogged = self._reject_log.get(source, (None, 0))
         if last is not None and now - last < REJECT_LOG_INTERVAL:
-            self._reject_log[from_node] = (last, unlogged + 1)
+            self._reject_log[source] = (last, unlogged + 1)
             return None
-        self._reject_log[from_node] = (now, 0)
+        self._reject_log[source] = (now, 0)
         return unlogged
 
     def _reject_frame(self, from_node: int, reason: str) -> None:
@@ -651,3 +834,50 @@ class Transport:
             self._on_batch(from_node, items)
         except Exception:  # a handler bug must not tear down the connection or the node
             self._log.exception("on_batch_failed", peer=from_node, messages=len(items))
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    """A listening TCP socket as asyncio.start_server makes one (address reuse)."""
+    family, _, _, _, addr = socket.getaddrinfo(
+        host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+    )[0]
+    sock = socket.create_server(addr, family=family, backlog=100)
+    sock.setblocking(False)
+    return sock
+
+
+def _remote(where: asyncio.StreamWriter | tuple[Any, ...] | str) -> str:
+    peer = where.get_extra_info("peername") if isinstance(where, asyncio.StreamWriter) else where
+    if isinstance(peer, tuple) and len(peer) >= 2:
+        return f"{peer[0]}:{peer[1]}"
+    return str(peer)
+
+
+# OpenSSL's X509_V_ERR_* codes a refused certificate's verification names.
+_VERIFY_REASONS = {
+    9: "expired",  # not yet valid
+    10: "expired",
+    18: "self_signed",  # a self-signed leaf
+    19: "unknown_ca",  # a chain sent up to its root, a CA that is not ours
+    2: "unknown_ca",
+    20: "unknown_ca",  # issuer not among the trusted CAs
+    21: "unknown_ca",
+}
+_SSL_REASONS = {
+    "PEER_DID_NOT_RETURN_A_CERTIFICATE": "no_certificate",
+    "TLSV13_ALERT_CERTIFICATE_REQUIRED": "no_certificate",
+    "WRONG_VERSION_NUMBER": "not_tls",
+    "HTTP_REQUEST": "not_tls",
+    "UNKNOWN_PROTOCOL": "not_tls",
+    "SSLV3_ALERT_CERTIFICATE_EXPIRED": "expired",
+    "TLSV1_ALERT_UNKNOWN_CA": "unknown_ca",
+}
+
+
+def handshake_reason(exc: ssl.SSLError) -> tuple[str, str]:
+    """A failed TLS handshake's reason code (TransportStats.refused) and message."""
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        code = _VERIFY_REASONS.get(exc.verify_code, "bad_certificate")
+        return code, f"certificate refused: {exc.verify_message}"
+    reason = str(exc.reason or "")
+    return _SSL_REASONS.get(reason, "tls_error"), f"TLS handshake failed: {reason or exc}"
