@@ -409,9 +409,12 @@ async def open_listeners(process: NodeProcess, ns: argparse.Namespace) -> Listen
         admin_ctx = tls.server_context(require_client_cert=True)
         await web.TCPSite(listeners.admin, *ns.admin, ssl_context=admin_ctx).start()
     if ns.wire is not None:
+        # A TLS handshake is bounded like a half-sent frame (asyncio's default is 60 s).
+        handshake = process.wire.limits.frame_timeout if client_ctx is not None else None
         listeners.wire = await asyncio.start_server(
-            process.wire.accept, ns.wire[0], ns.wire[1], ssl=client_ctx
-        )
+            process.wire.accept, ns.wire[0], ns.wire[1], ssl=client_ctx,
+            ssl_handshake_timeout=handshake,
+        )  # fmt: skip
     return listeners
 
 

@@ -246,3 +246,31 @@ def test_a_broken_certificate_file_keeps_the_old_certificate(
             await cluster.wait(reloaded, "the fixed certificate in use")
 
     run(body())
+
+
+def test_admin_actions_are_on_the_admin_port_with_a_client_certificate_only(
+    tls_cluster: TlsCluster,
+) -> None:
+    """--admin: admin actions are served there (HTTPS, client certificate required),
+    not on the API port; a caller without a certificate does not get past the handshake."""
+    cluster = tls_cluster
+    ports = cluster.ports[1]
+    body = {"mode": "linearizable"}
+
+    async def body_() -> None:
+        async with cluster.session() as http:  # the operator's certificate
+            await cluster.wait_ready(http)
+            admin = f"https://{LOCAL}:{ports.admin}/v1/admin/consistency"
+            async with http.post(admin, json=body) as r:
+                assert r.status == 200, await r.text()
+            async with http.post(cluster.api(1) + "/v1/admin/consistency", json=body) as r:
+                assert r.status == 404, await r.text()
+        anonymous = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        anonymous.check_hostname = False
+        anonymous.verify_mode = ssl.CERT_NONE
+        async with aiohttp.ClientSession() as http:
+            with pytest.raises((aiohttp.ClientError, ssl.SSLError)):
+                async with http.post(admin, json=body, ssl=anonymous) as r:
+                    await r.read()
+
+    run(body_())

@@ -136,8 +136,13 @@ def test_verify_names_the_reason(tmp_path: Path, ca: pki.KeyPair) -> None:
 
 
 # --- handshakes and reloads --------------------------------------------------------------
-def run(test: Callable[[], Coroutine[Any, Any, None]]) -> None:
-    asyncio.run(asyncio.wait_for(test(), 60))
+def run(test: Callable[[], Coroutine[Any, Any, None]], loop: str = "asyncio") -> None:
+    """On asyncio's loop, or on uvloop (what the node runs on where it is installed)."""
+    if loop == "uvloop":
+        uvloop = pytest.importorskip("uvloop")
+        uvloop.run(asyncio.wait_for(test(), 60))
+    else:
+        asyncio.run(asyncio.wait_for(test(), 60))
 
 
 async def handshake(server_ctx: ssl.SSLContext, client_ctx: ssl.SSLContext) -> tuple[str, int]:
@@ -164,10 +169,13 @@ async def handshake(server_ctx: ssl.SSLContext, client_ctx: ssl.SSLContext) -> t
 
 
 def _pem(obj: ssl.SSLObject) -> bytes:
-    return ssl.DER_cert_to_PEM_cert(obj.getpeercert(binary_form=True)).encode()
+    return ssl.DER_cert_to_PEM_cert(obj.getpeercert(binary_form=True) or b"").encode()
 
 
-def test_a_listener_serves_the_reloaded_certificate(tmp_path: Path, ca: pki.KeyPair) -> None:
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_a_listener_serves_the_reloaded_certificate(
+    tmp_path: Path, ca: pki.KeyPair, loop: str
+) -> None:
     first, second = node_cert(ca, 1), node_cert(ca, 1)
     server = NodeTls(write_node_dir(tmp_path / "a", ca, first), STORE, 1)
     client = NodeTls(write_node_dir(tmp_path / "b", ca, node_cert(ca, 2)), STORE, 2)
@@ -184,7 +192,7 @@ def test_a_listener_serves_the_reloaded_certificate(tmp_path: Path, ca: pki.KeyP
         assert serial == f"{pki.info_pem(second.cert_pem).serial:x}"
         assert server.report().cert_serial == serial
 
-    run(test)
+    run(test, loop)
 
 
 def test_a_broken_reload_keeps_the_old_material(tmp_path: Path, ca: pki.KeyPair) -> None:

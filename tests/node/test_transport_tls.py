@@ -88,8 +88,7 @@ def run(body: Callable[[], Coroutine[Any, Any, None]], loop: str = "asyncio") ->
         await asyncio.wait_for(body(), 60)
 
     if loop == "uvloop":
-        import uvloop
-
+        uvloop = pytest.importorskip("uvloop")
         uvloop.run(guarded())
     else:
         asyncio.run(guarded())
