@@ -56,6 +56,32 @@ RULES: tuple[Rule, ...] = (
         "server-side apply; read its rollout",
     ),
     Rule("policy", ("poddisruptionbudgets",), ("create", "patch"), "server-side apply"),
+    Rule(
+        "shardset.io",
+        ("shardsetusers",),
+        ("get", "list", "watch", "patch"),
+        "watch ShardSetUsers; Kopf patches its finalizer (DeleteUser before the user goes)",
+    ),
+    Rule("shardset.io", ("shardsetusers/status",), ("get", "patch"), "write a user's status"),
+    Rule(
+        "shardset.io",
+        ("shardsetusers/finalizers",),
+        ("update",),
+        "a user's Secret blocks the user's deletion (blockOwnerDeletion)",
+    ),
+    Rule(
+        "",
+        ("secrets",),
+        ("get", "create", "patch"),
+        "read the store's CA; server-side apply of each ShardSetUser's credentials Secret",
+    ),
+    Rule(
+        "networking.k8s.io",
+        ("networkpolicies",),
+        ("create", "patch", "delete"),
+        "server-side apply of `<name>` (peer and admin ports: store pods and operator only); "
+        "deleted when networkPolicy.enabled is false",
+    ),
     Rule("", ("pods",), ("list",), "count ready node pods"),
     Rule(
         "",
