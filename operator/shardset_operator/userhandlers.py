@@ -79,8 +79,12 @@ def _announce(body: Any, old: dict[str, Any], new: dict[str, Any]) -> None:
         kopf.info(body, reason=after["reason"], message=message)
     else:
         kopf.warn(body, reason=after["reason"], message=message)
-        log.warning("user not ready", user=body["metadata"]["name"], reason=after["reason"],
-                    message=after["message"])
+        log.warning(
+            "user not ready",
+            user=body["metadata"]["name"],
+            reason=after["reason"],
+            message=after["message"],
+        )
 
 
 async def delete_user(rt: HasContext, body: Any) -> None:

@@ -136,15 +136,25 @@ class Kind:
 
 
 SHARDSET = Kind(
-    models.KIND, models.PLURAL, models.SINGULAR, models.SHORT_NAMES,
+    models.KIND,
+    models.PLURAL,
+    models.SINGULAR,
+    models.SHORT_NAMES,
     "A sharded, replicated key-value store run by the Shardset operator.",
-    models.ShardSetSpec, models.ShardSetStatus, models.CEL_RULES, models.PRINTER_COLUMNS,
+    models.ShardSetSpec,
+    models.ShardSetStatus,
+    models.CEL_RULES,
+    models.PRINTER_COLUMNS,
 )
 SHARDSETUSER = Kind(
-    usermodels.USER_KIND, usermodels.USER_PLURAL, usermodels.USER_SINGULAR,
+    usermodels.USER_KIND,
+    usermodels.USER_PLURAL,
+    usermodels.USER_SINGULAR,
     usermodels.USER_SHORT_NAMES,
     "A user of one ShardSet: its role, and a Secret with its certificate and token.",
-    usermodels.ShardSetUserSpec, usermodels.ShardSetUserStatus, usermodels.USER_CEL_RULES,
+    usermodels.ShardSetUserSpec,
+    usermodels.ShardSetUserStatus,
+    usermodels.USER_CEL_RULES,
     usermodels.USER_PRINTER_COLUMNS,
 )
 KINDS = (SHARDSET, SHARDSETUSER)
@@ -228,9 +238,7 @@ def _stale(path: Path, text: str) -> bool:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description="Write the CRDs generated from the models.")
     p.add_argument("--out", type=Path, default=CRD_FILE, help=f"default: {CRD_FILE}")
-    p.add_argument(
-        "--user-out", type=Path, default=USER_CRD_FILE, help=f"default: {USER_CRD_FILE}"
-    )
+    p.add_argument("--user-out", type=Path, default=USER_CRD_FILE, help=f"default: {USER_CRD_FILE}")
     p.add_argument("--check", action="store_true", help="exit 1 if a file is not up to date")
     ns = p.parse_args(argv)
     files = {ns.out: render(SHARDSET), ns.user_out: render(SHARDSETUSER)}

@@ -81,9 +81,8 @@ class OperatorSettings:
             interval_s=_number(env, "SHARDSET_RECONCILE_INTERVAL", 10.0, 1.0, 3600.0),
             metrics_port=int(_number(env, "SHARDSET_METRICS_PORT", 9090, 1, 65535)),
             log_format=_choice(env, "SHARDSET_LOG_FORMAT", "json", ("json", "console")),
-            network_policy=_choice(
-                env, "SHARDSET_NETWORK_POLICY", "true", ("true", "false")
-            ) == "true",
+            network_policy=_choice(env, "SHARDSET_NETWORK_POLICY", "true", ("true", "false"))
+            == "true",
             operator_namespace=_namespace(env, "POD_NAMESPACE"),
             operator_labels=_labels(env, "SHARDSET_OPERATOR_POD_LABELS"),
             **_priority(env),

@@ -39,8 +39,7 @@ class ShardSetUserSpec(_Model):
         min_length=1,
         max_length=52,
         pattern=r"^[a-z]([-a-z0-9]*[a-z0-9])?$",
-        description="Name of the ShardSet (in the same namespace) this user belongs to. "
-        "Immutable.",
+        description="Name of the ShardSet (in the same namespace) this user belongs to. Immutable.",
     )
     role: Role = Field(
         default=Role.READ,

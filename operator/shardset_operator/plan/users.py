@@ -61,8 +61,9 @@ class UserPlan:
     issue_certs: bool  # False: token only (the operator holds no CA key)
 
 
-def blocked(user: ShardSetUser, shardset_found: bool, tls: StoreTls,
-            stored: StoredSecret | None) -> Blocked | None:
+def blocked(
+    user: ShardSetUser, shardset_found: bool, tls: StoreTls, stored: StoredSecret | None
+) -> Blocked | None:
     """Why the user cannot be served now, if it cannot."""
     store = user.spec.shard_set
     if not shardset_found:
@@ -84,8 +85,9 @@ def blocked(user: ShardSetUser, shardset_found: bool, tls: StoreTls,
     return None
 
 
-def plan_user(user: ShardSetUser, names: Names, tls: StoreTls, stored: StoredSecret | None,
-              now: dt.datetime) -> UserPlan:
+def plan_user(
+    user: ShardSetUser, names: Names, tls: StoreTls, stored: StoredSecret | None, now: dt.datetime
+) -> UserPlan:
     identity = Identity.user(names.store_key, user.name)
     data = stored.data if stored is not None else {}
     token = data.get("token", b"").decode(errors="replace")
@@ -95,8 +97,9 @@ def plan_user(user: ShardSetUser, names: Names, tls: StoreTls, stored: StoredSec
     return UserPlan(identity, token if keep_token else None, reason, issue)
 
 
-def certificate_reason(data: dict[str, bytes], identity: Identity, ca: pki.KeyPair | None,
-                       now: dt.datetime) -> str | None:
+def certificate_reason(
+    data: dict[str, bytes], identity: Identity, ca: pki.KeyPair | None, now: dt.datetime
+) -> str | None:
     """Why the stored certificate must be replaced; None when it can stay."""
     if not data.get("tls.crt") or not data.get("tls.key"):
         return "no certificate yet"

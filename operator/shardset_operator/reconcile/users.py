@@ -83,7 +83,10 @@ async def converge_user(ctx: Context, body: dict[str, Any], now: datetime) -> Us
 
 
 def _credentials(
-    plan: UserPlan, tls: StoreTls, stored: StoredSecret | None, now: datetime,
+    plan: UserPlan,
+    tls: StoreTls,
+    stored: StoredSecret | None,
+    now: datetime,
     notes: list[tuple[str, str]],
 ) -> tuple[str, tuple[bytes, bytes] | None]:
     """The token and certificate to write: the stored ones, or new ones where needed."""
@@ -119,14 +122,20 @@ def _ready_message(user: ShardSetUser, names: Names) -> str:
     )
 
 
-def _status(user: ShardSetUser, now: datetime, state: str, reason: str,
-            message: str) -> ShardSetUserStatus:
+def _status(
+    user: ShardSetUser, now: datetime, state: str, reason: str, message: str
+) -> ShardSetUserStatus:
     """The status with its Ready condition; the transition time moves only with `state`."""
     old = next((c for c in user.status.conditions if c.type == "Ready"), None)
     since = old.last_transition_time if old is not None and old.status == state else now
     cond = UserCondition.model_validate(
-        {"type": "Ready", "status": state, "reason": reason, "message": message,
-         "lastTransitionTime": since}
+        {
+            "type": "Ready",
+            "status": state,
+            "reason": reason,
+            "message": message,
+            "lastTransitionTime": since,
+        }
     )
     return user.status.model_copy(
         update={"observed_generation": user.generation, "conditions": [cond]}
@@ -184,5 +193,7 @@ async def revoke_user(ctx: Context, body: dict[str, Any]) -> str:
     if user.status.applied_at is None:
         return f"user {user.name} was never written to the store: nothing to revoke"
     await call_store(ctx, names, _nodes(sset), DeleteUser(name=user.name))
-    return f"user {user.name} deleted from ShardSet {names.name}: its token and certificate " \
+    return (
+        f"user {user.name} deleted from ShardSet {names.name}: its token and certificate "
         "stop working on every node"
+    )
