@@ -109,5 +109,8 @@ def test_node_pods_pass_pod_security_restricted() -> None:
     from .conftest import spec
     from .psa import restricted_violations
 
-    pod = statefulset(NAMES, spec(), "img", 3)["spec"]["template"]["spec"]
-    assert restricted_violations(pod) == []
+    for names in (NAMES, Names("kv", "prod", tls=True)):
+        pod = statefulset(names, spec(), "img", 3)["spec"]["template"]["spec"]
+        assert restricted_violations(pod) == []
+        # nodes never call the Kubernetes API: no token to steal from a node pod
+        assert pod["automountServiceAccountToken"] is False

@@ -16,7 +16,7 @@ from cryptography.hazmat.primitives import serialization
 
 from shardset_operator.api.naming import Names
 from shardset_operator.api.usermodels import ShardSetUser
-from shardset_operator.clients.nodeclient import NodeCallError
+from shardset_operator.clients.nodeclient import ClientTls, NodeCallError
 from shardset_operator.plan.users import (
     REPUT_AFTER,
     StoredSecret,
@@ -167,8 +167,12 @@ def test_the_record_is_written_again_when_it_changed_or_is_due() -> None:
 # --- one user converged ---------------------------------------------------------------
 class FakeKube:
     def __init__(self, tls: dict[str, Any] | None = None) -> None:
+        op = pki.issue_leaf(CA, Identity.operator(STORE), NOW)
         self.secrets: dict[str, StoredSecret] = {
             "kv-ca": StoredSecret({"ca.crt": CA.cert_pem, "ca.key": CA.key_pem}),
+            "kv-operator-tls": StoredSecret(
+                {"ca.crt": CA.cert_pem, "tls.crt": op.cert_pem, "tls.key": op.key_pem}
+            ),
         }
         self.shardsets: dict[str, dict[str, Any]] = {
             "kv": {
@@ -195,6 +199,13 @@ class FakeNodes:
     def __init__(self) -> None:
         self.calls: list[tuple[str, AdminBody]] = []
         self.down: set[str] = set()
+        self.stores: list[tuple[str, bytes]] = []
+
+    def for_store(self, store: str, tls: ClientTls | None) -> FakeNodes:
+        """The client of one store, with the operator's certificate of that store."""
+        assert tls is not None, "users are written over the admin port: TLS only"
+        self.stores.append((store, tls.cert_pem))
+        return self
 
     async def admin(self, url: str, body: AdminBody) -> dict[str, Any]:
         if url in self.down:
@@ -229,6 +240,8 @@ def test_a_new_user_gets_a_secret_the_store_accepts() -> None:
     # the store knows the user, its role, prefixes and the token's digest (not the token)
     [(url, put)] = nodes.calls
     assert url == NAMES.admin_url(1)
+    # over the admin port, with the operator's certificate of this store
+    assert nodes.stores == [(STORE, kube.secrets["kv-operator-tls"].data["tls.crt"])]
     assert put.to_json() == {
         "name": "app",
         "role": "readwrite",
@@ -277,6 +290,15 @@ def test_a_store_no_node_answers_is_named_and_retried() -> None:
     body = _converge(kube, nodes, body, NOW + dt.timedelta(seconds=10))
     assert body["status"]["conditions"][0]["status"] == "True"
     assert [u for u, _ in nodes.calls] == [NAMES.admin_url(2)]
+
+
+def test_without_the_operators_certificate_the_store_is_not_called() -> None:
+    kube, nodes = FakeKube(), FakeNodes()
+    del kube.secrets["kv-operator-tls"]
+    body = _converge(kube, nodes, _body())
+    cond = body["status"]["conditions"][0]
+    assert (cond["reason"], "kv-operator-tls" in cond["message"]) == ("StoreUnreachable", True)
+    assert not nodes.calls
 
 
 def test_a_secret_the_user_does_not_own_is_left_alone() -> None:

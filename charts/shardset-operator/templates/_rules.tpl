@@ -23,6 +23,10 @@ operator/shardset_operator/api/rbac.py. Do not edit by hand.
 - apiGroups: [""]
   resources: ["services"]
   verbs: ["create", "patch"]
+# the store's CA and certificates (`<name>-ca`, `<name>-node-tls`, `<name>-operator-tls`); read the Secrets spec.tls names; each ShardSetUser's credentials Secret
+- apiGroups: [""]
+  resources: ["secrets"]
+  verbs: ["get", "create", "patch"]
 # server-side apply; read its rollout
 - apiGroups: ["apps"]
   resources: ["statefulsets"]
@@ -43,10 +47,6 @@ operator/shardset_operator/api/rbac.py. Do not edit by hand.
 - apiGroups: ["shardset.io"]
   resources: ["shardsetusers/finalizers"]
   verbs: ["update"]
-# read the store's CA; server-side apply of each ShardSetUser's credentials Secret
-- apiGroups: [""]
-  resources: ["secrets"]
-  verbs: ["get", "create", "patch"]
 # server-side apply of `<name>` (peer and admin ports: store pods and operator only); deleted when networkPolicy.enabled is false
 - apiGroups: ["networking.k8s.io"]
   resources: ["networkpolicies"]

@@ -50,6 +50,14 @@ RULES: tuple[Rule, ...] = (
     ),
     Rule("", ("services",), ("create", "patch"), "server-side apply of `<name>`, `<name>-peers`"),
     Rule(
+        "",
+        ("secrets",),
+        ("get", "create", "patch"),
+        "the store's CA and certificates (`<name>-ca`, `<name>-node-tls`, "
+        "`<name>-operator-tls`); read the Secrets spec.tls names; each ShardSetUser's "
+        "credentials Secret",
+    ),
+    Rule(
         "apps",
         ("statefulsets",),
         ("get", "create", "patch"),
@@ -68,12 +76,6 @@ RULES: tuple[Rule, ...] = (
         ("shardsetusers/finalizers",),
         ("update",),
         "a user's Secret blocks the user's deletion (blockOwnerDeletion)",
-    ),
-    Rule(
-        "",
-        ("secrets",),
-        ("get", "create", "patch"),
-        "read the store's CA; server-side apply of each ShardSetUser's credentials Secret",
     ),
     Rule(
         "networking.k8s.io",

@@ -23,7 +23,7 @@ from shardset_operator.api.usermodels import (
 )
 from shardset_operator.builders.usersecret import user_secret
 from shardset_operator.clients.kube import KubeError
-from shardset_operator.clients.nodeclient import NodeCallError
+from shardset_operator.clients.nodeclient import ClientTls, NodeCallError, NodeClient
 from shardset_operator.plan.users import (
     StoredSecret,
     StoreTls,
@@ -37,6 +37,7 @@ from shardset_operator.reconcile.context import Context
 from shardset_proto import pki
 from shardset_proto.admin import AdminBody, DeleteUser, PutUser
 from shardset_proto.identity import TOKEN_PREFIX, token_digest
+from shardset_proto.tlsfiles import TlsFilesError
 
 
 @dataclass
@@ -166,13 +167,33 @@ def _nodes(sset: dict[str, Any]) -> list[int]:
     return list(range(1, count + 1))
 
 
+async def store_client(ctx: Context, names: Names) -> NodeClient:
+    """The node client presenting the operator's certificate of this store (the admin
+    port takes nothing else); StoreUnreachable while that certificate is not there."""
+    op = await ctx.kube.secret(names.namespace, names.operator_tls_secret)
+    data = op.data if op is not None else {}
+    if not all(data.get(k) for k in ("ca.crt", "tls.crt", "tls.key")):
+        raise StoreUnreachable(
+            f"no operator certificate for {names.name} yet (Secret {names.operator_tls_secret})"
+        )
+    try:
+        return ctx.nodes.for_store(
+            names.store_key, ClientTls(data["ca.crt"], data["tls.crt"], data["tls.key"])
+        )
+    except TlsFilesError as e:
+        raise StoreUnreachable(
+            f"the operator certificate of {names.name} does not load: {e}"
+        ) from e
+
+
 async def call_store(ctx: Context, names: Names, nodes: list[int], body: AdminBody) -> None:
     """The admin call on the first node that takes it (it redirects to the metadata
     leader); StoreUnreachable naming every node's answer when none does."""
+    client = await store_client(ctx, names)
     errors: list[str] = []
     for node in nodes:
         try:
-            await ctx.nodes.admin(names.admin_url(node), body)
+            await client.admin(names.admin_url(node), body)
         except NodeCallError as e:
             errors.append(str(e))
             continue
