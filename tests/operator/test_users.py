@@ -260,6 +260,7 @@ def test_a_second_run_changes_nothing_and_a_role_change_reaches_the_store() -> N
     first = dict(kube.secrets["app"].data)
     _converge(kube, nodes, body, NOW + dt.timedelta(seconds=10))
     assert kube.secrets["app"].data == first and len(nodes.calls) == 1
+    assert len(kube.applied) == 1  # an unchanged Secret is not written again
     body["spec"]["role"] = "readwrite"
     _converge(kube, nodes, body, NOW + dt.timedelta(seconds=20))
     assert kube.secrets["app"].data["token"] == first["token"]  # same credentials

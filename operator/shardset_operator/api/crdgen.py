@@ -246,6 +246,8 @@ def main(argv: list[str] | None = None) -> int:
         stale = [path for path, text in files.items() if _stale(path, text)]
         return 1 if stale else 0
     for path, text in files.items():
+        if path.exists() and path.read_text() == text:
+            continue  # unchanged: not rewritten (a reader never sees it half written)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text)
         print(f"wrote {path}")

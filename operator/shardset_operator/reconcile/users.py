@@ -10,6 +10,7 @@ before the record, so a credential the store accepts is always in the Secret.
 
 from __future__ import annotations
 
+import base64
 import secrets
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -69,7 +70,9 @@ async def converge_user(ctx: Context, body: dict[str, Any], now: datetime) -> Us
         assert sset is not None and tls.bundle is not None
         plan = plan_user(user, names, tls, stored, now)
         token, cert = _credentials(plan, tls, stored, now, notes)
-        await ctx.kube.apply(user_secret(user, names, tls.bundle, token, cert))
+        secret = user_secret(user, names, tls.bundle, token, cert)
+        if stored is None or decoded(secret) != stored.data:  # else: nothing to write
+            await ctx.kube.apply(secret)
         digest = record_digest(user, token, str(sset["metadata"].get("uid", "")))
         status = _status(user, now, "True", "UserReady", _ready_message(user, names))
         status.secret, status.identity = user.name, plan.identity.uri
@@ -81,6 +84,10 @@ async def converge_user(ctx: Context, body: dict[str, Any], now: datetime) -> Us
         reason = "StoreUnreachable" if isinstance(e, StoreUnreachable) else "ApiError"
         return UserOutcome(_status(user, now, "False", reason, str(e)), notes)
     return UserOutcome(status, notes)
+
+
+def decoded(secret: dict[str, Any]) -> dict[str, bytes]:
+    return {k: base64.b64decode(v) for k, v in secret["data"].items()}
 
 
 def _credentials(
