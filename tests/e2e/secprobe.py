@@ -25,6 +25,7 @@ import sys
 import tempfile
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -47,6 +48,11 @@ def _ctx(cafile: Path | None = None, cert: tuple[Path, Path] | None = None) -> s
     return ctx
 
 
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+        return None  # a 307 to the shard's leader is followed by http() itself
+
+
 def http(
     url: str,
     ctx: ssl.SSLContext,
@@ -54,18 +60,25 @@ def http(
     token: str | None = None,
     body: bytes | None = None,
 ) -> str:
-    """The HTTP status as a string, or `refused: <why>` when no HTTP answer came."""
-    req = urllib.request.Request(url, data=body, method=method)
-    if token is not None:
-        req.add_header("Authorization", f"Bearer {token}")
-    try:
-        with urllib.request.urlopen(req, context=ctx, timeout=TIMEOUT) as rsp:
-            return str(rsp.status)
-    except urllib.error.HTTPError as e:
-        return str(e.code)
-    except (urllib.error.URLError, OSError, ssl.SSLError) as e:
-        reason = getattr(e, "reason", e)
-        return f"refused: {type(reason).__name__}: {reason}"[:200]
+    """The HTTP status as a string (after following up to three redirects to a leader,
+    with the same credentials), or `refused: <why>` when no HTTP answer came."""
+    opener = urllib.request.build_opener(urllib.request.HTTPSHandler(context=ctx), _NoRedirect)
+    for _ in range(4):
+        req = urllib.request.Request(url, data=body, method=method)
+        if token is not None:
+            req.add_header("Authorization", f"Bearer {token}")
+        try:
+            with opener.open(req, timeout=TIMEOUT) as rsp:
+                return str(rsp.status)
+        except urllib.error.HTTPError as e:
+            location = e.headers.get("Location")
+            if e.code not in (307, 308) or not location:
+                return str(e.code)
+            url = urllib.parse.urljoin(url, location)
+        except (urllib.error.URLError, OSError, ssl.SSLError) as e:
+            reason = getattr(e, "reason", e)
+            return f"refused: {type(reason).__name__}: {reason}"[:200]
+    return "too many redirects"
 
 
 def _frame(sock: ssl.SSLSocket) -> bytes:
