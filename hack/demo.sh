@@ -6,10 +6,12 @@
 #   2. the node and operator images from this checkout, loaded into the cluster;
 #   3. the operator, with its Helm chart (charts/shardset-operator), in
 #      namespace shardset-system;
-#   4. a ShardSet (examples/shardset-minimal.yaml) in namespace shardset-demo,
-#      waited for until Ready;
-#   5. a short workload from a pod, through the store's client Service:
-#      writes, reads back, `shardset status`;
+#   4. a ShardSet (examples/shardset-minimal.yaml, TLS on: the operator's CA) in
+#      namespace shardset-demo, which enforces Pod Security `restricted`, waited
+#      for until Ready, and a ShardSetUser (examples/shardsetuser.yaml);
+#   5. a short workload from a pod, through the store's client Service over
+#      HTTPS, authenticated with the user's token from its Secret: writes, reads
+#      back, `shardset status`;
 #   6. `kubectl get sset`.
 #
 # The cluster stays up for you to use; `make cluster-down` removes everything.
@@ -44,20 +46,48 @@ helm upgrade --install shardset-operator charts/shardset-operator \
 
 step "a ShardSet: examples/shardset-minimal.yaml in namespace ${NS}"
 kubectl create namespace "${NS}" --dry-run=client -o yaml | kubectl apply -f - >/dev/null
-kubectl -n "${NS}" apply -f examples/shardset-minimal.yaml
+kubectl label namespace "${NS}" pod-security.kubernetes.io/enforce=restricted --overwrite >/dev/null
+kubectl -n "${NS}" apply -f examples/shardset-minimal.yaml -f examples/shardsetuser.yaml
 if ! kubectl -n "${NS}" wait --for=condition=Ready sset/demo --timeout=5m; then
   kubectl -n "${NS}" get sset,pods -o wide >&2
   kubectl -n "${OPERATOR_NS}" logs deploy/shardset-operator --tail=40 >&2
   die "ShardSet demo is not Ready after 5 minutes (above: its pods and the operator's log)"
 fi
 
-step "a short workload through the client Service http://demo:8000"
+if ! kubectl -n "${NS}" wait --for=condition=Ready shardsetuser/demo-app --timeout=2m; then
+  kubectl -n "${NS}" get shardsetuser demo-app -o yaml >&2
+  die "ShardSetUser demo-app is not Ready (above: its status)"
+fi
+
+step "a short workload through the client Service https://demo:8000, as user demo-app"
+# The user's Secret, mounted: the CA to trust, the token, the Service's https URL.
 POD="demo-client-$(date +%s)"
-kubectl -n "${NS}" run "${POD}" --image="${NODE_IMAGE}" --image-pull-policy=IfNotPresent \
-  --restart=Never --env=SHARDSET_ENDPOINTS=http://demo:8000 --command -- sh -ec '
-    for i in $(seq 1 20); do shardset put "demo-key-$i" "value-$i"; done
-    for i in 1 10 20; do printf "demo-key-%s = " "$i"; shardset get "demo-key-$i"; done
-    shardset status' >/dev/null
+kubectl -n "${NS}" apply -f - >/dev/null <<POD
+apiVersion: v1
+kind: Pod
+metadata: {name: ${POD}}
+spec:
+  restartPolicy: Never
+  automountServiceAccountToken: false
+  securityContext: {runAsNonRoot: true, runAsUser: 10001, seccompProfile: {type: RuntimeDefault}}
+  containers:
+    - name: client
+      image: ${NODE_IMAGE}
+      imagePullPolicy: IfNotPresent
+      env:
+        - {name: SHARDSET_ENDPOINTS, valueFrom: {secretKeyRef: {name: demo-app, key: url}}}
+        - {name: SHARDSET_CACERT, value: /creds/ca.crt}
+        - {name: SHARDSET_TOKEN_FILE, value: /creds/token}
+      command: [sh, -ec]
+      args:
+        - |
+          for i in \$(seq 1 20); do shardset put "demo-key-\$i" "value-\$i"; done
+          for i in 1 10 20; do printf "demo-key-%s = " "\$i"; shardset get "demo-key-\$i"; done
+          shardset status
+      volumeMounts: [{name: creds, mountPath: /creds, readOnly: true}]
+      securityContext: {allowPrivilegeEscalation: false, capabilities: {drop: [ALL]}}
+  volumes: [{name: creds, secret: {secretName: demo-app}}]
+POD
 kubectl -n "${NS}" wait --for=jsonpath='{.status.phase}'=Succeeded "pod/${POD}" --timeout=3m ||
   { kubectl -n "${NS}" logs "${POD}" >&2; die "the workload pod failed (its log above)"; }
 kubectl -n "${NS}" logs "${POD}"
@@ -69,7 +99,8 @@ cat >&2 <<MSG
 
 Done in $(($(date +%s) - START)) s. Try:
   export KUBECONFIG=${KUBECONFIG} PATH=${K8S_BIN}:${HELM_BIN}:\$PATH
-  kubectl -n ${NS} get sset,pods
+  kubectl -n ${NS} get sset,shardsetusers,pods
+  kubectl -n ${NS} get secret demo-app -o jsonpath='{.data.token}' | base64 -d   # its token
   kubectl -n ${NS} patch sset demo --type=merge -p '{"spec":{"consistency":{"mode":"lease"}}}'
   make cluster-down     # removes the cluster and everything in it
 MSG

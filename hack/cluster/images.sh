@@ -190,6 +190,18 @@ repo_wheels() {
   echo "${dir}"
 }
 
+# check_nonroot IMAGE: the image runs as a numeric, non-root user. Pod Security
+# `restricted` needs runAsNonRoot, which the kubelet can only verify for a numeric
+# USER (the node image: 10001, whose data dir the pods get through fsGroup; the
+# operator's: 10002). Reads the image's config only: no effect on the build cache.
+check_nonroot() {
+  local user uid
+  user=$("${DOCKER}" image inspect -f '{{.Config.User}}' "$1")
+  uid=${user%%:*}
+  [[ "${uid}" =~ ^[0-9]+$ && "${uid}" != 0 ]] ||
+    die "$1 runs as user '${user}': Pod Security restricted needs a numeric non-root USER"
+}
+
 # repo_image IMAGE DOCKERFILE REF: builds IMAGE from the wheelhouse of REF's
 # sources (empty: the working tree) unless an image with the same inputs exists.
 repo_image() {
@@ -203,6 +215,7 @@ repo_image() {
   key=$(printf '%s %s %s' "${shash}" "$(sha256sum <"${dockerfile}" | cut -c1-64)" "${base_id}" | sha256sum | cut -c1-16)
   if [[ "$("${DOCKER}" image inspect -f '{{index .Config.Labels "shardset.inputs"}}' "${image}" 2>/dev/null)" == "${key}" ]]; then
     log "${image}: up to date (inputs ${key})"
+    check_nonroot "${image}"
     save_image "${image}"
     return
   fi
@@ -217,6 +230,7 @@ repo_image() {
     -t "${image}" "${ctx}" >/dev/null
   rm -rf "${ctx}"
   echo "$(date -u +%FT%TZ) image-${image} $(($(date +%s) - start))s" >>"${SHARDSET_CACHE}/build-times.log"
+  check_nonroot "${image}"
   save_image "${image}"
 }
 

@@ -25,6 +25,7 @@ from shardset_operator.clients.nodeclient import NodeClient
 from shardset_operator.reconcile.context import Context
 from shardset_operator.reconcile.converge import converge
 from shardset_operator.status.patch import changed, status_patch, transitions
+from shardset_operator.userhandlers import register_users
 
 FINALIZER = f"{GROUP}/finalizer"
 log = structlog.get_logger("shardset_operator")
@@ -50,6 +51,7 @@ def register(registry: kopf.OperatorRegistry, settings: OperatorSettings) -> Run
     rt = Runtime(settings)
     _operator_handlers(registry, rt)
     _shardset_handlers(registry, rt)
+    register_users(registry, rt)
     return rt
 
 
@@ -119,7 +121,13 @@ async def start(rt: Runtime, settings: kopf.OperatorSettings) -> None:
         # No credentials will not fix itself: exit, so the pod restarts visibly.
         raise kopf.PermanentError(f"no Kubernetes credentials: {e}") from e
     rt.session = aiohttp.ClientSession()
-    rt.ctx = Context(Kube(), NodeClient(rt.session), rt.settings.node_image)
+    rt.ctx = Context(
+        Kube(),
+        NodeClient(rt.session),
+        rt.settings.node_image,
+        policy=rt.settings.policy,
+        policy_off=not rt.settings.network_policy,
+    )
     start_http_server(rt.settings.metrics_port)
     log.info(
         "operator started",

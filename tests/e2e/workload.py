@@ -62,11 +62,31 @@ async def one(
     return op, True
 
 
+def make_client(ns: argparse.Namespace, attempts: int) -> Client:
+    """A client of the store; with --creds, authenticated by the ShardSetUser's Secret
+    mounted there (its CA, and its token or its certificate)."""
+    if not ns.creds:
+        return Client([ns.endpoint], timeout=ns.timeout, attempts=attempts)
+    from pathlib import Path
+
+    from shardset.clienttls import ClientTls  # TLS stores only (issue 16)
+
+    creds = Path(ns.creds)
+    by_cert = ns.auth == "cert"
+    tls = ClientTls(
+        cafile=creds / "ca.crt",
+        cert=creds / "tls.crt" if by_cert else None,
+        key=creds / "tls.key" if by_cert else None,
+        token=None if by_cert else (creds / "token").read_text().strip(),
+    )
+    return Client([ns.endpoint], timeout=ns.timeout, attempts=attempts, tls=tls)
+
+
 async def client_loop(ns: argparse.Namespace, cid: int, history: list[dict[str, Any]]) -> None:
     rng = random.Random(ns.seed * 1000 + cid)
     keys = [f"{ns.prefix}-{i}" for i in range(ns.keys)]
     seen: dict[str, str | None] = {}
-    client = Client([ns.endpoint], timeout=ns.timeout, attempts=12)
+    client = make_client(ns, attempts=12)
     stop_at = time.monotonic() + ns.seconds if ns.seconds else None
     try:
         for n in range(ns.ops):
@@ -84,7 +104,7 @@ async def client_loop(ns: argparse.Namespace, cid: int, history: list[dict[str, 
                 seen[key] = value
             elif not answered:  # start afresh: forget cached routes and leaders
                 await client.close()
-                client = Client([ns.endpoint], timeout=ns.timeout, attempts=12)
+                client = make_client(ns, attempts=12)
             await asyncio.sleep(0.005 * rng.uniform(0.5, 1.5))
     finally:
         await client.close()
@@ -97,7 +117,7 @@ async def workload(ns: argparse.Namespace) -> dict[str, Any]:
     if ns.final_reads:
         # One more read of every key once the clients are done: a lost acknowledged
         # write shows up as a read the checker cannot explain.
-        client = Client([ns.endpoint], timeout=ns.timeout, attempts=30)
+        client = make_client(ns, attempts=30)
         try:
             for i in range(ns.keys):
                 op, _ = await one(client, ns.clients, "get", f"{ns.prefix}-{i}", "", None, 30.0)
@@ -108,7 +128,7 @@ async def workload(ns: argparse.Namespace) -> dict[str, Any]:
 
 
 async def read(ns: argparse.Namespace) -> dict[str, Any]:
-    async with Client([ns.endpoint], timeout=ns.timeout) as client:
+    async with make_client(ns, attempts=20) as client:
         value = uuid.uuid4().hex
         await client.put(ns.key, value.encode())
         r = await client.get(ns.key)
@@ -126,6 +146,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--endpoint", required=True, help="the client Service, e.g. http://demo:8000")
     p.add_argument("--timeout", type=float, default=5.0, help="seconds per operation")
+    p.add_argument("--creds", default="", help="a mounted ShardSetUser Secret (TLS stores)")
+    p.add_argument("--auth", choices=("token", "cert"), default="token", help="with --creds")
     sub = p.add_subparsers(dest="cmd", required=True)
     w = sub.add_parser("workload")
     w.add_argument("--clients", type=int, default=4)

@@ -268,3 +268,33 @@ def test_every_value_is_documented() -> None:
         if stripped:
             previous = stripped
     assert not undocumented, f"values without a comment: {undocumented}"
+
+
+def test_operator_pods_pass_pod_security_restricted(helm: str) -> None:
+    from .psa import restricted_violations
+
+    pod = one(objects(helm), "Deployment")["spec"]["template"]["spec"]
+    assert restricted_violations(pod) == []
+
+
+def test_network_policies_admit_the_operator_pods_the_chart_makes(helm: str) -> None:
+    """The labels the operator puts in each store's NetworkPolicy select its own pods,
+    in the release's namespace; networkPolicy.enabled=false turns the policies off."""
+    dep = one(objects(helm), "Deployment")
+    env = {
+        e["name"]: e["value"]
+        for e in dep["spec"]["template"]["spec"]["containers"][0]["env"]
+        if "value" in e
+    }
+    env["POD_NAMESPACE"] = dep["metadata"]["namespace"]
+    policy = OperatorSettings.from_env(env).policy
+    assert policy is not None and policy.operator_namespace == dep["metadata"]["namespace"]
+    pod_labels = dep["spec"]["template"]["metadata"]["labels"]
+    assert policy.operator_labels and all(pod_labels[k] == v for k, v in policy.operator_labels)
+    off = one(objects(helm, "networkPolicy.enabled=false"), "Deployment")
+    env_off = {
+        e["name"]: e["value"]
+        for e in off["spec"]["template"]["spec"]["containers"][0]["env"]
+        if "value" in e
+    }
+    assert OperatorSettings.from_env({**env_off, "POD_NAMESPACE": "x"}).policy is None

@@ -170,3 +170,35 @@ def test_models_round_trip_a_minimal_shardset() -> None:
     assert sset.spec.consistency.mode == "linearizable"
     assert sset.spec.storage.retain_on_delete is True
     assert sset.status.bootstrapped is False
+
+
+def test_the_user_crd_is_up_to_date_and_says_what_users_rely_on() -> None:
+    text = crdgen.render(crdgen.SHARDSETUSER)
+    assert crdgen.USER_CRD_FILE.read_text() == text, "run `make crds` and commit it"
+    crd = yaml.safe_load(text)
+    assert crd["metadata"]["name"] == "shardsetusers.shardset.io"
+    assert crd["spec"]["names"]["shortNames"] == ["ssu"]
+    version = crd["spec"]["versions"][0]
+    assert version["subresources"] == {"status": {}}
+    assert [c["name"] for c in version["additionalPrinterColumns"]] == [
+        "ShardSet",
+        "Role",
+        "Secret",
+        "Ready",
+        "Age",
+    ]
+    schema = _schema(crd)
+    assert schema["required"] == ["spec"]
+    spec = schema["properties"]["spec"]
+    assert spec["required"] == ["shardSet"] and "default" not in spec
+    assert spec["properties"]["role"]["enum"] == ["read", "readwrite", "admin"]
+    assert spec["properties"]["role"]["default"] == "read"
+    assert spec["properties"]["prefixes"]["items"]["minLength"] == 1
+    rules = {r["rule"] for r in spec["properties"]["shardSet"]["x-kubernetes-validations"]}
+    assert rules == {"self == oldSelf"}  # a user never moves to another store
+    assert any("metadata.name" in r["rule"] for r in schema["x-kubernetes-validations"])
+    conditions = schema["properties"]["status"]["properties"]["conditions"]
+    assert conditions["x-kubernetes-list-map-keys"] == ["type"]
+    # structural: every node typed (or explicitly free-form), no $ref or anyOf left
+    for node in _walk(schema):
+        assert "$ref" not in node and "anyOf" not in node

@@ -71,6 +71,8 @@ CALLS = {
     "list_namespaced_persistent_volume_claim": ("", "persistentvolumeclaims", "list"),
     "delete_namespaced_persistent_volume_claim": ("", "persistentvolumeclaims", "delete"),
     "patch_namespaced_custom_object_status": ("shardset.io", "shardsets/status", "patch"),
+    "patch_namespaced_network_policy": ("networking.k8s.io", "networkpolicies", "patch"),
+    "delete_namespaced_network_policy": ("networking.k8s.io", "networkpolicies", "delete"),
 }
 
 
@@ -97,11 +99,16 @@ def test_every_client_call_is_covered_by_a_rule() -> None:
         ("", "services"),
         ("apps", "statefulsets"),
         ("policy", "poddisruptionbudgets"),
+        ("networking.k8s.io", "networkpolicies"),
+        ("", "secrets"),
     ]
     for group, resource in applied:
         assert _allowed(group, resource, "create")
     assert _allowed("shardset.io", "shardsets/finalizers", "update")
     assert _allowed("shardset.io", "shardsets/status", "patch")
+    assert _allowed("shardset.io", "shardsetusers/status", "patch")
+    assert _allowed("shardset.io", "shardsetusers/finalizers", "update")
+    assert _allowed("shardset.io", "shardsetusers", "watch")
     assert _allowed("", "events", "create")
     assert _allowed("kopf.dev", "clusterkopfpeerings", "patch")
 

@@ -23,7 +23,7 @@ operator/shardset_operator/api/rbac.py. Do not edit by hand.
 - apiGroups: [""]
   resources: ["services"]
   verbs: ["create", "patch"]
-# the store's CA and certificates (`<name>-ca`, `<name>-node-tls`, `<name>-operator-tls`); read the Secrets spec.tls names
+# the store's CA and certificates (`<name>-ca`, `<name>-node-tls`, `<name>-operator-tls`); read the Secrets spec.tls names; each ShardSetUser's credentials Secret
 - apiGroups: [""]
   resources: ["secrets"]
   verbs: ["get", "create", "patch"]
@@ -35,6 +35,22 @@ operator/shardset_operator/api/rbac.py. Do not edit by hand.
 - apiGroups: ["policy"]
   resources: ["poddisruptionbudgets"]
   verbs: ["create", "patch"]
+# watch ShardSetUsers; Kopf patches its finalizer (DeleteUser before the user goes)
+- apiGroups: ["shardset.io"]
+  resources: ["shardsetusers"]
+  verbs: ["get", "list", "watch", "patch"]
+# write a user's status
+- apiGroups: ["shardset.io"]
+  resources: ["shardsetusers/status"]
+  verbs: ["get", "patch"]
+# a user's Secret blocks the user's deletion (blockOwnerDeletion)
+- apiGroups: ["shardset.io"]
+  resources: ["shardsetusers/finalizers"]
+  verbs: ["update"]
+# server-side apply of `<name>` (peer and admin ports: store pods and operator only); deleted when networkPolicy.enabled is false
+- apiGroups: ["networking.k8s.io"]
+  resources: ["networkpolicies"]
+  verbs: ["create", "patch", "delete"]
 # count ready node pods
 - apiGroups: [""]
   resources: ["pods"]

@@ -1,7 +1,8 @@
-"""Generate the ShardSet CustomResourceDefinition from the pydantic models.
+"""Generate the ShardSet and ShardSetUser CustomResourceDefinitions from the pydantic models.
 
-`python -m shardset_operator.api.crdgen` writes crds/shardset.io_shardsets.yaml;
-tests/operator/test_crds.py fails when that file differs from what this prints.
+`python -m shardset_operator.api.crdgen` writes crds/shardset.io_shardsets.yaml and
+crds/shardset.io_shardsetusers.yaml; tests/operator/test_crds.py fails when they differ
+from what this prints.
 
 Kubernetes wants a *structural* schema: every node typed, no $ref, no anyOf of
 unrelated types, no `additionalProperties` next to `properties`. Pydantic's JSON
@@ -15,17 +16,20 @@ from __future__ import annotations
 import argparse
 import copy
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
 from pydantic import BaseModel
 
-from shardset_operator.api import models
+from shardset_operator.api import models, usermodels
 
 Schema = dict[str, Any]
 
-CRD_FILE = Path(__file__).resolve().parents[3] / "crds" / f"{models.GROUP}_{models.PLURAL}.yaml"
+CRD_DIR = Path(__file__).resolve().parents[3] / "crds"
+CRD_FILE = CRD_DIR / f"{models.GROUP}_{models.PLURAL}.yaml"
+USER_CRD_FILE = CRD_DIR / f"{models.GROUP}_{usermodels.USER_PLURAL}.yaml"
 
 # JSON-schema keywords the API server does not accept in a CRD schema.
 _DROPPED = {"title", "$defs", "$schema", "examples"}
@@ -104,19 +108,64 @@ def _model_schema(model: type[BaseModel]) -> Schema:
     return _structural(_resolve(raw, raw.get("$defs", {})))
 
 
-def _attach_cel(root: Schema) -> None:
-    for path, rules in models.CEL_RULES.items():
+def _attach_cel(root: Schema, cel_rules: dict[str, list[dict[str, str]]]) -> None:
+    for path, rules in cel_rules.items():
         node = root
         for part in path.split(".") if path else []:
             node = node["properties"][part]
         node["x-kubernetes-validations"] = rules
 
 
-def openapi_schema() -> Schema:
-    spec = _model_schema(models.ShardSetSpec)
-    spec["default"] = models.ShardSetSpec().model_dump(by_alias=True, exclude_none=True)
-    _default_objects(spec, spec["default"])
-    status = _model_schema(models.ShardSetStatus)
+@dataclass(frozen=True)
+class Kind:
+    """One custom resource: its names, models, CEL rules and printer columns."""
+
+    kind: str
+    plural: str
+    singular: str
+    short_names: tuple[str, ...]
+    description: str
+    spec: type[BaseModel]
+    status: type[BaseModel]
+    cel_rules: dict[str, list[dict[str, str]]]
+    columns: list[dict[str, str]]
+
+    @property
+    def file(self) -> Path:
+        return CRD_DIR / f"{models.GROUP}_{self.plural}.yaml"
+
+
+SHARDSET = Kind(
+    models.KIND,
+    models.PLURAL,
+    models.SINGULAR,
+    models.SHORT_NAMES,
+    "A sharded, replicated key-value store run by the Shardset operator.",
+    models.ShardSetSpec,
+    models.ShardSetStatus,
+    models.CEL_RULES,
+    models.PRINTER_COLUMNS,
+)
+SHARDSETUSER = Kind(
+    usermodels.USER_KIND,
+    usermodels.USER_PLURAL,
+    usermodels.USER_SINGULAR,
+    usermodels.USER_SHORT_NAMES,
+    "A user of one ShardSet: its role, and a Secret with its certificate and token.",
+    usermodels.ShardSetUserSpec,
+    usermodels.ShardSetUserStatus,
+    usermodels.USER_CEL_RULES,
+    usermodels.USER_PRINTER_COLUMNS,
+)
+KINDS = (SHARDSET, SHARDSETUSER)
+
+
+def openapi_schema(kind: Kind = SHARDSET) -> Schema:
+    spec = _model_schema(kind.spec)
+    if not spec.get("required"):  # a spec with a required field has no default of its own
+        spec["default"] = kind.spec().model_dump(by_alias=True, exclude_none=True)
+        _default_objects(spec, spec["default"])
+    status = _model_schema(kind.status)
     _strip_defaults(status)
     conditions = status["properties"]["conditions"]
     # One condition per type, merged by type (API conventions).
@@ -124,7 +173,7 @@ def openapi_schema() -> Schema:
     conditions["x-kubernetes-list-map-keys"] = ["type"]
     root: Schema = {
         "type": "object",
-        "description": "A sharded, replicated key-value store run by the Shardset operator.",
+        "description": kind.description,
         "properties": {
             "apiVersion": {"type": "string"},
             "kind": {"type": "string"},
@@ -133,24 +182,26 @@ def openapi_schema() -> Schema:
             "status": status,
         },
     }
-    _attach_cel(root)
+    if spec.get("required"):
+        root["required"] = ["spec"]
+    _attach_cel(root, kind.cel_rules)
     return root
 
 
-def crd() -> Schema:
+def crd(kind: Kind = SHARDSET) -> Schema:
     return {
         "apiVersion": "apiextensions.k8s.io/v1",
         "kind": "CustomResourceDefinition",
-        "metadata": {"name": f"{models.PLURAL}.{models.GROUP}"},
+        "metadata": {"name": f"{kind.plural}.{models.GROUP}"},
         "spec": {
             "group": models.GROUP,
             "scope": "Namespaced",
             "names": {
-                "kind": models.KIND,
-                "listKind": f"{models.KIND}List",
-                "plural": models.PLURAL,
-                "singular": models.SINGULAR,
-                "shortNames": list(models.SHORT_NAMES),
+                "kind": kind.kind,
+                "listKind": f"{kind.kind}List",
+                "plural": kind.plural,
+                "singular": kind.singular,
+                "shortNames": list(kind.short_names),
                 "categories": ["shardset"],
             },
             "versions": [
@@ -159,37 +210,47 @@ def crd() -> Schema:
                     "served": True,
                     "storage": True,
                     "subresources": {"status": {}},
-                    "additionalPrinterColumns": models.PRINTER_COLUMNS,
-                    "schema": {"openAPIV3Schema": openapi_schema()},
+                    "additionalPrinterColumns": kind.columns,
+                    "schema": {"openAPIV3Schema": openapi_schema(kind)},
                 }
             ],
         },
     }
 
 
-def render() -> str:
+def render(kind: Kind = SHARDSET) -> str:
+    source = "usermodels.py" if kind is SHARDSETUSER else "models.py"
     header = (
         "# Generated by `python -m shardset_operator.api.crdgen` (make crds) from\n"
-        "# operator/shardset_operator/api/models.py. Do not edit by hand.\n"
+        f"# operator/shardset_operator/api/{source}. Do not edit by hand.\n"
     )
-    return header + yaml.safe_dump(crd(), sort_keys=False, width=100)
+    return header + yaml.safe_dump(crd(kind), sort_keys=False, width=100)
+
+
+def _stale(path: Path, text: str) -> bool:
+    current = path.read_text() if path.exists() else ""
+    if current != text:
+        print(f"{path} is stale: run `make crds`", file=sys.stderr)
+        return True
+    return False
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description="Write the ShardSet CRD generated from the models.")
+    p = argparse.ArgumentParser(description="Write the CRDs generated from the models.")
     p.add_argument("--out", type=Path, default=CRD_FILE, help=f"default: {CRD_FILE}")
-    p.add_argument("--check", action="store_true", help="exit 1 if --out is not up to date")
+    p.add_argument("--user-out", type=Path, default=USER_CRD_FILE, help=f"default: {USER_CRD_FILE}")
+    p.add_argument("--check", action="store_true", help="exit 1 if a file is not up to date")
     ns = p.parse_args(argv)
-    text = render()
+    files = {ns.out: render(SHARDSET), ns.user_out: render(SHARDSETUSER)}
     if ns.check:
-        current = ns.out.read_text() if ns.out.exists() else ""
-        if current != text:
-            print(f"{ns.out} is stale: run `make crds`", file=sys.stderr)
-            return 1
-        return 0
-    ns.out.parent.mkdir(parents=True, exist_ok=True)
-    ns.out.write_text(text)
-    print(f"wrote {ns.out}")
+        stale = [path for path, text in files.items() if _stale(path, text)]
+        return 1 if stale else 0
+    for path, text in files.items():
+        if path.exists() and path.read_text() == text:
+            continue  # unchanged: not rewritten (a reader never sees it half written)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+        print(f"wrote {path}")
     return 0
 
 

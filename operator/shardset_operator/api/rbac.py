@@ -54,7 +54,8 @@ RULES: tuple[Rule, ...] = (
         ("secrets",),
         ("get", "create", "patch"),
         "the store's CA and certificates (`<name>-ca`, `<name>-node-tls`, "
-        "`<name>-operator-tls`); read the Secrets spec.tls names",
+        "`<name>-operator-tls`); read the Secrets spec.tls names; each ShardSetUser's "
+        "credentials Secret",
     ),
     Rule(
         "apps",
@@ -63,6 +64,26 @@ RULES: tuple[Rule, ...] = (
         "server-side apply; read its rollout",
     ),
     Rule("policy", ("poddisruptionbudgets",), ("create", "patch"), "server-side apply"),
+    Rule(
+        "shardset.io",
+        ("shardsetusers",),
+        ("get", "list", "watch", "patch"),
+        "watch ShardSetUsers; Kopf patches its finalizer (DeleteUser before the user goes)",
+    ),
+    Rule("shardset.io", ("shardsetusers/status",), ("get", "patch"), "write a user's status"),
+    Rule(
+        "shardset.io",
+        ("shardsetusers/finalizers",),
+        ("update",),
+        "a user's Secret blocks the user's deletion (blockOwnerDeletion)",
+    ),
+    Rule(
+        "networking.k8s.io",
+        ("networkpolicies",),
+        ("create", "patch", "delete"),
+        "server-side apply of `<name>` (peer and admin ports: store pods and operator only); "
+        "deleted when networkPolicy.enabled is false",
+    ),
     Rule("", ("pods",), ("list",), "count ready node pods"),
     Rule(
         "",

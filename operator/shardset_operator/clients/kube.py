@@ -19,6 +19,7 @@ from kubernetes.client.exceptions import ApiException
 
 from shardset_operator.api.models import GROUP, PLURAL, VERSION
 from shardset_operator.api.observed import PodState, StatefulSetState
+from shardset_operator.plan.users import StoredSecret
 
 FIELD_MANAGER = "shardset-operator"
 APPLY = "application/apply-patch+yaml"
@@ -42,6 +43,7 @@ class Kube:
         self.apps = client.AppsV1Api()
         self.policy = client.PolicyV1Api()
         self.custom = client.CustomObjectsApi()
+        self.networking = client.NetworkingV1Api()
 
     async def _call(
         self, what: str, fn: Callable[..., Any], *args: Any, missing_ok: bool = False, **kw: Any
@@ -61,6 +63,7 @@ class Kube:
             "Service": self.core.patch_namespaced_service,
             "StatefulSet": self.apps.patch_namespaced_stateful_set,
             "PodDisruptionBudget": self.policy.patch_namespaced_pod_disruption_budget,
+            "NetworkPolicy": self.networking.patch_namespaced_network_policy,
             "Secret": self.core.patch_namespaced_secret,
         }[kind]
         await self._call(
@@ -73,6 +76,45 @@ class Kube:
             force=True,
             _content_type=APPLY,
         )
+
+    async def delete_network_policy(self, namespace: str, name: str) -> None:
+        """Gone already is fine (networkPolicy.enabled false: the policy is removed)."""
+        await self._call(
+            f"delete NetworkPolicy {namespace}/{name}",
+            self.networking.delete_namespaced_network_policy,
+            name,
+            namespace,
+            missing_ok=True,
+        )
+
+    async def secret(self, namespace: str, name: str) -> StoredSecret | None:
+        """A Secret's data (decoded) and its owners' uids; None when there is none."""
+        sec = await self._call(
+            f"read Secret {namespace}/{name}",
+            self.core.read_namespaced_secret,
+            name,
+            namespace,
+            missing_ok=True,
+        )
+        if sec is None:
+            return None
+        data = {k: base64.b64decode(v) for k, v in (sec.data or {}).items()}
+        owners = tuple(o.uid for o in (sec.metadata.owner_references or []))
+        return StoredSecret(data, owners)
+
+    async def shardset(self, namespace: str, name: str) -> dict[str, Any] | None:
+        """A ShardSet as the API server has it; None when there is none."""
+        found = await self._call(
+            f"read ShardSet {namespace}/{name}",
+            self.custom.get_namespaced_custom_object,
+            GROUP,
+            VERSION,
+            namespace,
+            PLURAL,
+            name,
+            missing_ok=True,
+        )
+        return dict(found) if found is not None else None
 
     async def patch_shardset_status(self, namespace: str, name: str, body: dict[str, Any]) -> None:
         """A merge patch of a ShardSet's status (progress shown while a reconcile runs)."""

@@ -12,7 +12,9 @@ from shardset_operator.api.consistency import ReadSetting
 from shardset_operator.api.models import ShardSet
 from shardset_operator.api.naming import Names
 from shardset_operator.api.observed import Seen, StatefulSetState
+from shardset_operator.api.settings import PolicySettings
 from shardset_operator.builders.configmap import configmap
+from shardset_operator.builders.networkpolicy import networkpolicy
 from shardset_operator.builders.pdb import pdb
 from shardset_operator.builders.services import client_service, peers_service
 from shardset_operator.builders.statefulset import statefulset
@@ -31,14 +33,23 @@ class Applied:
 
 
 def desired_objects(
-    sset: ShardSet, names: Names, doc: str, image: str, shape: Shape, partition: int = 0
+    sset: ShardSet,
+    names: Names,
+    doc: str,
+    image: str,
+    shape: Shape,
+    partition: int = 0,
+    policy: PolicySettings | None = None,
 ) -> list[dict[str, Any]]:
-    """Every owned object, in the order they are applied (config before the pods).
+    """Every owned object, in the order they are applied (config and the NetworkPolicy
+    before the pods, so no pod ever runs with its peer and admin ports open).
 
     Sizes come from the shape, not the spec: a refused change must not loosen the
     disruption budget or start pods the store does not know."""
     reads = ReadSetting.of_spec(sset.spec.consistency)
+    fence = [networkpolicy(names, policy)] if policy is not None else []
     return [
+        *fence,
         configmap(names, doc, reads, created=sset.status.bootstrapped),
         peers_service(names),
         client_service(names),
@@ -55,7 +66,12 @@ async def apply_objects(
     names = run.names
     config_applied = False
     sized = replace(boot.shape, replicas=members.size)
-    for obj in desired_objects(run.sset, names, boot.document, run.image, sized, roll.partition):
+    objects = desired_objects(
+        run.sset, names, boot.document, run.image, sized, roll.partition, ctx.policy
+    )
+    if ctx.policy_off:
+        run.failure = await _remove_policy(ctx, names)
+    for obj in objects:
         kopf.adopt(obj, owner=run.body)  # type: ignore[arg-type]
         try:
             await ctx.kube.apply(obj)
@@ -72,3 +88,12 @@ async def apply_objects(
         except KubeError as e:
             run.failure = str(e)
     return Applied(config_applied, applied)
+
+
+async def _remove_policy(ctx: Context, names: Names) -> str | None:
+    """networkPolicy.enabled false: a policy made while it was on goes (level-based)."""
+    try:
+        await ctx.kube.delete_network_policy(names.namespace, names.name)
+    except KubeError as e:
+        return str(e)
+    return None

@@ -10,6 +10,7 @@ from typing import Any
 from shardset_operator.api.consistency import ReadSetting
 from shardset_operator.api.models import ShardSet, ShardSetStatus
 from shardset_operator.api.naming import Names
+from shardset_operator.api.settings import PolicySettings
 from shardset_operator.clients.kube import Kube
 from shardset_operator.clients.nodeclient import NodeClient
 from shardset_operator.status.conditions import with_failure
@@ -22,6 +23,10 @@ class Context:
     kube: Kube
     nodes: NodeClient
     node_image: str
+    # What each store's NetworkPolicy admits; None: no policy is applied.
+    policy: PolicySettings | None = None
+    # networkPolicy.enabled false: a policy made while it was on is deleted.
+    policy_off: bool = False
 
 
 @dataclass
