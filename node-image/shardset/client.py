@@ -40,7 +40,7 @@ import aiohttp
 
 from shardset import tlserrors
 from shardset.clienttls import ClientTls
-from shardset.errors import ShardsetError
+from shardset.errors import ShardsetError as ShardsetError  # re-exported: its old home
 from shardset.neterrors import describe
 from shardset_proto import urls, wire
 from shardset_proto.commands import MAX_KEY_BYTES

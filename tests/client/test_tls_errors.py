@@ -41,19 +41,15 @@ def ca_file(tmp_path: Path, ca: pki.KeyPair) -> Path:
     return path
 
 
-def fetch_map(port: int, tls: ClientTls, host: str = "127.0.0.1") -> None:
-    async def go() -> None:
-        async with Client([f"https://{host}:{port}"], tls=tls, attempts=2) as client:
-            await client.scan()
-
-    asyncio.run(go())
+async def _scan(port: int, tls: ClientTls) -> None:
+    async with Client([f"https://127.0.0.1:{port}"], tls=tls, attempts=2) as client:
+        await client.scan()
 
 
 def serve_and_fetch(cert: tuple[Path, Path], tls: ClientTls, **answer: object) -> None:
     async def go() -> None:
-        async with https_server(*cert, **answer) as (port, _):  # type: ignore[arg-type]
-            async with Client([f"https://127.0.0.1:{port}"], tls=tls, attempts=2) as client:
-                await client.scan()
+        async with https_server(*cert, **answer) as (port, _):
+            await _scan(port, tls)
 
     asyncio.run(go())
 
