@@ -29,6 +29,7 @@ from shardset_node.storage.raftstore import NodeStorage
 from shardset_proto.errors import ApiError
 from shardset_proto.shardmap import ShardMap
 from shardset_proto.slots import slot_of
+from shardset_proto.users import UserTable
 from shardset_raft import (
     ConfState,
     Message,
@@ -109,6 +110,13 @@ class Node:
             groups=sorted(self.host.groups),
             member=self.id in self.meta.map.nodes,
         )
+
+    @property
+    def users(self) -> UserTable:
+        """The store's users as this node has applied them (the metadata group's table,
+        swapped whole at each change): what the front ends authenticate requests against.
+        Empty on a node that hosts no metadata group (it waits to be re-added)."""
+        return self.meta.users
 
     def _term_of(self, group: int) -> int | None:
         g = self.host.groups.get(group)
@@ -320,14 +328,16 @@ class Node:
         return g
 
     def leader_group(self, shard: int, action: str) -> ReplicaGroup:
-        """The replica of `shard` here for admin `action`, if this node leads it."""
+        """The replica of `shard` here for admin `action`, if this node leads it (else a
+        redirect to the leader's admin API: its own port on a TLS node)."""
         g = self.group(shard, f"/v1/admin/{action}")
         if g.raft.role != Role.LEADER:
-            raise self.redirect(shard, g.raft.leader, f"/v1/admin/{action}")
+            raise self.redirect(shard, g.raft.leader, f"/v1/admin/{action}", admin=True)
         return g
 
-    def redirect(self, shard: int, leader: int, path: str) -> ApiError:
-        """A 307 to `leader` for `path`, or a retryable 503 when no leader is known."""
+    def redirect(self, shard: int, leader: int, path: str, admin: bool = False) -> ApiError:
+        """A 307 to `leader` for `path` (on its admin API if `admin`), or a retryable 503
+        when no leader is known."""
         if leader == 0 or leader not in self.meta.map.nodes:
             return ApiError(
                 503,
@@ -338,7 +348,8 @@ class Node:
                 leader=None,
                 epoch=self.meta.map.epoch,
             )
-        url = self.meta.map.nodes[leader].api
+        address = self.meta.map.nodes[leader]
+        url = address.admin_url if admin else address.api
         return ApiError(
             307,
             "not_leader",

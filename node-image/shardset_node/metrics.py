@@ -56,7 +56,7 @@ class _NodeCollector(Collector):
             commit.add_metric(label, g.raft.committed)
             applied.add_metric(label, g.raft.applied)
         yield from (term, leader, commit, applied)
-        yield _recovering(self.node)
+        yield from (_recovering(self.node), _users(self.node))
         yield from self._integrity()
         yield from _disk_metrics(self.node)
         reads = self.reads
@@ -131,6 +131,14 @@ class _NodeCollector(Collector):
                 bad = 1.0 if replica in view.mismatched else 0.0
                 mismatch.add_metric([str(gid), str(replica)], bad)
         yield from (corrupt, mismatch, checked)
+
+
+def _users(node: Node) -> GaugeMetricFamily:
+    # A count only: the table's names and token digests stay off the unauthenticated
+    # metrics endpoint (issue 16). Shows a user change reaching every node.
+    return GaugeMetricFamily(
+        "shardset_users", "Users in this node's applied user table", value=len(node.users.users)
+    )
 
 
 def _recovering(node: Node) -> GaugeMetricFamily:

@@ -33,7 +33,7 @@ from shardset_proto.commands import (
     decode_command,
     is_check,
 )
-from shardset_proto.shardmap import ShardMap
+from shardset_proto.metadata import decode_change, decode_snapshot
 from shardset_proto.slots import SLOTS
 from shardset_proto.status import META_GROUP
 from shardset_raft.types import ConfState, Entry, EntryType, Message, MessageType, Snapshot
@@ -178,9 +178,11 @@ def check_payload(group: int, m: Message) -> None:
             raise PeerMessageError(f"entries[{pos}] (index {e.index})", str(exc)) from None
     if m.snapshot is not None and group == META_GROUP and m.snapshot.data:
         try:
-            ShardMap.decode(m.snapshot.data)
+            decode_snapshot(m.snapshot.data)
         except (ValueError, TypeError, KeyError, AttributeError) as exc:
-            raise PeerMessageError("snapshot.data", f"not a shard map: {exc}") from None
+            raise PeerMessageError(
+                "snapshot.data", f"not a metadata snapshot (shard map, users): {exc}"
+            ) from None
 
 
 def _check_entry(group: int, e: Entry) -> None:
@@ -189,7 +191,7 @@ def _check_entry(group: int, e: Entry) -> None:
     elif not e.data:
         return  # a new leader's empty entry
     elif group == META_GROUP:
-        _check_map_change(e.data)
+        _check_meta_change(e.data)
     elif e.data[:1] == SYSTEM_PREFIX:
         _check_system_command(e.data[1:])
     elif is_check(e.data):
@@ -224,15 +226,18 @@ def _json_object(data: bytes, what: str) -> dict[str, Any]:
     return doc
 
 
-def _check_map_change(data: bytes) -> None:
-    """What MetaMachine.change makes: the epoch expected, and the whole new map."""
-    doc = _json_object(data, "a map change")
-    if type(doc.get("expect_epoch")) is not int:
+def _check_meta_change(data: bytes) -> None:
+    """What MetaMachine makes: a map change (the epoch expected, the whole new map) or a
+    user change (shardset_proto.metadata)."""
+    doc = _json_object(data, "a metadata entry")
+    if "op" not in doc and type(doc.get("expect_epoch")) is not int:
         raise PeerMessageError("data", "a map change needs an integer expect_epoch")
     try:
-        ShardMap.decode(json.dumps(doc.get("map")).encode())
+        decode_change(data)
     except (ValueError, TypeError, KeyError, AttributeError) as exc:
-        raise PeerMessageError("data", f"a map change's map is not a shard map: {exc}") from None
+        raise PeerMessageError(
+            "data", f"not a metadata entry (map or user change): {exc}"
+        ) from None
 
 
 def _check_system_command(body: bytes) -> None:

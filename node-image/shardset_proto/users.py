@@ -50,6 +50,8 @@ class UserTable:
     request checked against one table never sees half a change)."""
 
     users: dict[str, User] = field(default_factory=dict)
+    # Token digest -> user, built once per table (every token request looks one up).
+    _by_digest: dict[str, User] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         index = {u.token_sha256: u for u in self.users.values() if u.token_sha256}
@@ -59,8 +61,11 @@ class UserTable:
         return self.users.get(name)
 
     def by_token(self, token: str) -> User | None:
-        by_digest: dict[str, User] = self._by_digest  # type: ignore[attr-defined]
-        return by_digest.get(token_digest(token))
+        return self._by_digest.get(token_digest(token))
+
+    def holder_of(self, digest: str) -> User | None:
+        """The user whose token has SHA-256 `digest`, if any (a digest names one user)."""
+        return self._by_digest.get(digest)
 
     def put(self, user: User) -> UserTable:
         return UserTable({**self.users, user.name: user})

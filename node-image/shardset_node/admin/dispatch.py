@@ -13,6 +13,7 @@ from shardset_node.admin.recovery import Recovery
 from shardset_node.admin.replicas import ReplicaActions
 from shardset_node.admin.resharding import Resharding
 from shardset_node.admin.shardmap import MapActions
+from shardset_node.admin.users import UserActions
 from shardset_node.checker import ConsistencyChecker
 from shardset_node.core import Node
 from shardset_node.peers.client import PeerClient
@@ -56,6 +57,7 @@ class Admin:
         recovery = Recovery(node, peers, replicas)
         consistency = ConsistencyActions(node, reads)
         checks = CheckActions(node, checker)
+        users = UserActions(node)
         routes: list[_Route[Any]] = [
             _Route(a.TransferLeader, replicas.transfer_leader),
             _Route(a.CreateReplica, replicas.create),
@@ -77,6 +79,8 @@ class Admin:
             _Route(a.ReplicaDigest, checks.digest),
             _Route(a.ShardState, checks.shard_state),
             _Route(a.RebuildReplica, checks.rebuild),
+            _Route(a.PutUser, users.put),
+            _Route(a.DeleteUser, users.delete),
         ]
         self._routes = {r.body.action: r for r in routes}
         assert set(self._routes) == set(AdminAction), "an admin action has no handler"

@@ -3,7 +3,7 @@
 `ShardMachine` applies key-value commands of one shard to the KV engine; the
 engine stores the shard's applied index in the same transaction as the data,
 so after a restart entries the engine already holds are skipped, not applied
-twice. `MetaMachine` holds the shard map of the metadata group.
+twice. `MetaMachine` holds the shard map and the store's users (the metadata group).
 """
 
 from __future__ import annotations
@@ -33,9 +33,21 @@ from shardset_proto.commands import (
     decode_command,
     is_check,
 )
+from shardset_proto.metadata import (
+    MapChange,
+    MetaChange,
+    PutUserChange,
+    decode_change,
+    decode_snapshot,
+    encode_delete_user,
+    encode_map_change,
+    encode_put_user,
+    encode_snapshot,
+)
 from shardset_proto.shardmap import ShardMap
 from shardset_proto.slots import slot_of
 from shardset_proto.status import ConsistencyCheckView
+from shardset_proto.users import User, UserTable
 from shardset_raft import Entry, EntryType, Snapshot
 
 Ranges = list[tuple[int, int]]
@@ -75,15 +87,16 @@ def decode_shard_snapshot(data: bytes) -> tuple[Ranges | None, bytes]:
 
 def check_received_snapshot(group: int, data: bytes) -> None:
     """Raise (ValueError or storage.snapshot.SnapshotError, naming what is wrong) unless
-    `data` is a snapshot the group's machine will restore: the shard map for the metadata
-    group; for a shard, the moved ranges and an intact engine file of that shard (every
-    record checked, as import_snapshot would). The transport calls it before a received
-    SNAPSHOT reaches the Raft core, so a damaged or forged one is never stored (else the
-    restore would fail after it was, and the node stop: the dead-loop path)."""
+    `data` is a snapshot the group's machine will restore: the shard map and the users
+    for the metadata group; for a shard, the moved ranges and an intact engine file of
+    that shard (every record checked, as import_snapshot would). The transport calls it
+    before a received SNAPSHOT reaches the Raft core, so a damaged or forged one is never
+    stored (else the restore would fail after it was, and the node stop: the dead-loop
+    path)."""
     if not data:
         return  # "empty": restore drops the shard's state, nothing to check
     if group == META_GROUP:
-        ShardMap.decode(data)
+        decode_snapshot(data)
         return
     moved, state = decode_shard_snapshot(data)
     for start, end in moved or []:
@@ -324,17 +337,26 @@ class ShardMachine:
 
 
 class MetaMachine:
-    """The shard map, changed only by compare-and-set on its epoch."""
+    """The shard map, changed only by compare-and-set on its epoch, and the store's users
+    (issue 16), put and deleted whole. Entries and snapshots: shardset_proto.metadata."""
 
     def __init__(self, initial: ShardMap) -> None:
         self.map = initial
+        self.users = UserTable()
         # Called with the new map after every change (the node updates its peers).
         self.on_change: Callable[[ShardMap], None] | None = None
+        # Called with the new table after every change of the users.
+        self.on_users_change: Callable[[UserTable], None] | None = None
 
     def _set(self, new: ShardMap) -> None:
         self.map = new
         if self.on_change is not None:
             self.on_change(new)
+
+    def _set_users(self, new: UserTable) -> None:
+        self.users = new  # swapped whole: a request checked against it sees one table
+        if self.on_users_change is not None:
+            self.on_users_change(new)
 
     def apply(self, entries: Sequence[Entry]) -> list[object]:
         results: list[object] = []
@@ -343,22 +365,50 @@ class MetaMachine:
                 results.append(None)
                 continue
             with _entry(e.index):
-                change = json.loads(e.data)
-                new = ShardMap.decode(json.dumps(change["map"]).encode())
-            if change["expect_epoch"] == self.map.epoch and new.epoch == self.map.epoch + 1:
-                self._set(new)
-                results.append({"ok": True, "epoch": new.epoch})
-            else:
-                results.append({"ok": False, "epoch": self.map.epoch})
+                change = decode_change(e.data)
+            results.append(self._apply(change))
         return results
 
+    def _apply(self, change: MetaChange) -> dict[str, object]:
+        if isinstance(change, MapChange):
+            new = change.map
+            if change.expect_epoch == self.map.epoch and new.epoch == self.map.epoch + 1:
+                self._set(new)
+                return {"ok": True, "epoch": new.epoch}
+            return {"ok": False, "epoch": self.map.epoch}
+        # Idempotent: the same user put twice, or a user deleted that is not there, is ok.
+        if isinstance(change, PutUserChange):
+            user = change.user
+            holder = self.users.holder_of(user.token_sha256) if user.token_sha256 else None
+            if holder is not None and holder.name != user.name:
+                # A token authenticates one user: refused, deterministically on every node.
+                return {"ok": False, "error": "token_in_use", "holder": holder.name}
+            changed = self.users.get(user.name) != user
+            if changed:
+                self._set_users(self.users.put(user))
+        else:
+            changed = self.users.get(change.name) is not None
+            if changed:
+                self._set_users(self.users.delete(change.name))
+        return {"ok": True, "users": len(self.users.users), "changed": changed}
+
     def snapshot(self) -> bytes:
-        return self.map.encode()
+        return encode_snapshot(self.map, self.users)
 
     def restore(self, snapshot: Snapshot) -> None:
         if snapshot.data:
-            self._set(ShardMap.decode(snapshot.data))
+            shard_map, users = decode_snapshot(snapshot.data)
+            self._set(shard_map)
+            self._set_users(users)
 
     @staticmethod
     def change(current: ShardMap, new: ShardMap) -> bytes:
-        return json.dumps({"expect_epoch": current.epoch, "map": json.loads(new.encode())}).encode()
+        return encode_map_change(current, new)
+
+    @staticmethod
+    def put_user(user: User) -> bytes:
+        return encode_put_user(user)
+
+    @staticmethod
+    def delete_user(name: str) -> bytes:
+        return encode_delete_user(name)
