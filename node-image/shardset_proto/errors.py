@@ -9,6 +9,13 @@ from __future__ import annotations
 
 from typing import Any
 
+# The codes of the security refusals (docs/security.md), over HTTP and the wire alike:
+# 401: no credential, an unknown or revoked token, a certificate of another store or of
+# no user (the message names which); 403: the role lacks the action, or the key or scan
+# range is outside the user's prefixes (the message names the role, action and key).
+UNAUTHENTICATED = "unauthenticated"
+FORBIDDEN = "forbidden"
+
 
 class ApiError(Exception):
     """An HTTP error with a machine-readable code and a message naming the problem."""

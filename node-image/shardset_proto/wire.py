@@ -4,21 +4,34 @@ HTTP costs a Python-level parse, a request object and a JSON body per operation 
 both ends, which on a small machine is most of a put's CPU (docs/performance.md). This
 protocol carries the same operations, with the same answers, pipelined and batched:
 
-* It is served on the node's **peer port**. The node tells a client from a peer by the
-  first frame (shardset_proto.framing: CLIENT_MAGIC), so no third port is needed and
-  every address a client needs is already in the shard map (`nodes[n].peer`).
+* A node with TLS serves it on its own **wire port** (`nodes[n].wire` in the shard
+  map), over TLS. An insecure node serves it on its **peer port**, telling a client
+  from a peer by the first frame (shardset_proto.framing: CLIENT_MAGIC); the shard
+  map's `NodeAddress.wire_addr` gives whichever applies.
 * Framing as in the transport (shardset_proto.framing). The client's hello is
   ``b"SHKV" | uint16 version | uint64 0``; the node answers with its own
   (``b"SHKV" | version | node id``) and closes when the versions differ.
 * Every later frame is a msgpack array of requests (client to node) or of answers
   (node to client). Everything queued during one event-loop iteration leaves in one
   frame, so many clients sharing a connection cost one write and one read per batch.
+* Authentication (a node with TLS): a connection whose TLS client certificate names an
+  identity of the store (a user of its user table, a node, the operator) is that
+  identity. A client without one sends ``[id, "auth", token]`` before its other
+  requests, as (the start of) its first frame; the node answers
+  ``[id, 200, {"user": name, "role": role}]``, or ``[id, 401, {"error":
+  "unauthenticated", "message": ...}]`` and closes the connection. Every request of an
+  unauthenticated connection is answered 401 (the message says why); a request the
+  role or the key prefixes do not allow, 403 (shardset_proto.errors). The node checks
+  a user's connection against its current user table before every frame of requests:
+  a user deleted (or given a new token) loses its open connections too. An insecure
+  node answers an auth request 400 `auth_disabled`.
 * Requests, each ``[id, op, key, ...]`` with `id` a client-chosen unsigned integer:
 
   ``[id, "put", key, value, idempotency_key | nil]``
   ``[id, "delete", key, idempotency_key | nil]``
   ``[id, "cas", key, expected | nil, value | nil, idempotency_key | nil]``
   ``[id, "get", key, consistency | nil, max_staleness_ms | nil, min_index]``
+  ``[id, "auth", token]``
 
 * Answers, in any order: ``[id, status, body]``. `status` and `body` are what the HTTP
   API would answer (200, 404 for a missing key, 307 with `leader` naming the node to
@@ -41,6 +54,7 @@ from typing import Any
 import msgpack  # type: ignore[import-untyped]  # ships no type information
 
 from shardset_proto import framing
+from shardset_proto.errors import ApiError
 
 VERSION = 1
 
@@ -50,10 +64,11 @@ class Op(StrEnum):
     DELETE = "delete"
     CAS = "cas"
     GET = "get"
+    AUTH = "auth"
 
 
 # Fields of each request, its id and op included.
-ARITY: dict[str, int] = {Op.PUT: 5, Op.DELETE: 4, Op.CAS: 6, Op.GET: 6}
+ARITY: dict[str, int] = {Op.PUT: 5, Op.DELETE: 4, Op.CAS: 6, Op.GET: 6, Op.AUTH: 3}
 
 
 class BatchError(ValueError):
@@ -86,6 +101,30 @@ def cas(key: str, expected: bytes | None, value: bytes | None, idem: str | None)
 
 def get(key: str, consistency: str | None, max_staleness_ms: int | None, token: int) -> list[Any]:
     return [Op.GET.value, key, consistency, max_staleness_ms, token]
+
+
+def auth(token: str) -> list[Any]:
+    """The request that authenticates a connection by bearer token (send it first)."""
+    return [Op.AUTH.value, token]
+
+
+def auth_answer(user: str, role: str) -> dict[str, Any]:
+    """The body of a successful auth answer (status 200)."""
+    return {"user": user, "role": role}
+
+
+def parse_auth_answer(status: int, body: Any) -> tuple[str, str]:
+    """(user, role) from an auth answer; the refusal as an ApiError (401
+    `unauthenticated` naming why; the node closes the connection after it)."""
+    if not isinstance(body, dict):
+        raise ApiError(502, "bad_answer", f"auth answer body is not a map: {body!r:.100}")
+    if status != 200:
+        code = body.get("error", "unauthenticated")
+        raise ApiError(status, str(code), str(body.get("message", "authentication refused")))
+    user, role = body.get("user"), body.get("role")
+    if not isinstance(user, str) or not isinstance(role, str):
+        raise ApiError(502, "bad_answer", f"auth answer lacks user and role: {body!r:.100}")
+    return user, role
 
 
 # --- batches -----------------------------------------------------------------------

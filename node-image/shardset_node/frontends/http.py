@@ -24,18 +24,21 @@ from urllib.parse import unquote_to_bytes
 import structlog
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.typedefs import Middleware
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from shardset_node.admin.dispatch import Admin
+from shardset_node.auth import Authenticator, AuthError, Principal
 from shardset_node.config import HttpLimits
 from shardset_node.core import Node
-from shardset_node.frontends.openapi import OPENAPI
+from shardset_node.frontends.openapi import openapi_document
 from shardset_node.frontends.unexpected import cause
 from shardset_node.kv import KvWrites
 from shardset_node.reads import ReadPath
 from shardset_node.status import shardmap_view, status
 from shardset_proto import urls
 from shardset_proto.errors import ApiError
+from shardset_proto.identity import Action
 from shardset_proto.limits import (
     MAX_INTEGER,
     MAX_SCAN_LIMIT,
@@ -45,6 +48,10 @@ from shardset_proto.limits import (
 )
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+# Where the guard leaves the request's authenticated Principal (absent on an insecure
+# node and on the open routes).
+PRINCIPAL = web.RequestKey("principal", Principal)
 
 log = structlog.get_logger(__name__)
 
@@ -111,7 +118,22 @@ def runner(app: web.Application, limits: HttpLimits) -> web.AppRunner:
     )
 
 
-def build_app(
+# What each guarded route needs, by method and path; every other route is open
+# (health, readiness, metrics, the OpenAPI document) or a 404.
+_KEY_PATH, _CAS_PATH, _ADMIN_PATH = urls.KV + "{key}", urls.CAS + "{key}", urls.ADMIN + "{action}"
+_ACTIONS: dict[tuple[str, str], Action] = {
+    ("PUT", _KEY_PATH): Action.KV_WRITE,
+    ("DELETE", _KEY_PATH): Action.KV_WRITE,
+    ("POST", _CAS_PATH): Action.KV_WRITE,
+    ("GET", _KEY_PATH): Action.KV_READ,
+    ("GET", urls.SCAN): Action.KV_READ,
+    ("GET", urls.SHARDMAP): Action.STORE_READ,
+    ("GET", urls.STATUS): Action.STORE_READ,
+    ("POST", _ADMIN_PATH): Action.STORE_ADMIN,
+}
+
+
+def make_app(
     node: Node,
     kv: KvWrites,
     reads: ReadPath,
@@ -120,34 +142,123 @@ def build_app(
     *,
     max_value_bytes: int,
     limits: HttpLimits | None = None,
+    auth: Authenticator | None = None,
+    admin_routes: bool = True,
 ) -> web.Application:
-    """Routes over a node's parts: writes, reads, admin actions, status and metrics."""
-    app = web.Application(middlewares=[errors_as_json], client_max_size=max_value_bytes + 4096)
-    h = _Handlers(node, kv, reads, admin, registry, max_value_bytes, limits or HttpLimits())
-    app.router.add_put(urls.KV + "{key}", h.put)
-    app.router.add_get(urls.KV + "{key}", h.get)
-    app.router.add_delete(urls.KV + "{key}", h.delete)
-    app.router.add_post(urls.CAS + "{key}", h.cas)
+    """The client API over a node's parts: writes, reads, status and metrics, and the
+    admin actions unless `admin_routes` is False (a node with TLS serves them on its
+    admin port instead: make_admin_app; here they are then 404). With `auth` every route
+    but health, readiness, metrics and the OpenAPI document needs a credential allowed
+    the route's action; without it (an insecure node) nothing is checked."""
+    middlewares: list[Middleware] = [errors_as_json]
+    if auth is not None:
+        middlewares.append(_guard(auth))
+    app = web.Application(middlewares=middlewares, client_max_size=max_value_bytes + 4096)
+    limits = limits or HttpLimits()
+    h = _Handlers(node, admin, limits, kv, reads, registry, max_value_bytes,
+                  openapi_document(secure=auth is not None, admin=admin_routes))  # fmt: skip
+    app.router.add_put(_KEY_PATH, h.put)
+    app.router.add_get(_KEY_PATH, h.get)
+    app.router.add_delete(_KEY_PATH, h.delete)
+    app.router.add_post(_CAS_PATH, h.cas)
     app.router.add_get(urls.SCAN, h.scan)
     app.router.add_get(urls.SHARDMAP, h.shardmap)
     app.router.add_get(urls.STATUS, h.status)
     app.router.add_get(urls.OPENAPI, h.openapi)
-    app.router.add_post(urls.ADMIN + "{action}", h.admin)
+    if admin_routes:
+        app.router.add_post(_ADMIN_PATH, h.admin)
     app.router.add_get(urls.HEALTHZ, h.healthz)
     app.router.add_get(urls.READYZ, h.readyz)
     app.router.add_get(urls.METRICS, h.metrics)
     return app
 
 
+def make_admin_app(
+    node: Node,
+    admin: Admin,
+    *,
+    auth: Authenticator,
+    max_value_bytes: int,
+    limits: HttpLimits | None = None,
+) -> web.Application:
+    """The admin port's API: the admin actions (and /healthz) only. Every admin request
+    needs a client certificate whose identity holds store.admin: the operator, the
+    store's nodes, or an admin-role user of the table; a bearer token is never enough."""
+    app = web.Application(
+        middlewares=[errors_as_json, _guard(auth)], client_max_size=max_value_bytes + 4096
+    )
+    h = _AdminHandlers(node, admin, limits or HttpLimits())
+    app.router.add_post(_ADMIN_PATH, h.admin)
+    app.router.add_get(urls.HEALTHZ, h.healthz)
+    return app
+
+
+# The old name (main.py and tests call it): the client API with its admin routes.
+build_app = make_app
+
+
+def _guard(auth: Authenticator) -> Middleware:
+    """The middleware that authenticates and authorizes every request but the open ones
+    (health, readiness, metrics, the OpenAPI document) and unknown paths (404). The
+    admin actions take a client certificate only, wherever they are served."""
+
+    @web.middleware
+    async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
+        resource = request.match_info.route.resource
+        path = resource.canonical if resource is not None else ""
+        method = "GET" if request.method == "HEAD" else request.method  # HEAD is a GET
+        action = _ACTIONS.get((method, path))
+        if action is None:
+            return await handler(request)
+        tls = request.transport.get_extra_info("ssl_object") if request.transport else None
+        header = request.headers.get("Authorization")
+        try:
+            if action == Action.STORE_ADMIN:
+                principal = auth.certificate_only(tls, header)
+            else:
+                principal = auth.authenticate(tls, header)
+            key = request.match_info.get("key")
+            scan = (request.query.get("start", ""), request.query.get("end"))
+            auth.authorize(principal, action, key, scan if path == urls.SCAN else None)
+        except AuthError as e:
+            log.warning(
+                "http_request_refused", status=e.status, reason=str(e), remote=request.remote,
+                claimed=e.claimed, method=request.method, path=request.path[:200],
+            )  # fmt: skip
+            raise
+        request[PRINCIPAL] = principal
+        return await handler(request)
+
+    return guard
+
+
 @dataclass(frozen=True)
-class _Handlers:
+class _AdminHandlers:
     node: Node
+    admin_actions: Admin
+    limits: HttpLimits
+
+    async def admin(self, request: web.Request) -> web.Response:
+        body = await _json_object(request, self.limits)
+        action = request.match_info["action"]
+        return web.json_response(await self.admin_actions.run(action, body))
+
+    async def healthz(self, request: web.Request) -> web.Response:
+        # Fails once the Raft loop died or is stuck: the kubelet restarts the node.
+        problems = self.node.liveness_problems()
+        if problems:
+            body = {"status": "failed", "node": self.node.id, "problems": problems}
+            return web.json_response(body, status=503)
+        return web.json_response({"status": "ok", "node": self.node.id})
+
+
+@dataclass(frozen=True)
+class _Handlers(_AdminHandlers):
     kv: KvWrites
     reads: ReadPath
-    admin_actions: Admin
     registry: CollectorRegistry
     max_value_bytes: int
-    limits: HttpLimits
+    document: dict[str, Any]
 
     async def put(self, request: web.Request) -> web.Response:
         key = _key(request)
@@ -206,20 +317,7 @@ class _Handlers:
         return web.json_response(status(self.node, self.reads).to_json())
 
     async def openapi(self, request: web.Request) -> web.Response:
-        return web.json_response(OPENAPI)
-
-    async def admin(self, request: web.Request) -> web.Response:
-        body = await _json_object(request, self.limits)
-        action = request.match_info["action"]
-        return web.json_response(await self.admin_actions.run(action, body))
-
-    async def healthz(self, request: web.Request) -> web.Response:
-        # Fails once the Raft loop died or is stuck: the kubelet restarts the node.
-        problems = self.node.liveness_problems()
-        if problems:
-            body = {"status": "failed", "node": self.node.id, "problems": problems}
-            return web.json_response(body, status=503)
-        return web.json_response({"status": "ok", "node": self.node.id})
+        return web.json_response(self.document)
 
     async def readyz(self, request: web.Request) -> web.Response:
         problems = self.node.readiness_problems()

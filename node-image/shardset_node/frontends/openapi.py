@@ -1,7 +1,15 @@
-"""The OpenAPI 3.1 description served at /v1/openapi.json."""
+"""The OpenAPI 3.1 description served at /v1/openapi.json.
+
+`openapi_document(secure, admin)` is the document of the app that serves it: with TLS
+(`secure`) it names the two ways to authenticate (a bearer token, a client certificate:
+`mutualTLS`), which operations need which, and their 401 and 403 answers; the admin
+paths are in it only where the app serves them (an insecure node's API; a node with TLS
+serves them on its admin port, client certificate only). `OPENAPI` is the insecure
+node's document."""
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 from shardset_proto.admin import AdminAction
@@ -146,7 +154,7 @@ def _read_responses(ok: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-OPENAPI: dict[str, Any] = {
+_PLAIN: dict[str, Any] = {
     "openapi": "3.1.0",
     "info": {"title": "Shardset node API", "version": "v1"},
     "paths": {
@@ -299,3 +307,55 @@ OPENAPI: dict[str, Any] = {
         },
     },
 }
+
+
+# --- security (a node with TLS) ---------------------------------------------------------
+_SCHEMES = {
+    "bearer": {
+        "type": "http",
+        "scheme": "bearer",
+        "description": "a user's token (`sst_...`, from its ShardSetUser Secret)",
+    },
+    "mutualTLS": {
+        "type": "mutualTLS",
+        "description": "a client certificate issued by the store's CA naming an identity of "
+        "this store (shardset://<store>/user/<name>, /operator or /node/<id>)",
+    },
+}
+_OPEN_PATHS = ("/healthz", "/readyz", "/metrics", "/v1/openapi.json")
+_401 = {
+    "description": "unauthenticated: no credential, an unknown or revoked token, or a "
+    "certificate of another store or of no user (the message names which)",
+    **_ERR,
+}
+_403 = {
+    "description": "forbidden: the role may not do this, or the key or scan range is "
+    "outside the user's prefixes (the message names the role, the action and the key)",
+    **_ERR,
+}
+
+
+def openapi_document(*, secure: bool, admin: bool) -> dict[str, Any]:
+    """The document of an app: with `secure`, its security schemes and requirements and
+    the 401/403 answers; with `admin`, the admin paths."""
+    doc = copy.deepcopy(_PLAIN)
+    if not admin:
+        doc["paths"] = {p: v for p, v in doc["paths"].items() if not p.startswith("/v1/admin/")}
+    if not secure:
+        return doc
+    doc["components"] = {"securitySchemes": _SCHEMES}
+    doc["security"] = [{"bearer": []}, {"mutualTLS": []}]
+    for path, item in doc["paths"].items():
+        for method, op in item.items():
+            if method == "parameters":
+                continue
+            if path in _OPEN_PATHS:
+                op["security"] = []  # no credential needed
+                continue
+            if path.startswith("/v1/admin/"):
+                op["security"] = [{"mutualTLS": []}]  # never a token
+            op["responses"] = {**op["responses"], "401": _401, "403": _403}
+    return doc
+
+
+OPENAPI: dict[str, Any] = openapi_document(secure=False, admin=True)

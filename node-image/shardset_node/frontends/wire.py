@@ -1,5 +1,14 @@
-"""The wire server: the binary client protocol (shardset_proto.wire), served on the peer
-port for the connections the transport hands over after a client's hello.
+"""The wire server: the binary client protocol (shardset_proto.wire). A node with TLS
+serves it on its own wire port (`accept`: a TLS connection, whose hello it reads); an
+insecure node on its peer port, for the connections the transport hands over after a
+client's hello (`serve`).
+
+With an Authenticator (a node with TLS) a connection is its client certificate's
+identity, or the user whose token its `auth` request carries; until then each request
+is answered 401 naming why. Every request is authorized (get: kv.read; put, delete,
+cas: kv.write; on its key, within the user's prefixes) and a user's connection is
+checked against the current user table before each frame of requests, so a user
+deleted loses its open connections on their next frame.
 
 Requests of a batch run concurrently; answers completed in one event-loop iteration
 leave together (in frames of at most MAX_REQUESTS_PER_FRAME answers). Flow control
@@ -14,18 +23,27 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ssl
 from collections.abc import Callable
 from typing import Any
 
 import structlog
 
+from shardset_node.auth import Authenticator, AuthError, Principal
 from shardset_node.config import WireLimits
 from shardset_node.frontends.unexpected import cause
 from shardset_node.kv import KvWrites
 from shardset_node.reads import ReadPath
 from shardset_proto import wire
 from shardset_proto.errors import ApiError
-from shardset_proto.framing import MAX_CLIENT_FRAME, FrameError, FrameReader
+from shardset_proto.framing import (
+    CLIENT_MAGIC,
+    MAX_CLIENT_FRAME,
+    FrameError,
+    FrameReader,
+    read_hello,
+)
+from shardset_proto.identity import Action
 from shardset_proto.limits import (
     MAX_REQUESTS_PER_FRAME,
     check_idem,
@@ -74,8 +92,10 @@ class WireServer:
         *,
         max_value_bytes: int,
         limits: WireLimits | None = None,
+        auth: Authenticator | None = None,
     ) -> None:
         self.node_id = node_id
+        self.auth = auth
         self.kv = kv
         self.reads = reads
         self.max_value_bytes = max_value_bytes
@@ -84,6 +104,7 @@ class WireServer:
         self.connections = 0
         self.requests = 0
         self.closed_idle = 0
+        self.refused = 0  # requests answered 401 or 403
         self._ops: dict[str, Callable[[list[Any]], Any]] = {
             wire.Op.PUT: self._put,
             wire.Op.DELETE: self._delete,
@@ -91,9 +112,24 @@ class WireServer:
             wire.Op.GET: self._get,
         }
 
+    async def accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """Serves one connection of the wire port (asyncio.start_server's callback):
+        reads the client's hello (within the frame timeout), serves, closes."""
+        try:
+            async with asyncio.timeout(self.limits.frame_timeout):
+                _, version, _ = await read_hello(reader, (CLIENT_MAGIC,))
+            await self.serve(reader, writer, version)
+        except (OSError, EOFError, TimeoutError, FrameError) as e:
+            log.info("wire_hello_failed", remote=_remote(writer), error=repr(e)[:200])
+        finally:
+            writer.close()
+            with contextlib.suppress(OSError, ssl.SSLError):
+                await writer.wait_closed()
+
     async def serve(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, version: int
     ) -> None:
+        """Serves one connection whose hello said `version` (the caller read it)."""
         writer.write(wire.hello(wire.VERSION, self.node_id))
         if version != wire.VERSION:
             log.warning("wire_version_refused", client_version=version, ours=wire.VERSION)
@@ -104,6 +140,22 @@ class WireServer:
             await _Connection(self, reader, writer).run()
         finally:
             self.connections -= 1
+
+    def authenticate(self, req: list[Any]) -> Principal:
+        """The principal of an auth request's token; AuthError (401) naming why not."""
+        assert self.auth is not None
+        if len(req) != wire.ARITY[wire.Op.AUTH] or not isinstance(req[2], str):
+            raise AuthError(401, 'auth takes [id, "auth", token] with the token as text')
+        return self.auth.from_token(req[2])
+
+    def authorize(self, req: list[Any], principal: Principal | None, refusal: str) -> None:
+        """Raises 401 (no principal) or 403 unless `principal` may run `req`."""
+        if self.auth is None:
+            return
+        if principal is None:
+            raise AuthError(401, refusal)
+        action = Action.KV_READ if req[1] == wire.Op.GET else Action.KV_WRITE
+        self.auth.authorize(principal, action, _key(req[2]))
 
     # --- operations: each returns (status, body) or raises ApiError ---------------------
     async def _put(self, req: list[Any]) -> tuple[int, dict[str, Any]]:
@@ -135,8 +187,11 @@ class WireServer:
         )
         return (200 if body["value"] is not None else 404), body
 
-    async def answer(self, req: Any) -> list[Any]:
-        """One request's answer, `[id, status, body]`; never raises."""
+    async def answer(
+        self, req: Any, principal: Principal | None = None, refusal: str = ""
+    ) -> list[Any]:
+        """One request's answer, `[id, status, body]`, run as `principal` (checked when
+        the server has an Authenticator; `refusal` says why there is none); never raises."""
         rid = req[0] if isinstance(req, list) and req and isinstance(req[0], int) else 0
         self.requests += 1
         try:
@@ -144,11 +199,16 @@ class WireServer:
                 raise ApiError(400, "bad_request", "a request is [id, op, key, ...]")
             op = self._ops.get(req[1])
             if op is None:
-                raise ApiError(
-                    400, "bad_op", f"unknown op {req[1]!r}; one of {', '.join(self._ops)}"
-                )
+                ops = ", ".join([*self._ops, wire.Op.AUTH])
+                raise ApiError(400, "bad_op", f"unknown op {req[1]!r}; one of {ops}")
+            self.authorize(req, principal, refusal)
             status, body = await op(req)
             return [rid, status, body]
+        except AuthError as e:
+            self.refused += 1
+            if e.status == 403:
+                log.warning("wire_request_refused", reason=str(e), claimed=e.claimed)
+            return [rid, e.status, _error_body(e)]
         except ApiError as e:
             return [rid, e.status, _error_body(e)]
         except Exception as e:  # a bug answers 500 and the connection lives on
@@ -190,6 +250,59 @@ class _Connection:
         self.bytes = Budget(self.limits.connection_bytes)
         self.frame_began: float | None = None  # when the frame now arriving began
         self.held: set[_Frame] = set()
+        self.principal: Principal | None = None  # who the requests run as
+        self.refusal = ""  # why there is no principal (each request's 401 says it)
+        self.closing = False  # an auth request was refused: answer it, then close
+        if server.auth is not None:
+            self._certificate(server.auth)
+
+    def _certificate(self, auth: Authenticator) -> None:
+        """The connection's principal from its client certificate, if it sent one."""
+        try:
+            self.principal = auth.from_certificate(self.writer.get_extra_info("ssl_object"))
+        except AuthError as e:
+            self.refusal = str(e)
+            self._log_refusal(e)
+            return
+        if self.principal is None:
+            self.refusal = (
+                'not authenticated: send [id, "auth", token] first, or connect with a '
+                f"client certificate of store {auth.store}"
+            )
+
+    def _log_refusal(self, e: AuthError) -> None:
+        log.warning("wire_auth_refused", reason=str(e), remote=self._peer(), claimed=e.claimed)
+
+    def _refresh(self) -> None:
+        """Before each frame: the principal as the user table has it now."""
+        auth = self.server.auth
+        if auth is None or self.principal is None:
+            return
+        try:
+            self.principal = auth.refresh(self.principal)
+        except AuthError as e:
+            self.principal, self.refusal = None, str(e)
+            self._log_refusal(e)
+
+    def _auth_request(self, req: list[Any]) -> None:
+        """Answers an auth request at once (the requests after it run as its user); a
+        refused one closes the connection once answered."""
+        rid = req[0] if isinstance(req[0], int) else 0
+        if self.server.auth is None:
+            msg = "this node runs without TLS and checks no credentials; send no auth"
+            self._queue([rid, 400, {"error": "auth_disabled", "message": msg}])
+            return
+        try:
+            principal = self.server.authenticate(req)
+        except AuthError as e:
+            self.server.refused += 1
+            self._log_refusal(e)
+            self._queue([rid, 401, _error_body(e)])
+            self.principal, self.refusal, self.closing = None, str(e), True
+            return
+        self.principal = principal
+        log.info("wire_authenticated", user=principal.name, remote=self._peer())
+        self._queue([rid, 200, wire.auth_answer(principal.name, str(principal.row))])
 
     async def run(self) -> None:
         frames = FrameReader(self.reader, limit=MAX_CLIENT_FRAME)
@@ -201,6 +314,10 @@ class _Connection:
                 for payload in payloads:
                     await self._room()  # over a bound: answers first, then read on
                     await self._dispatch(payload)
+                    if self.closing:
+                        self._flush()
+                        await self.writer.drain()
+                        return
                 await self.writer.drain()  # a client that stops reading stops being read
         except FrameError as e:
             self._send([[0, 400, {"error": "bad_frame", "message": str(e)}]])
@@ -252,19 +369,35 @@ class _Connection:
         except ApiError as e:
             self._queue([0, e.status, _error_body(e)])
             return
-        if not batch:
+        self._refresh()
+        runs = self._runs(batch)
+        if not runs:
             return
-        held = _Frame(len(payload), len(batch))
+        held = _Frame(len(payload), len(runs))
         self.held.add(held)
         self.bytes.take(held.size)
         self.server.bytes.take(held.size)
-        for i, req in enumerate(batch, 1):
-            task = self.loop.create_task(self._one(req, held))
+        for i, (req, principal, refusal) in enumerate(runs, 1):
+            task = self.loop.create_task(self._one(req, principal, refusal, held))
             self.tasks.add(task)
             self.requests.take(1)
             task.add_done_callback(self._done)
-            if i % self.limits.yield_every == 0 and i < len(batch):
+            if i % self.limits.yield_every == 0 and i < len(runs):
                 await asyncio.sleep(0)  # a large frame must not hold the Raft loop
+
+    def _runs(self, batch: list[Any]) -> list[tuple[Any, Principal | None, str]]:
+        """The frame's requests with the principal each runs as, its auth requests
+        answered on the way (in order: the requests after one run as its user); none
+        after a refused auth request."""
+        runs: list[tuple[Any, Principal | None, str]] = []
+        for req in batch:
+            if isinstance(req, list) and len(req) >= 2 and req[1] == wire.Op.AUTH:
+                self._auth_request(req)
+                if self.closing:
+                    break
+            else:
+                runs.append((req, self.principal, self.refusal))
+        return runs
 
     def _done(self, task: asyncio.Task[None]) -> None:
         # Counted here, once the task is out of the set: a request that finishes
@@ -272,9 +405,9 @@ class _Connection:
         self.tasks.discard(task)
         self.requests.give(1)
 
-    async def _one(self, req: Any, held: _Frame) -> None:
+    async def _one(self, req: Any, principal: Principal | None, refusal: str, held: _Frame) -> None:
         try:
-            self._queue(await self.server.answer(req))
+            self._queue(await self.server.answer(req, principal, refusal))
         finally:
             held.left -= 1
             if held.left == 0:
@@ -304,8 +437,12 @@ class _Connection:
                     self.writer.write(data)
 
     def _peer(self) -> str:
-        peer = self.writer.get_extra_info("peername")
-        return f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
+        return _remote(self.writer)
+
+
+def _remote(writer: asyncio.StreamWriter) -> str:
+    peer = writer.get_extra_info("peername")
+    return f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
 
 
 def _error_body(e: ApiError) -> dict[str, Any]:
