@@ -650,11 +650,6 @@ def _check_key(key: str) -> None:
         raise ShardsetError(f"key must be 1 to {MAX_KEY_BYTES} bytes of UTF-8, got {size}")
 
 
-def _auth(token: str) -> list[Any]:
-    """The wire protocol's auth request without its id (docs: shardset_proto.wire)."""
-    return ["auth", token]
-
-
 async def _next_frame(frames: FrameReader, addr: str, timeout: float) -> list[bytes]:
     """The payloads of the next frame that holds any; ConnectionError if none comes."""
     payloads: list[bytes] | None = []
@@ -710,7 +705,7 @@ class _WireConn:
             if version != wire.VERSION:
                 raise ConnectionError(f"{addr} speaks wire version {version}, not {wire.VERSION}")
             if token is not None:
-                writer.write(wire.encode_batch([[1, *_auth(token)]]))
+                writer.write(wire.encode_batch([[1, *wire.auth(token)]]))
                 answers = wire.decode_batch((await _next_frame(frames, addr, timeout))[0])
                 _, status, body = answers[0]
                 if status != 200:

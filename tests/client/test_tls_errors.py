@@ -7,9 +7,10 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 from pathlib import Path
+from typing import Any
 
 import pytest
-from tlskit import NOW, STORE, https_server, leaf, write_pair
+from tlskit import NOW, STORE, https_server, leaf, one_node_map, wire_server, write_pair
 
 from shardset.client import Client
 from shardset.clienttls import ClientTls
@@ -175,3 +176,39 @@ def test_a_missing_ca_file_is_named(tmp_path: Path) -> None:
     with pytest.raises(BadCredentials) as err:
         Client(["https://127.0.0.1:1"], tls=ClientTls(cafile=tmp_path / "nope.crt"))
     assert "nope.crt" in str(err.value)
+
+
+def wire_put(cert: tuple[Path, Path], tls: ClientTls, auth_status: int) -> list[list[Any]]:
+    """A put over the wire protocol to a TLS wire server the map names; its requests."""
+
+    async def go() -> list[list[Any]]:
+        shardmap: dict[str, Any] = {}  # filled once both ports are known
+        async with (
+            wire_server(*cert, auth_status=auth_status) as (wport, seen),
+            https_server(*cert, body=shardmap) as (port, _),
+        ):
+            shardmap.update(one_node_map(port, wport))
+            endpoints = [f"https://127.0.0.1:{port}"]
+            async with Client(endpoints, tls=tls, attempts=2, protocol="wire") as client:
+                await client.put("k", b"v")
+        return seen
+
+    return asyncio.run(go())
+
+
+def test_the_wire_protocol_speaks_tls_and_authenticates_with_the_token_first(
+    tmp_path: Path, ca: pki.KeyPair, ca_file: Path
+) -> None:
+    cert = write_pair(tmp_path, "node", leaf(ca, NODE))
+    seen = wire_put(cert, ClientTls(cafile=ca_file, token="sst_t"), 200)
+    assert seen[0][1:] == ["auth", "sst_t"]
+    assert seen[1][1] == "put"
+
+
+def test_a_token_the_wire_protocol_refuses_is_named(
+    tmp_path: Path, ca: pki.KeyPair, ca_file: Path
+) -> None:
+    cert = write_pair(tmp_path, "node", leaf(ca, NODE))
+    with pytest.raises(TokenRejected) as err:
+        wire_put(cert, ClientTls(cafile=ca_file, token="sst_gone"), 401)
+    assert "wire auth" in str(err.value) and "unknown token" in str(err.value)

@@ -3,6 +3,7 @@ the client's TLS error tests: it answers /v1/shardmap with a fixed status and bo
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import socket
 import ssl
@@ -13,8 +14,10 @@ from typing import Any
 
 from aiohttp import web
 
-from shardset_proto import pki, urls
+from shardset_proto import framing, pki, urls, wire
+from shardset_proto.framing import FrameReader
 from shardset_proto.identity import Identity
+from shardset_proto.slots import SLOTS
 
 STORE = "local.test"
 NOW = dt.datetime.now(dt.UTC)
@@ -50,7 +53,7 @@ async def https_server(
 
     async def shardmap(request: web.Request) -> web.Response:
         seen.append({"authorization": request.headers.get("Authorization", "")})
-        return web.json_response(body or {}, status=status)
+        return web.json_response(body if body is not None else {}, status=status)
 
     app = web.Application()
     app.router.add_get(urls.SHARDMAP, shardmap)
@@ -66,3 +69,59 @@ async def https_server(
         yield port, seen
     finally:
         await runner.cleanup()
+
+
+def one_node_map(api_port: int, wire_port: int) -> dict[str, Any]:
+    """A shard map (GET /v1/shardmap) of one TLS node owning every slot."""
+    return {
+        "epoch": 1,
+        "slots": [[0, SLOTS, 1]],
+        "replicas": {"1": [1]},
+        "nodes": {
+            "1": {
+                "peer": "127.0.0.1:1",
+                "api": f"https://127.0.0.1:{api_port}",
+                "admin": "https://127.0.0.1:1",
+                "wire": f"127.0.0.1:{wire_port}",
+            }
+        },
+        "leaders": {"1": 1},
+    }
+
+
+@asynccontextmanager
+async def wire_server(
+    cert: Path, key: Path, auth_status: int = 200
+) -> AsyncIterator[tuple[int, list[list[Any]]]]:
+    """A TLS wire-protocol server: answers the hello, an auth request with
+    `auth_status`, and any other request 200 as a write; yields (port, requests seen)."""
+    seen: list[list[Any]] = []
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.load_cert_chain(str(cert), str(key))
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        frames = FrameReader(reader, limit=framing.MAX_CLIENT_FRAME)
+        try:
+            await frames.read()
+            writer.write(wire.hello(wire.VERSION, 1))
+            while (payloads := await frames.read()) is not None:
+                for payload in payloads:
+                    answers = [_answer(r, auth_status, seen) for r in wire.decode_batch(payload)]
+                    writer.write(wire.encode_batch(answers))
+        except (ConnectionError, framing.FrameError, ssl.SSLError):
+            pass
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0, ssl=ctx)
+    async with server:
+        yield server.sockets[0].getsockname()[1], seen
+
+
+def _answer(request: list[Any], auth_status: int, seen: list[list[Any]]) -> list[Any]:
+    seen.append(request)
+    if request[1] == "auth":
+        if auth_status == 200:
+            return [request[0], 200, wire.auth_answer("local-admin", "admin")]
+        return [request[0], 401, {"error": "unauthenticated", "message": "unknown token"}]
+    return [request[0], 200, {"shard": 1, "index": 7, "epoch": 1}]
