@@ -42,7 +42,7 @@ from shardset.clienttls import ClientTls
 from shardset.localpki import CLI_USER, LocalPki, store_key
 from shardset_node.faults import BlockMode, FaultProxy
 from shardset_proto import urls
-from shardset_proto.admin import PutUser, TransferLeader
+from shardset_proto.admin import DeleteUser, PutUser, TransferLeader
 from shardset_proto.identity import Role, token_digest
 from shardset_proto.shardmap import NodeAddress, ShardMap, bootstrap_map
 from shardset_proto.status import NodeStatus, ShardMapView
@@ -516,14 +516,19 @@ class LocalCluster:
         metadata leader over the admin port with the operator certificate (again at
         every `up`: the same digest, so nothing changes), and the CLI's config file."""
         body = PutUser(name=CLI_USER, role=Role.ADMIN, token_sha256=token_digest(self.pki.token()))
+        self.on_meta_leader(body, timeout)
+        self.write_cli_config()
+
+    def on_meta_leader(self, body: PutUser | DeleteUser, timeout: float = 30.0) -> None:
+        """A user change on the metadata leader, as the operator (`shardset local`'s
+        user creation, tests, the benchmark's user)."""
         try:
             asyncio.run(asyncio.wait_for(_on_meta_leader(self, body), timeout))
         except TimeoutError:
             raise LocalClusterError(
-                f"user {CLI_USER} not created after {timeout}s: no metadata leader took "
-                f"it; see {self.data_dir}/node-*.log"
+                f"{body.action} {body.name} not done after {timeout}s: no metadata leader "
+                f"took it; see {self.data_dir}/node-*.log"
             ) from None
-        self.write_cli_config()
 
     def write_cli_config(self) -> None:
         config = {
@@ -778,7 +783,7 @@ async def operator_session(cluster: LocalCluster) -> AsyncIterator[aiohttp.Clien
         yield http
 
 
-async def _on_meta_leader(cluster: LocalCluster, body: PutUser) -> None:
+async def _on_meta_leader(cluster: LocalCluster, body: PutUser | DeleteUser) -> None:
     """POST `body` to the metadata leader: each node in turn (a redirect names the
     leader) until one takes it; retried while there is none (an election)."""
     import aiohttp

@@ -96,6 +96,16 @@ class LocalPki:
     def token(self) -> str:
         return self.token_file.read_text().strip()
 
+    def user_files(self, name: str) -> TlsFiles:
+        """A client certificate for user `name` (made once) in tls/users/<name>/; the
+        store honours it while the user exists (PutUser gives it its role)."""
+        files = TlsFiles(self.root / "users" / name)
+        if _due(files.cert):
+            ca = self.ca()
+            pair = pki.issue_leaf(ca, Identity.user(self.store, name), _now())
+            files.write(ca.cert_pem, pair.cert_pem, pair.key_pem)
+        return files
+
 
 def new_token() -> str:
     """A bearer token as the store's users get them (shardset_proto.identity)."""

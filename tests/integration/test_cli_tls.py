@@ -16,10 +16,10 @@ from pathlib import Path
 import pytest
 
 from shardset.client import Client
-from shardset.local import LocalCluster, operator_session
+from shardset.local import LocalCluster
 from shardset.localpki import new_token
 from shardset.tlserrors import TokenRejected
-from shardset_proto.admin import AdminBody, DeleteUser, PutUser
+from shardset_proto.admin import DeleteUser, PutUser
 from shardset_proto.identity import Role, token_digest
 
 TIMEOUT = 60.0
@@ -109,29 +109,17 @@ def test_the_wrong_ca_is_named(cluster: LocalCluster, env: dict[str, str], tmp_p
         LocalCluster.load(other).shutdown(kill=True)
 
 
-def admin_call(cluster: LocalCluster, body: AdminBody) -> None:
-    """`body` on the metadata leader (the only node), as the operator."""
-
-    async def go() -> None:
-        async with operator_session(cluster) as http:
-            url = cluster.nodes[0].admin + body.path()
-            async with http.post(url, json=body.to_json()) as resp:
-                assert resp.status == 200, await resp.text()
-
-    asyncio.run(go())
-
-
 def test_a_read_user_is_forbidden_to_write_and_a_deleted_one_is_refused(
     cluster: LocalCluster, env: dict[str, str]
 ) -> None:
     token = new_token()
-    admin_call(cluster, PutUser(name="reader", role=Role.READ, token_sha256=token_digest(token)))
+    cluster.on_meta_leader(PutUser(name="reader", role=Role.READ, token_sha256=token_digest(token)))
     base = ["--endpoints", ",".join(cluster.endpoints), "--cacert", str(cluster.pki.ca_file)]
     rc, _, err = _until_ok(lambda: shardset(*base, "--token", token, "get", "k", env=env))
     assert rc in (0, 1) and "401" not in err, err  # read: allowed (k may be missing)
     rc, _, err = shardset(*base, "--token", token, "put", "k", "v", env=env)
     assert rc == 1 and "forbidden (403" in err and "'kv.write'" in err, err
-    admin_call(cluster, DeleteUser(name="reader"))
+    cluster.on_meta_leader(DeleteUser(name="reader"))
     rc, _, err = _until(lambda: shardset(*base, "--token", token, "get", "k", env=env), 1)
     assert "refused your token (401" in err, err
 
@@ -140,8 +128,10 @@ def test_wire_protocol_with_a_revoked_token_is_named(
     cluster: LocalCluster, env: dict[str, str]
 ) -> None:
     token = new_token()
-    admin_call(cluster, PutUser(name="gone", role=Role.READWRITE, token_sha256=token_digest(token)))
-    admin_call(cluster, DeleteUser(name="gone"))
+    cluster.on_meta_leader(
+        PutUser(name="gone", role=Role.READWRITE, token_sha256=token_digest(token))
+    )
+    cluster.on_meta_leader(DeleteUser(name="gone"))
 
     async def go() -> None:
         tls = cluster.client_tls()
