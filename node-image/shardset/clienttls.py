@@ -16,6 +16,9 @@ from pathlib import Path
 
 from shardset.tlserrors import BadCredentials, CertificateExpired, when
 from shardset_proto import pki
+from shardset_proto.tlsfiles import TlsFiles
+
+TOKEN_FILE = "token"  # beside ca.crt in a user's Secret
 
 
 @dataclass(frozen=True, slots=True)
@@ -24,6 +27,21 @@ class ClientTls:
     cert: Path | None = None
     key: Path | None = None
     token: str | None = None
+
+    @classmethod
+    def from_dir(cls, directory: Path) -> ClientTls:
+        """A mounted Secret (a ShardSetUser's, or the layout of shardset_proto.tlsfiles):
+        `ca.crt`, and `tls.crt`/`tls.key` and `token` where present."""
+        files = TlsFiles(directory)
+        if not files.ca.exists():
+            raise BadCredentials(f"{files.ca} does not exist (a TLS directory holds ca.crt)")
+        token_file = directory / TOKEN_FILE
+        return cls(
+            cafile=files.ca,
+            cert=files.cert if files.has_cert() else None,
+            key=files.key if files.has_cert() else None,
+            token=(token_file.read_text().strip() or None) if token_file.exists() else None,
+        )
 
     @property
     def has_cert(self) -> bool:

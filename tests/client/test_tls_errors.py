@@ -26,6 +26,7 @@ from shardset.tlserrors import (
 )
 from shardset_proto import pki
 from shardset_proto.identity import Identity
+from shardset_proto.tlsfiles import TlsFiles
 
 NODE = Identity.node(STORE, 1)
 
@@ -212,3 +213,21 @@ def test_a_token_the_wire_protocol_refuses_is_named(
     with pytest.raises(TokenRejected) as err:
         wire_put(cert, ClientTls(cafile=ca_file, token="sst_gone"), 401)
     assert "wire auth" in str(err.value) and "unknown token" in str(err.value)
+
+
+def test_a_secret_directory_gives_the_ca_the_certificate_and_the_token(
+    tmp_path: Path, ca: pki.KeyPair
+) -> None:
+    pair = leaf(ca, Identity.user(STORE, "app"))
+    TlsFiles(tmp_path).write(ca.cert_pem, pair.cert_pem, pair.key_pem)
+    (tmp_path / "token").write_text("sst_abc\n")
+    tls = ClientTls.from_dir(tmp_path)
+    assert (tls.cafile, tls.cert, tls.key, tls.token) == (
+        tmp_path / "ca.crt",
+        tmp_path / "tls.crt",
+        tmp_path / "tls.key",
+        "sst_abc",
+    )
+    tls.context()  # loads
+    with pytest.raises(BadCredentials, match=r"ca\.crt"):
+        ClientTls.from_dir(tmp_path / "nothing")
