@@ -22,7 +22,9 @@ what failed. `claimed` (the identity the request claimed, for the log) is not se
 
 from __future__ import annotations
 
+import contextlib
 import ssl
+import weakref
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -111,6 +113,13 @@ class Authenticator:
         self.verify = verify or self._identity
         self._revoked: OrderedDict[str, str] = OrderedDict()  # token digest -> user name
         self._granted: OrderedDict[str, str] = OrderedDict()  # digest seen valid -> user
+        # A connection's certificate is checked once, at its first request, like the
+        # handshake itself: an open connection lives on through a rotation (a CA dropped
+        # from the bundle refuses new connections only), and a keep-alive connection does
+        # not pay a signature check per request. The user table is read every request.
+        self._checked: weakref.WeakKeyDictionary[ssl.SSLObject, Identity | str] = (
+            weakref.WeakKeyDictionary()
+        )
 
     def _identity(self, tls: ssl.SSLObject) -> Identity:
         der = tls.getpeercert(binary_form=True)
@@ -147,10 +156,16 @@ class Authenticator:
         """The principal a client certificate names; None when none was presented."""
         if tls is None or tls.getpeercert(binary_form=True) is None:
             return None
-        try:
-            ident = self.verify(tls)
-        except ValueError as e:  # IdentityError, PkiError: a certificate we cannot use
-            raise AuthError(401, f"client certificate refused: {e}") from None
+        ident = self._checked.get(tls)
+        if ident is None:
+            try:
+                ident = self.verify(tls)
+            except ValueError as e:  # IdentityError, PkiError: a certificate we cannot use
+                ident = f"client certificate refused: {e}"
+            with contextlib.suppress(TypeError):  # an object without weak references
+                self._checked[tls] = ident
+        if isinstance(ident, str):
+            raise AuthError(401, ident)
         if ident.store != self.store:
             raise AuthError(
                 401, f"certificate was issued for store {ident.store}, not {self.store}",

@@ -26,6 +26,7 @@ from shardset_node.storage.diskspace import DiskSpace, disk_space
 from shardset_node.storage.files import atomic_replace
 from shardset_node.storage.kvengine import KvEngine
 from shardset_node.storage.raftstore import NodeStorage
+from shardset_proto import urls
 from shardset_proto.errors import ApiError
 from shardset_proto.shardmap import ShardMap
 from shardset_proto.slots import slot_of
@@ -332,12 +333,13 @@ class Node:
         redirect to the leader's admin API: its own port on a TLS node)."""
         g = self.group(shard, f"/v1/admin/{action}")
         if g.raft.role != Role.LEADER:
-            raise self.redirect(shard, g.raft.leader, f"/v1/admin/{action}", admin=True)
+            raise self.redirect(shard, g.raft.leader, f"/v1/admin/{action}")
         return g
 
-    def redirect(self, shard: int, leader: int, path: str, admin: bool = False) -> ApiError:
-        """A 307 to `leader` for `path` (on its admin API if `admin`), or a retryable 503
-        when no leader is known."""
+    def redirect(self, shard: int, leader: int, path: str) -> ApiError:
+        """A 307 to `leader` for `path`, or a retryable 503 when no leader is known. An
+        admin path, or none (an admin action's own proposal or wait), points at the
+        leader's admin API (a port of its own on a TLS node), any other at its API."""
         if leader == 0 or leader not in self.meta.map.nodes:
             return ApiError(
                 503,
@@ -349,7 +351,7 @@ class Node:
                 epoch=self.meta.map.epoch,
             )
         address = self.meta.map.nodes[leader]
-        url = address.admin_url if admin else address.api
+        url = address.admin_url if not path or path.startswith(urls.ADMIN) else address.api
         return ApiError(
             307,
             "not_leader",

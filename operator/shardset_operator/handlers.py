@@ -136,6 +136,8 @@ async def forget(rt: Runtime, body: kopf.Body) -> None:
     sset = ShardSet.from_body(dict(body))
     names = Names(sset.name, sset.namespace)
     metrics.record_conditions(str(body.metadata.uid), None)
+    metrics.record_certs(names.namespace, names.name, None)
+    rt.ctx.nodes.forget(names.store_key)  # its ssl context
     rt.locks.pop(str(body.metadata.uid), None)
     rt.last.pop(str(body.metadata.uid), None)
     if sset.spec.storage.retain_on_delete:
@@ -186,6 +188,8 @@ async def reconcile(rt: Runtime, trigger: str, body: Any, patch: Any) -> None:
     if changed(in_object, outcome.status):
         patch.status.update(status_patch(outcome.status))
     metrics.record_conditions(uid, outcome.status)
+    meta = raw["metadata"]
+    metrics.record_certs(meta["namespace"], meta["name"], outcome.status.tls)
 
 
 def _post_transitions(body: Any, old: ShardSetStatus, new: ShardSetStatus) -> None:

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections import Counter as Tally
 
 from prometheus_client import Counter, Gauge, Histogram
 
-from shardset_operator.api.models import ShardSetStatus
+from shardset_operator.api.models import ShardSetStatus, TlsStatus
 
 RECONCILES = Counter(
     "shardset_operator_reconciles_total",
@@ -25,6 +26,14 @@ SHARDSETS = Gauge(
     ["condition", "status"],
 )
 
+CERT_NOT_AFTER = Gauge(
+    "shardset_operator_cert_not_after_seconds",
+    "When a ShardSet's certificates expire (Unix time): kind ca (the earliest CA "
+    "trusted), node (the earliest node certificate), operator (its client certificate).",
+    ["shardset", "namespace", "kind"],
+)
+CERT_KINDS = ("ca", "node", "operator")
+
 # The last conditions seen per ShardSet uid: only to count them for the gauge above.
 _latest: dict[str, dict[str, str]] = {}
 
@@ -41,3 +50,16 @@ def record_conditions(uid: str, status: ShardSetStatus | None) -> None:
     for kind in ("Ready", "Progressing", "Degraded"):
         for value in ("True", "False", "Unknown"):
             SHARDSETS.labels(kind, value).set(tally[(kind, value)])
+
+
+def record_certs(namespace: str, name: str, tls: TlsStatus | None) -> None:
+    """Expose a ShardSet's certificate expiries (None: no TLS, or the ShardSet is gone)."""
+    expiries = (
+        (tls.ca_not_after, tls.node_not_after, tls.operator_not_after) if tls else (None,) * 3
+    )
+    for kind, when in zip(CERT_KINDS, expiries, strict=True):
+        if when is None:
+            with contextlib.suppress(KeyError):  # never set: nothing to remove
+                CERT_NOT_AFTER.remove(name, namespace, kind)
+        else:
+            CERT_NOT_AFTER.labels(name, namespace, kind).set(when.timestamp())

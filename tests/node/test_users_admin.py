@@ -19,6 +19,7 @@ from shardset_node.config import META_GROUP, NodeConfig
 from shardset_node.core import Node
 from shardset_node.main import NodeProcess, assemble
 from shardset_node.replication.host import LoopFailed
+from shardset_proto.errors import ApiError
 from shardset_proto.identity import Role, token_digest
 from shardset_proto.shardmap import NodeAddress, bootstrap_map
 from shardset_raft import Role as RaftRole
@@ -160,14 +161,20 @@ def test_a_non_leader_redirects_user_changes_to_the_leaders_admin_api(tmp_path: 
     boot = bootstrap_map(nodes, 1, 3)
     node = Node(NodeConfig(1, tmp_path, "127.0.0.1", 0, boot, fsync=False))
     try:
-        admin = node.redirect(META_GROUP, 2, "/v1/admin/put-user", admin=True)
+        admin = node.redirect(META_GROUP, 2, "/v1/admin/put-user")
+        proposal = node.redirect(META_GROUP, 2, "")  # leadership lost while proposing
         client = node.redirect(1, 2, "/v1/kv/k")
+        holder = boot.replicas[1][0]
+        with pytest.raises(ApiError) as elsewhere:  # not started: it hosts no replica yet
+            node.group(1, "/v1/admin/transfer-leader")
     finally:
         node.engine.close()
     assert (admin.status, admin.code) == (307, "not_leader")
     assert admin.location == "https://10.0.0.2:8001/v1/admin/put-user"
     assert admin.extra["leader_url"] == "https://10.0.0.2:8001"  # the operator follows it
+    assert proposal.extra["leader_url"] == "https://10.0.0.2:8001"
     assert client.location == "https://10.0.0.2:8000/v1/kv/k"  # clients: the API
+    assert elsewhere.value.extra["leader_url"] == f"https://10.0.0.{holder}:8001"
 
 
 def test_a_user_entry_that_cannot_be_applied_stops_the_node(tmp_path: Path) -> None:

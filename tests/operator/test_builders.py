@@ -9,13 +9,18 @@ import pytest
 
 from shardset_operator.api.consistency import ReadSetting
 from shardset_operator.api.models import ShardSet
+from shardset_operator.api.naming import TLS_MOUNT, Names
 from shardset_operator.builders.configmap import BOOTSTRAP_KEY, STORE_CREATED_KEY, configmap
 from shardset_operator.builders.pdb import max_unavailable, pdb
 from shardset_operator.builders.services import client_service, peers_service
 from shardset_operator.builders.statefulset import default_affinity, node_args, statefulset
+from shardset_operator.builders.tlssecrets import ca_secret, node_secret, operator_secret
 from shardset_operator.plan.bootstrap import bootstrap_document, first_map
+from shardset_operator.plan.repair import MetaView, join_step
 from shardset_operator.plan.shape import Shape
 from shardset_operator.reconcile.apply import desired_objects
+from shardset_proto.admin import AddNode
+from shardset_proto.shardmap import NodeAddress
 
 from .conftest import NAMES, spec
 
@@ -199,3 +204,88 @@ def test_every_owned_object_is_adopted_by_the_shardset() -> None:
         )
         assert obj["metadata"]["namespace"] == "prod"
         assert obj["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "shardset-operator"
+
+
+# --- TLS (spec.tls.mode Operator or Secrets; issue 16) ------------------------------------
+TLS = Names("kv", "prod", tls=True)
+
+
+def test_a_tls_node_gets_its_certificates_store_and_ports_on_the_command_line() -> None:
+    sts = statefulset(TLS, spec(), "img:1", replicas=3)
+    pod = sts["spec"]["template"]["spec"]
+    [c] = pod["containers"]
+    args = c["args"]
+
+    def flag(name: str) -> str:
+        return str(args[args.index(name) + 1])
+
+    assert flag("--tls-dir") == TLS_MOUNT == "/etc/shardset/tls"
+    assert flag("--store") == "prod.kv"
+    assert flag("--admin") == "0.0.0.0:8001" and flag("--wire") == "0.0.0.0:7001"
+    ports = {p["name"]: p["containerPort"] for p in c["ports"]}
+    assert ports == {"raft": 7000, "api": 8000, "wire": 7001, "admin": 8001}
+    for probe in ("readinessProbe", "livenessProbe", "startupProbe"):
+        assert c[probe]["httpGet"]["scheme"] == "HTTPS"
+    # the whole Secret (no subPath): the kubelet swaps renewed certificates in live
+    [mount] = [m for m in c["volumeMounts"] if m["name"] == "tls"]
+    assert mount == {"name": "tls", "mountPath": TLS_MOUNT, "readOnly": True}
+    [volume] = [v for v in pod["volumes"] if v["name"] == "tls"]
+    assert volume["secret"]["secretName"] == "kv-node-tls"
+    assert volume["secret"]["defaultMode"] == 0o440
+
+
+def test_node_pods_pass_the_restricted_pod_security_profile() -> None:
+    for names in (NAMES, TLS):
+        pod = statefulset(names, spec(), "img:1", replicas=3)["spec"]["template"]["spec"]
+        assert pod["automountServiceAccountToken"] is False
+        sc = pod["securityContext"]
+        assert sc["runAsNonRoot"] is True and sc["runAsUser"] != 0
+        assert sc["seccompProfile"] == {"type": "RuntimeDefault"}
+        [c] = pod["containers"]
+        csc = c["securityContext"]
+        assert csc["allowPrivilegeEscalation"] is False
+        assert csc["capabilities"] == {"drop": ["ALL"]}
+        assert not [v for v in pod["volumes"] if "hostPath" in v]
+
+
+def test_without_tls_the_node_runs_as_before() -> None:
+    pod = statefulset(NAMES, spec(), "img:1", replicas=3)["spec"]["template"]["spec"]
+    [c] = pod["containers"]
+    assert not {"--tls-dir", "--store", "--admin", "--wire"} & set(c["args"])
+    assert [p["name"] for p in c["ports"]] == ["raft", "api"]
+    assert "scheme" not in c["readinessProbe"]["httpGet"]
+    assert not [v for v in pod["volumes"] if v["name"] == "tls"]
+
+
+def test_the_client_service_never_exposes_the_admin_or_raft_ports() -> None:
+    ports = {p["name"]: p["port"] for p in client_service(TLS)["spec"]["ports"]}
+    assert ports == {"api": 8000, "wire": 7001}
+    peers = {p["name"] for p in peers_service(TLS)["spec"]["ports"]}
+    assert peers == {"raft", "api", "wire", "admin"}
+
+
+def test_a_tls_store_map_holds_https_admin_and_wire_addresses() -> None:
+    m = first_map(TLS, spec())
+    assert m.nodes[2] == NodeAddress(
+        peer="kv-1.kv-peers.prod.svc:7000",
+        api="https://kv-1.kv-peers.prod.svc:8000",
+        admin="https://kv-1.kv-peers.prod.svc:8001",
+        wire="kv-1.kv-peers.prod.svc:7001",
+    )
+    meta = MetaView(leader=1, voters=frozenset({1}), hosts=frozenset({1, 4}))
+    step = join_step(4, meta, TLS.node_address(4))
+    assert isinstance(step.body, AddNode)
+    assert (step.body.admin, step.body.wire) == (TLS.admin_url(4), TLS.wire_address(4))
+    plain = first_map(NAMES, spec())
+    assert plain.nodes[2] == NodeAddress(
+        "kv-1.kv-peers.prod.svc:7000", "http://kv-1.kv-peers.prod.svc:8000"
+    )
+
+
+def test_tls_secrets_hold_their_files_and_the_operators_is_a_tls_secret() -> None:
+    ca = ca_secret(TLS, {"ca.crt": b"C", "ca.key": b"K"})
+    assert ca["metadata"]["name"] == "kv-ca" and ca["type"] == "Opaque"
+    assert ca["data"] == {"ca.crt": "Qw==", "ca.key": "Sw=="}
+    op = operator_secret(TLS, {"ca.crt": b"C", "tls.crt": b"T", "tls.key": b"K"})
+    assert op["metadata"]["name"] == "kv-operator-tls" and op["type"] == "kubernetes.io/tls"
+    assert node_secret(TLS, {})["metadata"]["name"] == "kv-node-tls"

@@ -141,6 +141,19 @@ def test_cel_rules(crd: dict[str, Any]) -> None:
     assert any("metadata.name" in r for r in _rules(root))
 
 
+def test_tls_mode_is_fixed_at_creation_and_secrets_mode_names_its_secrets(
+    crd: dict[str, Any],
+) -> None:
+    tls = _schema(crd)["properties"]["spec"]["properties"]["tls"]
+    assert tls["properties"]["mode"]["enum"] == ["Operator", "Secrets", "Disabled"]
+    assert tls["default"] == {"mode": "Operator"}
+    immutable, complete = tls["x-kubernetes-validations"]
+    assert immutable["rule"] == "self.mode == oldSelf.mode"
+    assert "immutable" in immutable["message"] and "shard map" in immutable["message"]
+    for field in ("caSecret", "nodeSecretPrefix", "operatorSecret"):
+        assert f"has(self.{field})" in complete["rule"] and field in complete["message"]
+
+
 def test_status_has_no_defaults(crd: dict[str, Any]) -> None:
     status = _schema(crd)["properties"]["status"]
     assert all("default" not in node for node in _walk(status))

@@ -8,7 +8,7 @@ import pytest
 from prometheus_client import REGISTRY
 
 from shardset_operator import metrics
-from shardset_operator.api.models import Condition, ConditionStatus, ShardSetStatus
+from shardset_operator.api.models import Condition, ConditionStatus, ShardSetStatus, TlsStatus
 
 
 def _status(ready: ConditionStatus) -> ShardSetStatus:
@@ -35,3 +35,20 @@ def test_gauge_follows_conditions(monkeypatch: pytest.MonkeyPatch) -> None:
     metrics.record_conditions("a", None)
     metrics.record_conditions("b", None)
     assert _gauge("True") == 0
+
+
+def _expiry(kind: str) -> float | None:
+    return REGISTRY.get_sample_value(
+        "shardset_operator_cert_not_after_seconds",
+        {"shardset": "kv", "namespace": "prod", "kind": kind},
+    )
+
+
+def test_certificate_expiries_are_exposed_and_forgotten() -> None:
+    ca, node = datetime(2036, 1, 1, tzinfo=UTC), datetime(2026, 4, 1, tzinfo=UTC)
+    tls = TlsStatus(mode="Operator", ca_not_after=ca, node_not_after=node)
+    metrics.record_certs("prod", "kv", tls)
+    assert (_expiry("ca"), _expiry("node")) == (ca.timestamp(), node.timestamp())
+    assert _expiry("operator") is None  # not known: not exposed as 0 (which would alert)
+    metrics.record_certs("prod", "kv", None)
+    assert (_expiry("ca"), _expiry("node")) == (None, None)

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from shardset_operator.api.consistency import ReadSetting
-from shardset_operator.api.models import ConsistencySpec, ShardSetStatus
+from shardset_operator.api.models import ConsistencySpec, ShardSetStatus, TlsStatus
 from shardset_operator.api.naming import node_id_of_pod
 from shardset_operator.api.observed import PodState, StatefulSetState
 from shardset_operator.clients.observe import ready_count
@@ -34,13 +35,22 @@ def test_new_store_takes_its_size_from_the_spec() -> None:
 
 
 def test_node_count_changes_are_planned_but_replication_changes_refused() -> None:
-    recorded = first_map(NAMES, spec(nodes=3, replicationFactor=3))
+    recorded = first_map(replace(NAMES, tls=True), spec(nodes=3, replicationFactor=3))
     shape = plan_shape(spec(nodes=5, replicationFactor=3), recorded)
     assert shape.refusals == ()
     shape = plan_shape(spec(nodes=3, replicationFactor=1), recorded)
     assert [r.reason for r in shape.refusals] == ["ReplicationChangeNotSupported"]
     assert shape.replication == 3  # what the store really has, for the PDB and health
     assert plan_shape(spec(nodes=3), recorded).refusals == ()
+
+
+def test_tls_follows_the_map_the_store_was_created_with() -> None:
+    plain = first_map(NAMES, spec())
+    assert not plan_shape(spec(tls={"mode": "Disabled"}), plain).tls
+    refused = plan_shape(spec(), plain)  # default Operator, on a store created without
+    assert not refused.tls
+    assert [r.reason for r in refused.refusals] == ["TlsModeChangeNotSupported"]
+    assert plan_shape(spec(), None).tls and not plan_shape(spec(tls={"mode": "Disabled"}), None).tls
 
 
 # --- consistency -------------------------------------------------------------------------
@@ -301,3 +311,12 @@ def test_status_patch_clears_fields_that_went_away() -> None:
     }
     assert body["conditions"][0]["lastTransitionTime"] == "2026-01-01T00:00:00Z"
     assert "readyNodes" in body and "observedGeneration" in body
+
+
+def test_status_patch_clears_a_finished_ca_rotation() -> None:
+    # A merge patch keeps what it does not mention: a rotation that ended must say null.
+    st = compute_status(ShardSetStatus(), _obs(), NOW)
+    done = st.model_copy(update={"tls": TlsStatus(mode="Operator", ca_not_after=NOW)})
+    tls = status_patch(done)["tls"]
+    assert tls["rotation"] is None and tls["caNotAfter"] == "2026-01-01T00:00:00Z"
+    assert status_patch(st)["tls"] is None

@@ -8,7 +8,9 @@ the ConfigMap before any node, scale changes are refused, failures are explained
 from __future__ import annotations
 
 import asyncio
+import base64
 import copy
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -17,10 +19,12 @@ from shardset_operator.api.naming import Names
 from shardset_operator.api.observed import PodState, StatefulSetState
 from shardset_operator.builders.configmap import BOOTSTRAP_KEY
 from shardset_operator.clients.kube import KubeError
-from shardset_operator.clients.nodeclient import NodeCallError
+from shardset_operator.clients.nodeclient import ClientTls, NodeCallError
 from shardset_operator.reconcile.context import Context, Outcome
 from shardset_operator.reconcile.converge import converge
+from shardset_proto import pki
 from shardset_proto.admin import AdminBody, SetConsistency
+from shardset_proto.identity import Identity
 from shardset_proto.placement import initial_slots
 from shardset_proto.status import NodeStatus, ShardMapView
 
@@ -40,6 +44,14 @@ class FakeKube:
             raise KubeError(f"apply {kind} prod/{name}: 403 Forbidden: no")
         self.calls.append(f"apply {kind} {name}")
         self.objects[(kind, name)] = copy.deepcopy(obj)
+
+    async def secret_data(self, namespace: str, name: str) -> dict[str, bytes] | None:
+        if self.fail_kind == "Secret":
+            raise KubeError(f"read Secret {namespace}/{name}: 403 Forbidden: no")
+        secret = self.objects.get(("Secret", name))
+        if secret is None:
+            return None
+        return {k: base64.b64decode(v) for k, v in secret["data"].items()}
 
     async def patch_shardset_status(self, namespace: str, name: str, body: dict[str, Any]) -> None:
         self.calls.append(f"patch status {sorted(body)}")
@@ -66,12 +78,18 @@ class FakeKube:
 class FakeNodes:
     def __init__(self, calls: list[str]) -> None:
         self.calls = calls
+        self.tls: ClientTls | None = None  # the operator's credentials it was given
+        self.urls: list[str] = []
         self.modes = {i: "linearizable" for i in range(1, 8)}
         self.down: set[int] = set()
         self.no_admin: set[int] = set()
 
-    @staticmethod
-    def _id(url: str) -> int:
+    def for_store(self, store: str, tls: ClientTls | None) -> FakeNodes:
+        self.tls = tls
+        return self
+
+    def _id(self, url: str) -> int:
+        self.urls.append(url)
         return int(url.split("//kv-")[1].split(".")[0]) + 1
 
     async def status(self, url: str) -> NodeStatus:
@@ -146,6 +164,9 @@ def test_first_reconcile_creates_everything_and_reports_a_ready_store(
     kube, nodes = world
     out = _run(kube, nodes, _body())
     assert kube.calls == [
+        "apply Secret kv-ca",
+        "apply Secret kv-node-tls",
+        "apply Secret kv-operator-tls",
         "apply ConfigMap kv-config",
         "apply Service kv-peers",
         "apply Service kv",
@@ -302,3 +323,150 @@ def test_a_new_pod_template_is_applied_with_every_pod_held(
     assert sts["spec"]["updateStrategy"]["rollingUpdate"]["partition"] == 3
     status, reason, message = _cond(out, "Progressing")
     assert (status, reason) == ("True", "RollingOut") and "holding every pod" in message
+
+
+# --- TLS (issue 16) -------------------------------------------------------------------
+def _secret(kube: FakeKube, name: str) -> dict[str, bytes]:
+    data = kube.objects[("Secret", name)]["data"]
+    return {k: base64.b64decode(v) for k, v in data.items()}
+
+
+def test_a_tls_store_is_called_over_https_with_the_operators_certificate(
+    world: tuple[FakeKube, FakeNodes],
+) -> None:
+    kube, nodes = world
+    out = _run(kube, nodes, _body(consistency={"mode": "lease"}))
+    node_tls, operator = _secret(kube, "kv-node-tls"), _secret(kube, "kv-operator-tls")
+    assert sorted(node_tls) == [
+        "ca.crt", "node-1.crt", "node-1.key", "node-2.crt", "node-2.key", "node-3.crt",
+        "node-3.key",
+    ]  # fmt: skip
+    assert "ca.key" not in node_tls and "ca.key" in _secret(kube, "kv-ca")
+    assert nodes.tls == ClientTls(operator["ca.crt"], operator["tls.crt"], operator["tls.key"])
+    assert operator["ca.crt"] == node_tls["ca.crt"]
+    # status and shard map on the HTTPS API port, admin calls on the admin port
+    assert "https://kv-0.kv-peers.prod.svc:8000" in nodes.urls
+    assert "https://kv-0.kv-peers.prod.svc:8001" in nodes.urls  # the consistency switch
+    assert not [u for u in nodes.urls if u.startswith("http:")]
+    tls = out.status.tls
+    assert tls is not None and tls.mode == "Operator" and tls.rotation is None
+    assert tls.ca_not_after and tls.node_not_after and tls.operator_not_after
+    assert (tls.ca_not_after - out.status.conditions[0].last_transition_time).days > 3000
+    assert 80 < (tls.node_not_after - out.status.conditions[0].last_transition_time).days <= 90
+    notes = [r for r, _ in out.notes]
+    assert notes.count("NodeCertificateIssued") == 3 and "CaIssued" in notes
+
+
+def test_certificates_are_written_once_not_on_every_reconcile(
+    world: tuple[FakeKube, FakeNodes],
+) -> None:
+    kube, nodes = world
+    _run(kube, nodes, _body())
+    node_tls = _secret(kube, "kv-node-tls")
+    kube.calls.clear()
+    out = _run(kube, nodes, _body())
+    assert not [c for c in kube.calls if c.startswith("apply Secret")]
+    assert _secret(kube, "kv-node-tls") == node_tls
+    assert not [r for r, _ in out.notes if "Certificate" in r or r.startswith("Ca")]
+
+
+def test_a_store_without_tls_has_no_secrets_and_is_called_over_http(
+    world: tuple[FakeKube, FakeNodes],
+) -> None:
+    kube, nodes = world
+    out = _run(kube, nodes, _body(tls={"mode": "Disabled"}))
+    assert not [c for c in kube.calls if c.startswith("apply Secret")]
+    assert nodes.tls is None and out.status.tls is None
+    assert nodes.urls and all(u.startswith("http://") and ":8000" in u for u in nodes.urls)
+
+
+def _user_secrets(kube: FakeKube, skip: int | None = None) -> pki.KeyPair:
+    """What cert-manager would have written: a CA, one Secret per pod, the operator's."""
+    now = datetime.now(UTC)
+    ca = pki.issue_ca("prod.kv", now)
+
+    def put(name: str, pair: pki.KeyPair | None) -> None:
+        data = {"ca.crt": ca.cert_pem} | (
+            {"tls.crt": pair.cert_pem, "tls.key": pair.key_pem} if pair else {}
+        )
+        kube.objects[("Secret", name)] = {
+            "data": {k: base64.b64encode(v).decode() for k, v in data.items()}
+        }
+
+    put("store-ca", None)
+    put("kv-operator", pki.issue_leaf(ca, Identity.operator("prod.kv"), now))
+    for i in (1, 2, 3):
+        if i != skip:
+            put(f"kvnode-{i - 1}", pki.issue_leaf(ca, Identity.node("prod.kv", i), now))
+    return ca
+
+
+SECRETS = {
+    "mode": "Secrets",
+    "caSecret": "store-ca",
+    "nodeSecretPrefix": "kvnode",
+    "operatorSecret": "kv-operator",
+}
+
+
+def test_user_certificates_are_copied_to_the_nodes_and_again_when_they_change(
+    world: tuple[FakeKube, FakeNodes],
+) -> None:
+    kube, nodes = world
+    ca = _user_secrets(kube)
+    out = _run(kube, nodes, _body(tls=SECRETS))
+    assert out.failure is None
+    node_tls = _secret(kube, "kv-node-tls")
+    assert node_tls["ca.crt"] == ca.cert_pem
+    assert node_tls["node-2.crt"] == _secret(kube, "kvnode-1")["tls.crt"]
+    assert nodes.tls is not None and nodes.tls.cert_pem == _secret(kube, "kv-operator")["tls.crt"]
+    assert ("Secret", "kv-ca") not in kube.objects  # no CA of the operator's own
+    # cert-manager renews a node's certificate in place: the copy follows
+    renewed = pki.issue_leaf(ca, Identity.node("prod.kv", 2), datetime.now(UTC))
+    kube.objects[("Secret", "kvnode-1")]["data"]["tls.crt"] = base64.b64encode(
+        renewed.cert_pem
+    ).decode()
+    _run(kube, nodes, _body(tls=SECRETS))
+    assert _secret(kube, "kv-node-tls")["node-2.crt"] == renewed.cert_pem
+
+
+def test_a_missing_user_secret_is_named_and_the_others_still_reach_the_nodes(
+    world: tuple[FakeKube, FakeNodes],
+) -> None:
+    kube, nodes = world
+    _user_secrets(kube, skip=3)
+    out = _run(kube, nodes, _body(tls=SECRETS))
+    assert out.failure is not None and "kvnode-2" in out.failure
+    assert "node-1.crt" in _secret(kube, "kv-node-tls")
+    assert "node-3.crt" not in _secret(kube, "kv-node-tls")
+    assert ("StatefulSet", "kv") in kube.objects  # the other phases went on
+
+
+def test_certificates_that_cannot_be_read_do_not_stop_observing_and_applying(
+    world: tuple[FakeKube, FakeNodes],
+) -> None:
+    kube, nodes = world
+    kube.fail_kind = "Secret"
+    out = _run(kube, nodes, _body())
+    assert out.failure and out.failure.startswith("certificates: read Secret prod/kv-ca: 403")
+    assert ("StatefulSet", "kv") in kube.objects and ("ConfigMap", "kv-config") in kube.objects
+    status, reason, message = _cond(out, "Progressing")
+    assert (status, reason) == ("False", "ReconcileFailed") and "kv-ca" in message
+
+
+def test_a_store_created_without_tls_keeps_running_without_and_says_why(
+    world: tuple[FakeKube, FakeNodes],
+) -> None:
+    # A store created before spec.tls existed reads the default (Operator) afterwards.
+    kube, nodes = world
+    _run(kube, nodes, _body(tls={"mode": "Disabled"}))
+    kube.calls.clear()
+    nodes.urls.clear()
+    out = _run(kube, nodes, _body())
+    assert not [c for c in kube.calls if c.startswith("apply Secret")]
+    assert nodes.urls and all(u.startswith("http://") for u in nodes.urls)
+    pod = kube.objects[("StatefulSet", "kv")]["spec"]["template"]["spec"]
+    assert "--tls-dir" not in pod["containers"][0]["args"]
+    status, reason, message = _cond(out, "Progressing")
+    assert (status, reason) == ("False", "TlsModeChangeNotSupported")
+    assert "created without TLS" in message

@@ -64,6 +64,8 @@ CALLS = {
     "patch_namespaced_stateful_set": ("apps", "statefulsets", "patch"),
     "patch_namespaced_pod_disruption_budget": ("policy", "poddisruptionbudgets", "patch"),
     "read_namespaced_config_map": ("", "configmaps", "get"),
+    "patch_namespaced_secret": ("", "secrets", "patch"),
+    "read_namespaced_secret": ("", "secrets", "get"),
     "read_namespaced_stateful_set": ("apps", "statefulsets", "get"),
     "list_namespaced_pod": ("", "pods", "list"),
     "list_namespaced_persistent_volume_claim": ("", "persistentvolumeclaims", "list"),

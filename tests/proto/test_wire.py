@@ -10,6 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from shardset_proto import framing, wire
+from shardset_proto.errors import ApiError
 from shardset_proto.limits import MAX_REQUESTS_PER_FRAME
 
 
@@ -66,3 +67,20 @@ def test_encode_batches_splits_by_count_and_bytes_in_order() -> None:
     assert lengths == [len(b) for b in batches]
     big = [[i, "put", "k", b"x" * 600, None] for i in range(4)]
     assert len(wire_codec.encode_batches(big, 100, max_bytes=1000)) == 4
+
+
+def test_auth_request_and_answers() -> None:
+    """The auth request is [id, "auth", token]; its answer gives the user and role, or
+    the refusal as the ApiError the node sent (401 naming why), or a bad answer 502."""
+    request = [1, *wire.auth("sst_token")]
+    assert msgpack.unpackb(msgpack.packb(request)) == [1, "auth", "sst_token"]
+    assert len(request) == wire.ARITY[wire.Op.AUTH]
+    assert wire.parse_auth_answer(200, wire.auth_answer("app", "read")) == ("app", "read")
+    refused = {"error": "unauthenticated", "message": "unknown token: no user has it"}
+    with pytest.raises(ApiError) as e:
+        wire.parse_auth_answer(401, refused)
+    assert (e.value.status, e.value.code, str(e.value)) == (401, *refused.values())
+    for status, body in ((200, {"user": "app"}), (200, ["not", "a", "map"])):
+        with pytest.raises(ApiError) as e:
+            wire.parse_auth_answer(status, body)
+        assert e.value.status == 502

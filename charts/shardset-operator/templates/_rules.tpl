@@ -23,6 +23,10 @@ operator/shardset_operator/api/rbac.py. Do not edit by hand.
 - apiGroups: [""]
   resources: ["services"]
   verbs: ["create", "patch"]
+# the store's CA and certificates (`<name>-ca`, `<name>-node-tls`, `<name>-operator-tls`); read the Secrets spec.tls names
+- apiGroups: [""]
+  resources: ["secrets"]
+  verbs: ["get", "create", "patch"]
 # server-side apply; read its rollout
 - apiGroups: ["apps"]
   resources: ["statefulsets"]

@@ -7,6 +7,13 @@ that reaches a node which cannot serve it (a write, or a read whose mode needs t
 shard's leader) is answered with a 307 redirect to the leader (and a JSON body
 naming it), which the Shardset client follows; no leader known yet is a 503
 with Retry-After. Bad input is a 4xx whose JSON names the problem.
+
+A node with TLS (`auth`: shardset_node.auth) checks every request but health,
+readiness, metrics and the OpenAPI document: a client certificate or a bearer token
+(`Authorization: Bearer <token>`) allowed the route's action, on the request's key or
+scan range (401 `unauthenticated`, 403 `forbidden`, naming what failed). Its admin
+actions are served apart, on the admin port (`make_admin_app`), to client certificates
+holding store.admin only.
 """
 
 from __future__ import annotations
@@ -225,7 +232,10 @@ def _guard(auth: Authenticator) -> Middleware:
                 "http_request_refused", status=e.status, reason=str(e), remote=request.remote,
                 claimed=e.claimed, method=request.method, path=request.path[:200],
             )  # fmt: skip
-            raise
+            # RFC 9110: a 401 names the scheme that would do (a certificate is no scheme).
+            challenge = {"WWW-Authenticate": 'Bearer realm="shardset"'}
+            headers = challenge if e.status == 401 and action != Action.STORE_ADMIN else {}
+            return web.json_response(e.body(), status=e.status, headers=headers)
         request[PRINCIPAL] = principal
         return await handler(request)
 

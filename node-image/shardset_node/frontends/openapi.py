@@ -326,6 +326,12 @@ _OPEN_PATHS = ("/healthz", "/readyz", "/metrics", "/v1/openapi.json")
 _401 = {
     "description": "unauthenticated: no credential, an unknown or revoked token, or a "
     "certificate of another store or of no user (the message names which)",
+    "headers": {
+        "WWW-Authenticate": {
+            "schema": {"type": "string"},
+            "description": '`Bearer realm="shardset"` (not on the admin paths)',
+        }
+    },
     **_ERR,
 }
 _403 = {

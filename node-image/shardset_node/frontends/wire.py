@@ -206,8 +206,6 @@ class WireServer:
             return [rid, status, body]
         except AuthError as e:
             self.refused += 1
-            if e.status == 403:
-                log.warning("wire_request_refused", reason=str(e), claimed=e.claimed)
             return [rid, e.status, _error_body(e)]
         except ApiError as e:
             return [rid, e.status, _error_body(e)]
@@ -407,7 +405,13 @@ class _Connection:
 
     async def _one(self, req: Any, principal: Principal | None, refusal: str, held: _Frame) -> None:
         try:
-            self._queue(await self.server.answer(req, principal, refusal))
+            answer = await self.server.answer(req, principal, refusal)
+            if answer[1] == 403:  # (401s: the connection's state was logged once)
+                log.warning(
+                    "wire_request_refused", reason=answer[2]["message"], remote=self._peer(),
+                    claimed=str(principal),
+                )  # fmt: skip
+            self._queue(answer)
         finally:
             held.left -= 1
             if held.left == 0:

@@ -116,6 +116,44 @@ class RebalanceSpec(_Model):
     paused: bool = Field(default=False, description="Stop starting new replica moves.")
 
 
+TlsMode = Literal["Operator", "Secrets", "Disabled"]
+
+
+class TlsSpec(_Model):
+    """Certificates of the store's nodes and of the operator (mutual TLS everywhere)."""
+
+    mode: TlsMode = Field(
+        default="Operator",
+        description=(
+            "Operator: the operator runs a CA for this store (Secret <name>-ca) and issues "
+            "and renews the node and operator certificates itself. Secrets: you provide "
+            "them (e.g. cert-manager Certificates: caSecret, nodeSecretPrefix, "
+            "operatorSecret) and the operator copies them to the nodes on every change. "
+            "Disabled: no TLS and no authentication (anyone who reaches a node owns the "
+            "store). Immutable: the store's addresses (http or https) are fixed at creation."
+        ),
+    )
+    ca_secret: str | None = Field(
+        default=None,
+        min_length=1,
+        description="mode Secrets: a Secret whose ca.crt is the CA bundle nodes, the "
+        "operator and clients trust.",
+    )
+    node_secret_prefix: str | None = Field(
+        default=None,
+        min_length=1,
+        description="mode Secrets: Secrets <prefix>-<ordinal> (type kubernetes.io/tls, "
+        "tls.crt and tls.key) hold each node pod's certificate, with the URI SAN "
+        "shardset://<namespace>.<name>/node/<ordinal+1> and the pod's DNS names.",
+    )
+    operator_secret: str | None = Field(
+        default=None,
+        min_length=1,
+        description="mode Secrets: a kubernetes.io/tls Secret with the operator's client "
+        "certificate (URI SAN shardset://<namespace>.<name>/operator).",
+    )
+
+
 class ShardSetSpec(_Model):
     """The desired store: its size, replication, read consistency and pod settings."""
 
@@ -185,6 +223,7 @@ class ShardSetSpec(_Model):
     rebalance: RebalanceSpec = Field(
         default_factory=RebalanceSpec, description=RebalanceSpec.__doc__
     )
+    tls: TlsSpec = Field(default_factory=TlsSpec, description=TlsSpec.__doc__)
 
 
 class Condition(_Model):
@@ -262,6 +301,27 @@ class Unreachable(_Model):
     since: datetime = Field(description="First reconcile it did not answer in.")
 
 
+class TlsStatus(_Model):
+    """The store's certificates: when they expire, and the CA rotation in progress."""
+
+    mode: TlsMode = Field(description="spec.tls.mode in force.")
+    ca_not_after: datetime | None = Field(
+        default=None, description="Expiry of the earliest CA in the trusted bundle."
+    )
+    node_not_after: datetime | None = Field(
+        default=None, description="Expiry of the earliest node certificate."
+    )
+    operator_not_after: datetime | None = Field(
+        default=None, description="Expiry of the operator's client certificate."
+    )
+    rotation: str | None = Field(
+        default=None, description="The CA rotation in progress, its step in words."
+    )
+    last_change: str | None = Field(
+        default=None, description="The last certificate change, and why."
+    )
+
+
 class ShardSetStatus(_Model):
     """What the operator last observed."""
 
@@ -297,6 +357,7 @@ class ShardSetStatus(_Model):
         description="Members not answering; after failover.nodeGoneAfterSeconds their "
         "replicas are rebuilt on other nodes.",
     )
+    tls: TlsStatus | None = Field(default=None, description=TlsStatus.__doc__)
 
 
 # CEL rules (x-kubernetes-validations), by the dotted path of the schema node they sit on.
@@ -334,6 +395,20 @@ CEL_RULES: dict[str, list[dict[str, str]]] = {
             "rule": "self.mode != 'bounded' || has(self.maxStalenessMs)",
             "message": "maxStalenessMs is required when mode is bounded",
             "fieldPath": ".maxStalenessMs",
+        },
+    ],
+    "spec.tls": [
+        {
+            "rule": "self.mode == oldSelf.mode",
+            "message": "tls.mode is immutable: the store's first shard map fixed its "
+            "addresses as http or https, and nodes of both kinds cannot talk to each "
+            "other; create a new ShardSet to change it",
+            "fieldPath": ".mode",
+        },
+        {
+            "rule": "self.mode != 'Secrets' || (has(self.caSecret) && "
+            "has(self.nodeSecretPrefix) && has(self.operatorSecret))",
+            "message": "mode Secrets needs caSecret, nodeSecretPrefix and operatorSecret",
         },
     ],
     # On the parent, not the field: a rule on the field itself would not run when the

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from shardset_proto.shardmap import NodeAddress
+
 RAFT_PORT = 7000
 API_PORT = 8000
 # With TLS (issue 16): the binary client protocol and the admin API on ports of their own,
@@ -30,6 +32,9 @@ class Names:
 
     name: str
     namespace: str
+    # spec.tls.mode is not Disabled: nodes serve https, admin and wire on ports of their
+    # own (fixed at creation: the first shard map holds the addresses).
+    tls: bool = False
 
     @property
     def statefulset(self) -> str:
@@ -92,6 +97,47 @@ class Names:
 
     def wire_address(self, node_id: int) -> str:
         return f"{self.host(node_id)}:{WIRE_PORT}"
+
+    def node_api(self, node_id: int) -> str:
+        """Where the operator reads a node's status and shard map."""
+        return self.tls_api_url(node_id) if self.tls else self.api_url(node_id)
+
+    def node_admin(self, node_id: int) -> str:
+        """Where the operator sends a node's admin calls."""
+        return self.admin_url(node_id) if self.tls else self.api_url(node_id)
+
+    def node_address(self, node_id: int) -> NodeAddress:
+        """The node's addresses in the shard map (bootstrap map, AddNode)."""
+        if not self.tls:
+            return NodeAddress(peer=self.peer_address(node_id), api=self.api_url(node_id))
+        return NodeAddress(
+            peer=self.peer_address(node_id),
+            api=self.tls_api_url(node_id),
+            admin=self.admin_url(node_id),
+            wire=self.wire_address(node_id),
+        )
+
+    def dns_names(self, node_id: int) -> tuple[str, ...]:
+        """Every name a node pod is reached by (its certificate's DNS SANs): its own
+        names through the peers Service, and the client Service's."""
+        pod, peers, ns = self.pod(node_id), self.peers_service, self.namespace
+        client = self.client_service
+        return (
+            f"{pod}.{peers}.{ns}.svc",
+            f"{pod}.{peers}.{ns}.svc.cluster.local",
+            f"{pod}.{peers}",
+            f"{pod}.{peers}.{ns}",
+            client,
+            f"{client}.{ns}",
+            f"{client}.{ns}.svc",
+            f"{client}.{ns}.svc.cluster.local",
+            "localhost",
+        )
+
+    def node_secret(self, prefix: str, node_id: int) -> str:
+        """spec.tls mode Secrets: the user's Secret for a node (cert-manager names a
+        Certificate's Secret; one per pod ordinal)."""
+        return f"{prefix}-{node_id - 1}"
 
     def selector(self) -> dict[str, str]:
         """Labels that pick this store's node pods (and so its PVCs)."""

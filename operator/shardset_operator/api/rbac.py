@@ -50,6 +50,13 @@ RULES: tuple[Rule, ...] = (
     ),
     Rule("", ("services",), ("create", "patch"), "server-side apply of `<name>`, `<name>-peers`"),
     Rule(
+        "",
+        ("secrets",),
+        ("get", "create", "patch"),
+        "the store's CA and certificates (`<name>-ca`, `<name>-node-tls`, "
+        "`<name>-operator-tls`); read the Secrets spec.tls names",
+    ),
+    Rule(
         "apps",
         ("statefulsets",),
         ("get", "create", "patch"),

@@ -1,10 +1,18 @@
-"""The two Services: headless <name>-peers for node identity, <name> for clients."""
+"""The two Services: headless <name>-peers for node identity, <name> for clients.
+
+With TLS the client Service exposes the client ports only (api and wire): the admin
+and Raft ports are reached through the peers Service's pod names, which the chart's
+NetworkPolicy limits to the operator and the store's own pods."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from shardset_operator.api.naming import API_PORT, RAFT_PORT, Names
+from shardset_operator.api.naming import ADMIN_PORT, API_PORT, RAFT_PORT, WIRE_PORT, Names
+
+
+def _port(name: str, port: int) -> dict[str, Any]:
+    return {"name": name, "port": port, "targetPort": name, "protocol": "TCP"}
 
 
 def peers_service(names: Names) -> dict[str, Any]:
@@ -22,10 +30,8 @@ def peers_service(names: Names) -> dict[str, Any]:
             "clusterIP": "None",
             "publishNotReadyAddresses": True,
             "selector": names.selector(),
-            "ports": [
-                {"name": "raft", "port": RAFT_PORT, "targetPort": "raft", "protocol": "TCP"},
-                {"name": "api", "port": API_PORT, "targetPort": "api", "protocol": "TCP"},
-            ],
+            "ports": [_port("raft", RAFT_PORT), _port("api", API_PORT)]
+            + ([_port("wire", WIRE_PORT), _port("admin", ADMIN_PORT)] if names.tls else []),
         },
     }
 
@@ -43,6 +49,6 @@ def client_service(names: Names) -> dict[str, Any]:
         "spec": {
             "type": "ClusterIP",
             "selector": names.selector(),
-            "ports": [{"name": "api", "port": API_PORT, "targetPort": "api", "protocol": "TCP"}],
+            "ports": [_port("api", API_PORT)] + ([_port("wire", WIRE_PORT)] if names.tls else []),
         },
     }

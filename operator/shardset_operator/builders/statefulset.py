@@ -16,22 +16,50 @@ from typing import Any
 
 from shardset_operator.api.consistency import CONSISTENCY_KEY, STALENESS_KEY
 from shardset_operator.api.models import ShardSetSpec
-from shardset_operator.api.naming import API_PORT, RAFT_PORT, TEMPLATE_HASH, Names
+from shardset_operator.api.naming import (
+    ADMIN_PORT,
+    API_PORT,
+    RAFT_PORT,
+    TEMPLATE_HASH,
+    TLS_MOUNT,
+    WIRE_PORT,
+    Names,
+)
 from shardset_operator.builders.configmap import BOOTSTRAP_KEY, STORE_CREATED_KEY
 
 DATA_DIR = "/data"
 CONFIG_DIR = "/etc/shardset"
 NODE_UID = 10001  # the node image's user (node-image/Dockerfile)
 GRACE_SECONDS = 30
+# The node Secret's files: readable by the node's group (fsGroup) only.
+TLS_FILE_MODE = 0o440
 
 
-def node_args() -> list[str]:
+def node_args(names: Names | None = None) -> list[str]:
     """The node's command line; $(VAR) is expanded by the kubelet from the env below.
 
     The bound of bounded reads is not a flag: "no bound" is an empty value, which a flag
     cannot carry, so the node reads it from SHARDSET_MAX_STALENESS_MS itself (its
     documented default for --max-staleness-ms).
+
+    With TLS (`names.tls`) the node reads its certificates from TLS_MOUNT (reloaded
+    live), checks every peer's and client's identity against the store's name, and
+    serves the admin API and the wire protocol on ports of their own.
     """
+    tls = (
+        [
+            "--tls-dir",
+            TLS_MOUNT,
+            "--store",
+            names.store_key,
+            "--admin",
+            f"0.0.0.0:{ADMIN_PORT}",
+            "--wire",
+            f"0.0.0.0:{WIRE_PORT}",
+        ]
+        if names is not None and names.tls
+        else []
+    )
     return [
         "--id-from-hostname",
         "--data-dir",
@@ -51,6 +79,7 @@ def node_args() -> list[str]:
         # A pod whose volume was lost finds this once the store exists, and rejoins.
         "--store-created-file",
         f"{CONFIG_DIR}/{STORE_CREATED_KEY}",
+        *tls,
     ]
 
 
@@ -84,9 +113,13 @@ def default_affinity(names: Names) -> dict[str, Any]:
 
 
 def _container(names: Names, spec: ShardSetSpec, image: str) -> dict[str, Any]:
+    # With TLS the kubelet probes over HTTPS (it does not check certificates; /healthz
+    # and /readyz need no credentials). Without, the probe stays as it was (no roll).
+    scheme = {"scheme": "HTTPS"} if names.tls else {}
+
     def probe(path: str, period: int, failures: int) -> dict[str, Any]:
         return {
-            "httpGet": {"path": path, "port": "api"},
+            "httpGet": {"path": path, "port": "api", **scheme},
             "periodSeconds": period,
             "timeoutSeconds": 3,
             "failureThreshold": failures,
@@ -97,16 +130,19 @@ def _container(names: Names, spec: ShardSetSpec, image: str) -> dict[str, Any]:
         "image": image,
         "imagePullPolicy": spec.image_pull_policy,
         "command": ["python", "-m", "shardset_node"],
-        "args": node_args(),
+        "args": node_args(names),
         "env": _env(names),
         "ports": [
             {"name": "raft", "containerPort": RAFT_PORT, "protocol": "TCP"},
             {"name": "api", "containerPort": API_PORT, "protocol": "TCP"},
+            *_tls_ports(names),
         ],
         "volumeMounts": [
             {"name": "data", "mountPath": DATA_DIR},
             {"name": "config", "mountPath": CONFIG_DIR, "readOnly": True},
             {"name": "tmp", "mountPath": "/tmp"},
+            # The whole Secret, not a subPath: the kubelet swaps renewed files in.
+            *([{"name": "tls", "mountPath": TLS_MOUNT, "readOnly": True}] if names.tls else []),
         ],
         # Ready only when every shard this node holds has a known leader (/readyz).
         "readinessProbe": probe("/readyz", 5, 3),
@@ -125,9 +161,45 @@ def _container(names: Names, spec: ShardSetSpec, image: str) -> dict[str, Any]:
     return container
 
 
+def _tls_ports(names: Names) -> list[dict[str, Any]]:
+    if not names.tls:
+        return []
+    return [
+        {"name": "wire", "containerPort": WIRE_PORT, "protocol": "TCP"},
+        {"name": "admin", "containerPort": ADMIN_PORT, "protocol": "TCP"},
+    ]
+
+
+def _volumes(names: Names) -> list[dict[str, Any]]:
+    volumes: list[dict[str, Any]] = [
+        {
+            "name": "config",
+            # The bootstrap map and, once the store exists, its store-created
+            # marker (written after the pods started: a mounted ConfigMap
+            # follows changes, an env var or a fixed item list would not).
+            "configMap": {
+                "name": names.configmap,
+                "items": [
+                    {"key": BOOTSTRAP_KEY, "path": BOOTSTRAP_KEY},
+                    {"key": STORE_CREATED_KEY, "path": STORE_CREATED_KEY},
+                ],
+                # store-created is absent until the store exists
+                "optional": True,
+            },
+        },
+        {"name": "tmp", "emptyDir": {}},
+    ]
+    if names.tls:
+        secret = {"secretName": names.node_tls_secret, "defaultMode": TLS_FILE_MODE}
+        volumes.append({"name": "tls", "secret": secret})
+    return volumes
+
+
 def _pod_spec(names: Names, spec: ShardSetSpec, image: str) -> dict[str, Any]:
     pod: dict[str, Any] = {
         "terminationGracePeriodSeconds": GRACE_SECONDS,
+        # Nodes never call the Kubernetes API: no token to steal from a node pod.
+        "automountServiceAccountToken": False,
         "securityContext": {
             "runAsNonRoot": True,
             "runAsUser": NODE_UID,
@@ -138,24 +210,7 @@ def _pod_spec(names: Names, spec: ShardSetSpec, image: str) -> dict[str, Any]:
         },
         "affinity": spec.affinity if spec.affinity is not None else default_affinity(names),
         "containers": [_container(names, spec, image)],
-        "volumes": [
-            {
-                "name": "config",
-                # The bootstrap map and, once the store exists, its store-created
-                # marker (written after the pods started: a mounted ConfigMap
-                # follows changes, an env var or a fixed item list would not).
-                "configMap": {
-                    "name": names.configmap,
-                    "items": [
-                        {"key": BOOTSTRAP_KEY, "path": BOOTSTRAP_KEY},
-                        {"key": STORE_CREATED_KEY, "path": STORE_CREATED_KEY},
-                    ],
-                    # store-created is absent until the store exists
-                    "optional": True,
-                },
-            },
-            {"name": "tmp", "emptyDir": {}},
-        ],
+        "volumes": _volumes(names),
     }
     if spec.tolerations is not None:
         pod["tolerations"] = spec.tolerations

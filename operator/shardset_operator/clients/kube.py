@@ -10,6 +10,7 @@ worker thread.
 from __future__ import annotations
 
 import asyncio
+import base64
 from collections.abc import Callable
 from typing import Any
 
@@ -60,6 +61,7 @@ class Kube:
             "Service": self.core.patch_namespaced_service,
             "StatefulSet": self.apps.patch_namespaced_stateful_set,
             "PodDisruptionBudget": self.policy.patch_namespaced_pod_disruption_budget,
+            "Secret": self.core.patch_namespaced_secret,
         }[kind]
         await self._call(
             f"apply {kind} {meta['namespace']}/{meta['name']}",
@@ -95,6 +97,19 @@ class Kube:
             missing_ok=True,
         )
         return None if cm is None else dict(cm.data or {})
+
+    async def secret_data(self, namespace: str, name: str) -> dict[str, bytes] | None:
+        """The Secret's data, decoded; None when there is no such Secret."""
+        found = await self._call(
+            f"read Secret {namespace}/{name}",
+            self.core.read_namespaced_secret,
+            name,
+            namespace,
+            missing_ok=True,
+        )
+        if found is None:
+            return None
+        return {k: base64.b64decode(v) for k, v in (found.data or {}).items()}
 
     async def statefulset(self, namespace: str, name: str) -> StatefulSetState | None:
         sts = await self._call(

@@ -3,10 +3,20 @@
 Answers are parsed here, once, into the contract's typed reports
 (`shardset_proto.status`); admin calls send the contract's typed bodies
 (`shardset_proto.admin`), each knowing its action and URL.
+
+With TLS (issue 16) one client per store (`for_store`) presents the operator's
+certificate of that store and trusts that store's CA bundle only, checking each node's
+host name: the store's Secret `<name>-operator-tls`, handed over by reconcile/tls.py.
+The ssl context is rebuilt only when that material changes (a renewal, a CA rotation).
 """
 
 from __future__ import annotations
 
+import hashlib
+import ssl
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TypeVar
 
 import aiohttp
@@ -15,6 +25,7 @@ from pydantic import BaseModel, ValidationError
 from shardset_proto import urls
 from shardset_proto.admin import AdminBody, SetConsistency
 from shardset_proto.status import NodeStatus, ShardMapView
+from shardset_proto.tlsfiles import TlsFiles, client_context
 
 STATUS_TIMEOUT_S = 3.0
 ADMIN_TIMEOUT_S = 10.0
@@ -34,9 +45,57 @@ class NodeCallError(RuntimeError):
         self.leader_url: str | None = None  # a 307's leader, to retry there
 
 
+@dataclass(frozen=True)
+class ClientTls:
+    """The operator's credentials for one store (PEM, as its Secret holds them)."""
+
+    ca_pem: bytes
+    cert_pem: bytes
+    key_pem: bytes
+
+    def digest(self) -> str:
+        parts = (self.ca_pem, self.cert_pem, self.key_pem)
+        return hashlib.sha256(b"\0".join(parts)).hexdigest()
+
+
+def ssl_context(tls: ClientTls) -> ssl.SSLContext:
+    """A TLS 1.3 client context presenting the operator's certificate, trusting the
+    store's CA bundle, checking host names. ssl loads keys from files only: they live
+    in a private temporary directory for the duration of the load."""
+    with tempfile.TemporaryDirectory(prefix="shardset-tls-") as tmp:
+        files = TlsFiles(Path(tmp))
+        files.write(tls.ca_pem, tls.cert_pem, tls.key_pem)
+        return client_context(files, check_hostname=True)
+
+
 class NodeClient:
-    def __init__(self, session: aiohttp.ClientSession) -> None:
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        tls: ssl.SSLContext | None = None,
+        contexts: dict[str, tuple[str, ssl.SSLContext]] | None = None,
+    ) -> None:
         self.session = session
+        self.tls = tls
+        # store -> (digest of its material, context): shared by every per-store client.
+        self.contexts: dict[str, tuple[str, ssl.SSLContext]] = (
+            contexts if contexts is not None else {}
+        )
+
+    def for_store(self, store: str, tls: ClientTls | None) -> NodeClient:
+        """A client for one store's nodes: with its operator certificate, or plain
+        (spec.tls.mode Disabled). Raises TlsFilesError when the material does not load."""
+        if tls is None:
+            return NodeClient(self.session, None, self.contexts)
+        digest = tls.digest()
+        cached = self.contexts.get(store)
+        if cached is None or cached[0] != digest:
+            cached = (digest, ssl_context(tls))
+            self.contexts[store] = cached
+        return NodeClient(self.session, cached[1], self.contexts)
+
+    def forget(self, store: str) -> None:
+        self.contexts.pop(store, None)
 
     async def status(self, url: str) -> NodeStatus:
         return await self._get(NodeStatus, f"{url}{urls.STATUS}")
@@ -75,11 +134,12 @@ class NodeClient:
                 json=body,
                 timeout=aiohttp.ClientTimeout(total=timeout),
                 allow_redirects=False,
+                ssl=self.tls if self.tls is not None else True,
             ) as rsp:
                 payload = await rsp.json(content_type=None)
                 if rsp.status >= 300:
                     raise _answer_error(method, url, rsp.status, payload)
-        except (aiohttp.ClientError, TimeoutError, ValueError) as e:
+        except (aiohttp.ClientError, TimeoutError, ValueError, ssl.SSLError) as e:
             raise NodeCallError(f"{method} {url}: {type(e).__name__}: {e}") from e
         if not isinstance(payload, dict):
             raise NodeCallError(f"{method} {url}: expected a JSON object, got {payload!r}")

@@ -23,7 +23,7 @@ async def poll_nodes(nodes: NodeClient, names: Names, ids: Iterable[int]) -> Nod
     """Every node's status, then the shard map from the node with the highest epoch."""
     wanted = sorted(ids)
     answers = await asyncio.gather(
-        *(nodes.status(names.api_url(i)) for i in wanted), return_exceptions=True
+        *(nodes.status(names.node_api(i)) for i in wanted), return_exceptions=True
     )
     reports: dict[int, NodeStatus | None] = {}
     errors: dict[int, str] = {}
@@ -42,7 +42,7 @@ async def poll_nodes(nodes: NodeClient, names: Names, ids: Iterable[int]) -> Nod
     live = None
     for report in newest[:2]:  # a second try if the newest one fails meanwhile
         try:
-            view = await nodes.shardmap(names.api_url(report.node))
+            view = await nodes.shardmap(names.node_api(report.node))
         except NodeCallError:
             continue
         live = view.shard_map()

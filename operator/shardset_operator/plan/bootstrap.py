@@ -9,14 +9,13 @@ from __future__ import annotations
 
 from shardset_operator.api.models import ShardSetSpec
 from shardset_operator.api.naming import Names
-from shardset_proto.shardmap import NodeAddress, ShardMap, bootstrap_map
+from shardset_proto.shardmap import ShardMap, bootstrap_map
 
 
 def first_map(names: Names, spec: ShardSetSpec) -> ShardMap:
-    nodes = {
-        i: NodeAddress(peer=names.peer_address(i), api=names.api_url(i))
-        for i in range(1, spec.nodes + 1)
-    }
+    # With TLS the map holds https API URLs and the admin and wire ports (the node
+    # addresses every node and client reads); written once, so spec.tls.mode is immutable.
+    nodes = {i: names.node_address(i) for i in range(1, spec.nodes + 1)}
     return bootstrap_map(nodes, spec.shards, spec.replication_factor)
 
 

@@ -40,7 +40,7 @@ from shardset_operator.plan.repair import (
 )
 from shardset_operator.plan.splits import Split, plan_split
 from shardset_proto.admin import RemoveNode, SplitShard, TransferLeader
-from shardset_proto.shardmap import NodeAddress, ShardMap
+from shardset_proto.shardmap import ShardMap
 from shardset_proto.status import META_GROUP
 
 
@@ -86,7 +86,7 @@ def plan_step(
         return Planned(operation, wait("no node gave a current shard map"))
     meta = meta_view(seen.reports)
     for node in plan.add:
-        address = NodeAddress(names.peer_address(node), names.api_url(node))
+        address = names.node_address(node)
         return Planned(f"scale up to {spec.nodes} nodes", join_step(node, meta, address))
     views = views_of(seen.reports, live.replicas)
     rescue = recovery_step(

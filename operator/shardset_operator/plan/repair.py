@@ -64,7 +64,13 @@ def join_step(node: int, meta: MetaView, address: NodeAddress) -> Step:
     if node not in meta.hosts and node not in meta.members:
         text = f"create node {node}'s metadata replica"
         return call(CreateReplica(shard=META_GROUP), node, text)
-    body = AddNode(node=node, peer=address.peer, api=address.api)
+    body = AddNode(
+        node=node,
+        peer=address.peer,
+        api=address.api,
+        admin=address.admin or None,
+        wire=address.wire or None,
+    )
     return call(body, META, f"add node {node} to the store")
 
 

@@ -30,7 +30,7 @@ async def switch_consistency(ctx: Context, run: Run, seen: Seen) -> Switched:
         return Switched(reports, errors)
     for node in nodes_to_switch(run.reads, reports, seen.nodes.answering):
         try:
-            await ctx.nodes.set_consistency(run.names.api_url(node), run.reads.admin_body())
+            await ctx.nodes.set_consistency(run.names.node_admin(node), run.reads.admin_body())
         except (NodeCallError, ValidationError) as e:
             # A setting the node would refuse (bounded without a bound, which the CRD's
             # CEL rule forbids) fails here instead of at the node: the same error.

@@ -54,7 +54,7 @@ class Run:
         return Run(
             body=body,
             sset=sset,
-            names=Names(sset.name, sset.namespace),
+            names=Names(sset.name, sset.namespace, tls=sset.spec.tls.mode != "Disabled"),
             now=datetime.now(UTC),
             reads=ReadSetting.of_spec(sset.spec.consistency),
             image=sset.spec.image or node_image,

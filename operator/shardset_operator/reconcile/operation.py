@@ -167,7 +167,7 @@ async def _run(nodes: NodeClient, names: Names, seen: NodeViews, step: Step) -> 
             return "no node answers"
     assert step.body is not None, "a call step carries its admin body"
     try:
-        await nodes.admin(names.api_url(at), step.body)
+        await nodes.admin(names.node_admin(at), step.body)
     except NodeCallError as e:
         # 409s (a conf change still pending, a node that still sees itself a member)
         # and 503s clear by themselves: the step is retried.

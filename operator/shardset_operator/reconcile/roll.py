@@ -56,7 +56,7 @@ async def clear_leaderships(
         if step is None or step.body is None:
             break
         try:
-            await ctx.nodes.admin(names.api_url(step.at), step.body)
+            await ctx.nodes.admin(names.node_admin(step.at), step.body)
         except NodeCallError as e:
             log.warning("leadership transfer failed", step=step.text, error=str(e))
             break

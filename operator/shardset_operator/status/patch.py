@@ -13,6 +13,10 @@ def status_patch(status: ShardSetStatus) -> dict[str, object]:
         body.setdefault(key, None)
     body["consistency"].setdefault("mode", None)
     body["consistency"].setdefault("maxStalenessMs", None)
+    body.setdefault("tls", None)
+    if body["tls"] is not None:  # a rotation that ended, an expiry no longer known
+        for key in ("rotation", "caNotAfter", "nodeNotAfter", "operatorNotAfter"):
+            body["tls"].setdefault(key, None)
     return body
 
 
