@@ -602,7 +602,10 @@ class Client:
                 status = resp.status
         except (aiohttp.ClientError, TimeoutError) as e:
             await self._raise_tls_failure(e, url)
-            return None, f"cannot reach node at {url}: {describe(e)}"
+            hint = ""
+            if url.startswith("http://") and isinstance(e, aiohttp.ServerDisconnectedError):
+                hint = " (a TLS node? use its https:// URL and --cacert, not --insecure)"
+            return None, f"cannot reach node at {url}: {describe(e)}{hint}"
         self._raise_refusal(status, body, f"GET {urls.SHARDMAP} at {url}")
         if status != 200:
             return None, f"node at {url} answered HTTP {status}"

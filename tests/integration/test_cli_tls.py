@@ -160,3 +160,12 @@ def _until(run: Run, code: int, also: tuple[int, ...] = ()) -> tuple[int, str, s
             break
         time.sleep(0.2)
     return rc, out, err
+
+
+def test_insecure_against_a_tls_store_says_what_happened(
+    cluster: LocalCluster, env: dict[str, str]
+) -> None:
+    rc, _, err = shardset("--insecure", "--endpoints", cluster.endpoints[0], "get", "k", env=env)
+    assert rc == 1, err
+    assert err.count("--insecure:") == 1, err
+    assert "a TLS node? use its https:// URL and --cacert" in err, err
