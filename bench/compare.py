@@ -111,6 +111,7 @@ class Runner:
                     read_keys=read_keys or [],
                     seed=self.run_id * 100 + i,
                     protocol=self.ns.protocol,
+                    tls=dict(system.tls_paths),
                 )
             )
         return out
@@ -149,7 +150,8 @@ class Runner:
 
     @staticmethod
     def cluster_label(system: System) -> str:
-        return system.name if system.name == "etcd" else f"shardset-{system.shards}"
+        label = system.name if system.name == "etcd" else f"shardset-{system.shards}"
+        return label + ("-tls" if system.tls else "")
 
 
 def summarize(
@@ -284,6 +286,97 @@ def preload(runner: Runner, system: System, n: int) -> list[str]:
     return keys
 
 
+# --- the cost of TLS -----------------------------------------------------------------
+def tls_points(ns: argparse.Namespace) -> list[dict[str, Any]]:
+    """The points measured again with TLS: peak writes and linearizable reads."""
+    return [
+        {"label": f"put, {max(ns.clients)} clients", "clients": max(ns.clients), "op": "put",
+         "kind": "closed"},
+        {"label": f"linearizable get, {max(ns.read_clients)} clients",
+         "clients": max(ns.read_clients), "op": "get_lin", "kind": "read"},
+    ]  # fmt: skip
+
+
+def run_tls(
+    runner: Runner, plain_rows: list[dict[str, Any]], cleanup: list[Callable[[], None]]
+) -> dict[str, Any]:
+    """Both systems again with TLS on (client certificates, ECDSA P-256 for both,
+    peers over mutual TLS), on the TLS points; the ratio TLS/no-TLS per system, against
+    the same points of the comparison run just before."""
+    ns = runner.ns
+    etcd = Etcd(ns.base, tls=True)
+    cleanup.append(etcd.stop)
+    shardset = Shardset(ns.base, shards=ns.shards, tls=True)
+    cleanup.append(shardset.stop)
+    keys = {s.name: preload(runner, s, 2000) for s in (etcd, shardset)}
+    reps: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    points = tls_points(ns)
+    for rep in range(ns.reps):
+        order: list[System] = [etcd, shardset] if rep % 2 == 0 else [shardset, etcd]
+        for pt in points:
+            for system in order:
+                r = runner.run_point(
+                    system, pt["label"], point_jobs(runner, system, pt, keys[system.name])
+                )
+                r["rep"] = rep
+                reps.setdefault((pt["label"], system.name), []).append(r)
+                runner.say(
+                    f"rep {rep} {system.name:8s} TLS {pt['label']:30s} {r['ops_per_s']:>9} "
+                    f"ops/s p50 {r['p50_ms']} p99 {r['p99_ms']} ms err {r['errors']}"
+                )
+    plain = {r["point"]: r for r in plain_rows}
+    rows = []
+    for pt in points:
+        row: dict[str, Any] = {"point": pt["label"], "kind": pt["kind"], "op": pt["op"]}
+        for name in ("shardset", "etcd"):
+            tls_row = stats.combine_reps(reps[(pt["label"], name)])
+            base = plain.get(pt["label"], {}).get(name, {}).get("ops_per_s")
+            row[name] = {
+                "tls": tls_row,
+                "no_tls_ops_per_s": base,
+                "tls_over_no_tls": stats.ratio(tls_row["ops_per_s"], base, higher_is_better=True),
+            }
+        rows.append(row)
+    readback = {
+        "etcd-tls": etcd.readback(runner.acked.get("etcd-tls", [])),
+        f"shardset-{ns.shards}-tls": shardset.readback(
+            runner.acked.get(f"shardset-{ns.shards}-tls", [])
+        ),
+    }
+    etcd.stop()
+    shardset.stop()
+    return {
+        "setup": "TLS 1.3 on client and peer connections, client certificates (etcd: "
+        "--client-cert-auth, --peer-client-cert-auth; Shardset: user bench, role readwrite), "
+        "ECDSA P-256 keys for both",
+        "points": rows,
+        "ratios": {
+            name: {row["op"]: row[name]["tls_over_no_tls"] for row in rows}
+            for name in ("shardset", "etcd")
+        },
+        "readback": readback,
+    }
+
+
+def tls_markdown(tls: dict[str, Any]) -> list[str]:
+    lines = [
+        "",
+        f"TLS cost ({tls['setup']}): ops/s with TLS against the same point without.",
+        "",
+        "| point | system | no TLS ops/s | TLS ops/s | TLS/no-TLS |",
+        "|---|---|---:|---:|---:|",
+    ]
+    for row in tls["points"]:
+        for name in ("shardset", "etcd"):
+            cell = row[name]
+            lines.append(
+                f"| {row['point']} | {name} | {stats.fmt(cell['no_tls_ops_per_s'], 1)} | "
+                f"{stats.fmt(cell['tls']['ops_per_s'], 1)} | "
+                f"{stats.fmt(cell['tls_over_no_tls'], 3)} |"
+            )
+    return lines
+
+
 # --- fsyncs per write under strace -------------------------------------------------------
 def strace_fsyncs(runner: Runner, system: System) -> list[dict[str, Any]]:
     out = []
@@ -396,6 +489,7 @@ def main() -> None:
     p.add_argument("--pysyncobj-rates", type=int, nargs="+", default=[1500, 3000, 6000, 12000])
     p.add_argument("--no-pysyncobj", action="store_true")
     p.add_argument("--no-scaling", action="store_true")
+    p.add_argument("--no-tls", action="store_true", help="skip the TLS cost points")
     p.add_argument("--base", type=Path, default=REPO / "bench" / ".work")
     p.add_argument("--out", type=Path, default=None, help="default bench/results/<date>")
     p.add_argument("--no-doc", action="store_true", help="leave docs/performance.md alone")
@@ -439,6 +533,14 @@ def main() -> None:
         }
         runner.say(f"  {report['readback']}")
         etcd.stop()
+        if not ns.no_tls:
+            runner.say("TLS: etcd and Shardset again with TLS on (the no-TLS Shardset paused)")
+            pause(shardset, True)
+            try:
+                report["tls"] = run_tls(runner, rows, cleanup)
+            finally:
+                pause(shardset, False)
+            report["readback"].update(report["tls"].pop("readback"))
         if not ns.no_scaling:
             clusters: dict[int, Shardset] = {ns.shards: shardset}
             for s in sorted({1, 4, 16} - {ns.shards}):
@@ -485,6 +587,8 @@ def main() -> None:
         )
     report["targets"] = targets(report)
     report.update({f"{k}_ratio": v["ratio"] for k, v in report["targets"].items()})
+    if report.get("tls"):  # reported, with no target of its own: TLS costs what it costs
+        report["tls_ratios"] = report["tls"]["ratios"]
     report["elapsed_s"] = round(time.time() - began, 1)
     report["log"] = runner.log
     md = render_markdown(report)
@@ -637,6 +741,8 @@ def render_markdown(report: dict[str, Any]) -> str:
         "",
     ]
     lines.append(stats.markdown_table(report.get("points", [])))
+    if report.get("tls"):
+        lines += tls_markdown(report["tls"])
     lines += [
         "",
         "| target | want | measured | ratio (>= 1.0 meets) | met |",

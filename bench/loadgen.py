@@ -75,6 +75,8 @@ class Job:
     read_keys: list[str] = field(default_factory=list)
     seed: int = 0
     protocol: str = "wire"  # shardset: the client protocol, "wire" (binary) or "http"
+    # TLS with a client certificate: {"cafile", "cert", "key"} paths; empty: plain TCP.
+    tls: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -99,16 +101,29 @@ class Driver(Protocol):
 
 
 class ShardsetDriver:
-    def __init__(self, endpoints: list[str], protocol: str = "wire") -> None:
+    def __init__(
+        self, endpoints: list[str], protocol: str = "wire", tls: dict[str, str] | None = None
+    ) -> None:
+        from pathlib import Path
+
         import aiohttp
 
         from shardset.client import Client
+        from shardset.clienttls import ClientTls
 
+        client_tls = (
+            ClientTls(cafile=Path(tls["cafile"]), cert=Path(tls["cert"]), key=Path(tls["key"]))
+            if tls
+            else None
+        )
+        ctx = client_tls.context() if client_tls is not None else None
         self._session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=0),
+            connector=aiohttp.TCPConnector(limit=0, ssl=ctx if ctx is not None else True),
             timeout=aiohttp.ClientTimeout(total=10.0),
         )
-        self._client = Client(endpoints, session=self._session, timeout=10.0, protocol=protocol)
+        self._client = Client(
+            endpoints, session=self._session, timeout=10.0, protocol=protocol, tls=client_tls
+        )
 
     async def put(self, key: str, value: bytes) -> None:
         await self._client.put(key, value)
@@ -123,13 +138,17 @@ class ShardsetDriver:
 
 
 class EtcdDriver:
-    def __init__(self, endpoint: str) -> None:
+    def __init__(self, endpoint: str, tls: dict[str, str] | None = None) -> None:
         import grpc
 
         from bench import etcdpb
 
         self._pb, grpc_mod = etcdpb.load()
-        self._channel = grpc.aio.insecure_channel(endpoint)
+        if tls:
+            creds, options = etcd_credentials(tls)
+            self._channel = grpc.aio.secure_channel(endpoint, creds, options=options)
+        else:
+            self._channel = grpc.aio.insecure_channel(endpoint)
         self._stub = grpc_mod.KVStub(self._channel)
 
     async def put(self, key: str, value: bytes) -> None:
@@ -145,11 +164,26 @@ class EtcdDriver:
         await self._channel.close()
 
 
+def etcd_credentials(tls: dict[str, str]) -> tuple[Any, list[tuple[str, str]]]:
+    """gRPC channel credentials with our client certificate, and the options that check
+    the member's certificate for `localhost` (its SANs: localhost and 127.0.0.1)."""
+    from pathlib import Path
+
+    import grpc
+
+    creds = grpc.ssl_channel_credentials(
+        root_certificates=Path(tls["cafile"]).read_bytes(),
+        private_key=Path(tls["key"]).read_bytes(),
+        certificate_chain=Path(tls["cert"]).read_bytes(),
+    )
+    return creds, [("grpc.ssl_target_name_override", "localhost")]
+
+
 def make_driver(job: Job) -> Driver:
     if job.system == "shardset":
-        return ShardsetDriver(job.endpoints, job.protocol)
+        return ShardsetDriver(job.endpoints, job.protocol, job.tls)
     if job.system == "etcd":
-        return EtcdDriver(job.endpoints[0])
+        return EtcdDriver(job.endpoints[0], job.tls)
     raise ValueError(f"unknown system {job.system!r}")
 
 
@@ -255,7 +289,7 @@ def _serve(conn: Connection) -> None:
     """A worker: one event loop for its lifetime, and one driver per cluster it has been
     pointed at, kept across jobs (connections stay warm, set-up stays out of windows)."""
     loop = asyncio.new_event_loop()
-    drivers: dict[tuple[str, tuple[str, ...]], Driver] = {}
+    drivers: dict[tuple[Any, ...], Driver] = {}
 
     async def make(job: Job) -> Driver:
         return make_driver(job)
@@ -265,7 +299,7 @@ def _serve(conn: Connection) -> None:
             job = conn.recv()
             if job is None:
                 return
-            key = (job.system, job.protocol, tuple(job.endpoints))
+            key = (job.system, job.protocol, tuple(job.endpoints), tuple(sorted(job.tls.items())))
             try:
                 if key not in drivers:
                     drivers[key] = loop.run_until_complete(make(job))

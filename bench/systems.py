@@ -19,6 +19,7 @@ import os
 import re
 import shutil
 import signal
+import ssl
 import subprocess
 import time
 import urllib.request
@@ -54,9 +55,31 @@ def _versions() -> dict[str, str]:
     return out
 
 
-def _scrape(url: str) -> str:
-    with urllib.request.urlopen(url, timeout=5) as r:
+def _scrape(url: str, ctx: ssl.SSLContext | None = None) -> str:
+    with urllib.request.urlopen(url, timeout=5, context=ctx) as r:
         return str(r.read().decode())
+
+
+def etcd_pki(directory: Path, members: int) -> dict[str, str]:
+    """A CA, one certificate per member (server and peer) and a client certificate,
+    ECDSA P-256 like Shardset's (shardset_proto.pki); the client's paths."""
+    import datetime as dt
+
+    from shardset_proto import pki
+    from shardset_proto.identity import Identity
+    from shardset_proto.tlsfiles import TlsFiles
+
+    now = dt.datetime.now(dt.UTC)
+    ca = pki.issue_ca("bench.etcd", now)
+    for i in range(members):
+        pair = pki.issue_leaf(
+            ca, Identity.node("bench.etcd", i + 1), now, dns=("localhost",), ips=("127.0.0.1",)
+        )
+        TlsFiles(directory / f"m{i}").write(ca.cert_pem, pair.cert_pem, pair.key_pem)
+    client = TlsFiles(directory / "client")
+    pair = pki.issue_leaf(ca, Identity.user("bench.etcd", "bench"), now)
+    client.write(ca.cert_pem, pair.cert_pem, pair.key_pem)
+    return {"cafile": str(client.ca), "cert": str(client.cert), "key": str(client.key)}
 
 
 def metric_sum(text: str, name: str, label_filter: str = "") -> float:
@@ -73,16 +96,23 @@ def metric_sum(text: str, name: str, label_filter: str = "") -> float:
 class Etcd:
     name = "etcd"
 
-    def __init__(self, base: Path, *, members: int = 3) -> None:
+    def __init__(self, base: Path, *, members: int = 3, tls: bool = False) -> None:
+        """`tls=True`: client and peer URLs over TLS with client certificates required
+        (--client-cert-auth, --peer-client-cert-auth), metrics and health on plain
+        HTTP ports of their own (--listen-metrics-urls)."""
         self.binary = etcd_binary()
-        self.base = base / "etcd"
+        self.tls = tls
+        self.base = base / ("etcd-tls" if tls else "etcd")
         if self.base.exists():
             shutil.rmtree(self.base)
         self.base.mkdir(parents=True)
-        ports = free_ports(2 * members)
+        ports = free_ports(3 * members)
         self.client_ports = ports[:members]
-        peer_ports = ports[members:]
-        cluster = ",".join(f"m{i}=http://127.0.0.1:{peer_ports[i]}" for i in range(members))
+        peer_ports = ports[members : 2 * members]
+        self.metrics_ports = ports[2 * members :] if tls else self.client_ports
+        self.tls_paths = etcd_pki(self.base / "tls", members) if tls else {}
+        scheme = "https" if tls else "http"
+        cluster = ",".join(f"m{i}={scheme}://127.0.0.1:{peer_ports[i]}" for i in range(members))
         self.procs: list[subprocess.Popen[bytes]] = []
         for i in range(members):
             log = open(self.base / f"m{i}.log", "wb")  # noqa: SIM115 - owned by the child
@@ -93,13 +123,13 @@ class Etcd:
                 "--data-dir",
                 str(self.base / f"m{i}"),
                 "--listen-client-urls",
-                f"http://127.0.0.1:{self.client_ports[i]}",
+                f"{scheme}://127.0.0.1:{self.client_ports[i]}",
                 "--advertise-client-urls",
-                f"http://127.0.0.1:{self.client_ports[i]}",
+                f"{scheme}://127.0.0.1:{self.client_ports[i]}",
                 "--listen-peer-urls",
-                f"http://127.0.0.1:{peer_ports[i]}",
+                f"{scheme}://127.0.0.1:{peer_ports[i]}",
                 "--initial-advertise-peer-urls",
-                f"http://127.0.0.1:{peer_ports[i]}",
+                f"{scheme}://127.0.0.1:{peer_ports[i]}",
                 "--initial-cluster",
                 cluster,
                 "--initial-cluster-state",
@@ -110,12 +140,26 @@ class Etcd:
                 str(4 << 30),
                 "--log-level",
                 "warn",
+                *self._tls_flags(i),
             ]
             self.procs.append(
                 subprocess.Popen(cmd, stdout=log, stderr=log, stdin=subprocess.DEVNULL)
             )
             log.close()
         self._wait_ready()
+
+    def _tls_flags(self, member: int) -> list[str]:
+        if not self.tls:
+            return []
+        d = self.base / "tls" / f"m{member}"
+        crt, key, ca = str(d / "tls.crt"), str(d / "tls.key"), str(d / "ca.crt")
+        return [
+            "--cert-file", crt, "--key-file", key, "--trusted-ca-file", ca,
+            "--client-cert-auth",
+            "--peer-cert-file", crt, "--peer-key-file", key, "--peer-trusted-ca-file", ca,
+            "--peer-client-cert-auth",
+            "--listen-metrics-urls", f"http://127.0.0.1:{self.metrics_ports[member]}",
+        ]  # fmt: skip
 
     @property
     def endpoints(self) -> list[str]:
@@ -131,7 +175,7 @@ class Etcd:
             try:
                 if all(
                     '"health":"true"' in _scrape(f"http://127.0.0.1:{p}/health")
-                    for p in self.client_ports
+                    for p in self.metrics_ports
                 ):
                     return
             except OSError:
@@ -141,7 +185,7 @@ class Etcd:
 
     def disk_counters(self) -> dict[str, float]:
         entries = fsyncs = 0.0
-        for p in self.client_ports:
+        for p in self.metrics_ports:
             text = _scrape(f"http://127.0.0.1:{p}/metrics")
             entries += metric_sum(text, "etcd_server_proposals_committed_total")
             fsyncs += metric_sum(text, "etcd_disk_wal_fsync_duration_seconds_count")
@@ -156,7 +200,14 @@ class Etcd:
         pb, g = etcdpb.load()
         want = set(keys)
         seen: dict[str, bytes] = {}
-        with grpc.insecure_channel(self.endpoints[0]) as ch:
+        if self.tls:
+            from bench.loadgen import etcd_credentials
+
+            creds, options = etcd_credentials(self.tls_paths)
+            channel = grpc.secure_channel(self.endpoints[0], creds, options=options)
+        else:
+            channel = grpc.insecure_channel(self.endpoints[0])
+        with channel as ch:
             stub = g.KVStub(ch)
             start = b"\0"
             while True:
@@ -185,14 +236,30 @@ class Etcd:
 class Shardset:
     name = "shardset"
 
-    def __init__(self, base: Path, *, shards: int, nodes: int = 3) -> None:
+    def __init__(self, base: Path, *, shards: int, nodes: int = 3, tls: bool = False) -> None:
+        """`tls=True`: `shardset local`'s TLS cluster, reached by user `bench` (role
+        readwrite) with a client certificate, as etcd's clients are."""
         from shardset import local
+        from shardset_proto.admin import PutUser
+        from shardset_proto.identity import Role
 
         self.shards = shards
-        self.dir = base / f"shardset-{shards}"
+        self.tls = tls
+        self.dir = base / f"shardset-{shards}{'-tls' if tls else ''}"
         if self.dir.exists():
             shutil.rmtree(self.dir)
-        self.cluster = local.up(self.dir, nodes, shards, 3, remember=False, stop_on_failure=True)
+        self.cluster = local.up(
+            self.dir, nodes, shards, 3, remember=False, stop_on_failure=True, tls=tls
+        )
+        self.tls_paths: dict[str, str] = {}
+        if tls:
+            files = self.cluster.pki.user_files("bench")
+            self.cluster.on_meta_leader(PutUser(name="bench", role=Role.READWRITE))
+            self.tls_paths = {
+                "cafile": str(files.ca),
+                "cert": str(files.cert),
+                "key": str(files.key),
+            }
         self._wait_leaders()
         # As the operator would: leaderships spread over the nodes, not left where the
         # first elections put them.
@@ -211,7 +278,9 @@ class Shardset:
         from shardset.client import Client
 
         async def probe() -> None:
-            async with Client(self.endpoints, timeout=10.0, attempts=60) as c:
+            async with Client(
+                self.endpoints, timeout=10.0, attempts=60, tls=self.client_tls()
+            ) as c:
                 await c.put("warm", b"x")
                 route = c._route
                 keys: dict[int, str] = {}
@@ -224,10 +293,20 @@ class Shardset:
 
         asyncio.run(asyncio.wait_for(probe(), timeout))
 
+    def client_tls(self) -> Any:
+        """The ClientTls of user `bench` (None without TLS)."""
+        from shardset.clienttls import ClientTls
+
+        if not self.tls_paths:
+            return None
+        t = self.tls_paths
+        return ClientTls(cafile=Path(t["cafile"]), cert=Path(t["cert"]), key=Path(t["key"]))
+
     def disk_counters(self) -> dict[str, float]:
         entries = fsyncs = 0.0
+        ctx = self.cluster.operator_ssl()
         for url in self.endpoints:
-            text = _scrape(f"{url}/metrics")
+            text = _scrape(f"{url}/metrics", ctx)
             entries += metric_sum(text, "shardset_raft_commit_index")
             fsyncs += metric_sum(text, "shardset_disk_syncs_total") or metric_sum(
                 text, "shardset_disk_syncs"
@@ -242,7 +321,7 @@ class Shardset:
         seen: dict[str, bytes] = {}
 
         async def scan_all() -> None:
-            async with Client(self.endpoints, timeout=60.0) as c:
+            async with Client(self.endpoints, timeout=60.0, tls=self.client_tls()) as c:
                 start = ""
                 while True:
                     page = await c.scan(start, None, limit=5_000)

@@ -1,11 +1,17 @@
 """`shardset`: the command line for a Shardset store.
 
-It finds the store from `--endpoints`, else `SHARDSET_ENDPOINTS`, else the local
-cluster started last with `shardset local up`.
+Each connection setting (endpoints, CA, client certificate and key, token) comes from
+its flag, else its environment variable (SHARDSET_ENDPOINTS, SHARDSET_CACERT,
+SHARDSET_CERT, SHARDSET_KEY, SHARDSET_TOKEN, SHARDSET_TOKEN_FILE), else the config file
+(--config, else SHARDSET_CONFIG, else ~/.config/shardset/config.yaml), else, when
+nothing names endpoints, the local cluster started last with `shardset local up` and
+the config file it wrote. --insecure speaks plain HTTP and TCP (no TLS, no auth).
 
-Exit codes: 0 done, 1 a runtime failure (no node answers, a key not found), 2 a usage
-error (a bad argument, a value over the limit). Errors are one line on stderr, never a
-traceback (`SHARDSET_DEBUG=1` shows the traceback of an unexpected one).
+Exit codes: 0 done, 1 a runtime failure (no node answers, a key not found, a token
+refused, forbidden), 2 a usage error (a bad argument, a value over the limit, a CA that
+does not sign the node's certificate, an expired client certificate, a wrong host name,
+no credentials). Errors are one line on stderr, never a traceback (`SHARDSET_DEBUG=1`
+shows the traceback of an unexpected one).
 """
 
 from __future__ import annotations
@@ -21,11 +27,10 @@ from typing import Any
 
 import aiohttp
 
-from shardset import local
+from shardset import clientconfig, local
 from shardset.cliargs import (
     UsageError,
     bounded,
-    endpoint_list,
     key_arg,
     optional_key_arg,
     positive,
@@ -34,26 +39,26 @@ from shardset.cliargs import (
     write_value,
 )
 from shardset.client import PROTOCOLS, Client, ShardsetError
+from shardset.localpki import CLI_USER
 from shardset.neterrors import describe
+from shardset.tlserrors import TlsError
 from shardset_proto.consistency import LEADER_MODES, MODES
 
 
-def _endpoints(ns: argparse.Namespace) -> list[str]:
-    if ns.endpoints is not None:
-        return list(ns.endpoints)
-    raw = os.environ.get("SHARDSET_ENDPOINTS", "")
-    if raw.strip():
-        try:
-            return endpoint_list(raw)
-        except argparse.ArgumentTypeError as e:
-            raise UsageError(f"SHARDSET_ENDPOINTS: {e}") from None
-    found = local.last_endpoints()
-    if not found:
-        raise UsageError(
-            "no endpoints: pass --endpoints, set SHARDSET_ENDPOINTS or start a local "
-            "cluster (shardset local up)"
-        )
-    return found
+def _settings(ns: argparse.Namespace) -> clientconfig.Settings:
+    """Endpoints and credentials: flag > environment > config file > the last local
+    cluster (shardset.clientconfig)."""
+    last = local.last_cluster()
+    if ns.insecure:
+        print(f"shardset: {clientconfig.INSECURE_SAYS}", file=sys.stderr)
+    return clientconfig.resolve(
+        vars(ns),
+        os.environ,
+        config=ns.config,
+        insecure=ns.insecure,
+        local_config=last.config_path if last is not None else None,
+        local_endpoints=last.endpoints if last is not None else None,
+    )
 
 
 def _protocol(ns: argparse.Namespace) -> str:
@@ -64,10 +69,10 @@ def _protocol(ns: argparse.Namespace) -> str:
 
 
 def _run(ns: argparse.Namespace, action: Callable[[Client], Awaitable[int]]) -> int:
-    endpoints, protocol = _endpoints(ns), _protocol(ns)
+    settings, protocol = _settings(ns), _protocol(ns)
 
     async def go() -> int:
-        async with Client(endpoints, protocol=protocol) as client:
+        async with Client(settings.endpoints, protocol=protocol, tls=settings.tls) as client:
             return await action(client)
 
     return asyncio.run(go())
@@ -184,13 +189,32 @@ def _group_notes(g: dict[str, Any]) -> str:
 def cmd_local_up(ns: argparse.Namespace) -> int:
     if ns.replication > ns.nodes:
         raise UsageError(f"--replication {ns.replication} needs as many --nodes, got {ns.nodes}")
-    cluster = local.up(ns.data_dir, ns.nodes, ns.shards, ns.replication, no_fsync=ns.no_fsync)
+    insecure = ns.insecure or ns.insecure_local
+    if insecure:
+        print(f"shardset: {LOCAL_INSECURE_SAYS}", file=sys.stderr)
+    cluster = local.up(
+        ns.data_dir, ns.nodes, ns.shards, ns.replication, no_fsync=ns.no_fsync, tls=not insecure
+    )
     if cluster.rejoining:
         _say_rejoining(cluster)  # leaders cannot go to nodes that host nothing yet
     else:
         cluster.balance_leaders()
     print(",".join(cluster.endpoints))
+    if cluster.tls:
+        print(
+            f"shardset: TLS on (store {cluster.store}); this machine's shardset commands "
+            f"find this cluster and its credentials (user {CLI_USER}) by themselves; "
+            f"elsewhere: export SHARDSET_CONFIG={cluster.config_path}",
+            file=sys.stderr,
+        )
     return 0
+
+
+LOCAL_INSECURE_SAYS = (
+    "--insecure: a new cluster without TLS: plain HTTP and TCP on every port, peers "
+    "not authenticated, no client authentication, the admin API on the client port "
+    "(a restarted cluster keeps the mode it was created with)"
+)
 
 
 def _say_rejoining(cluster: local.LocalCluster) -> None:
@@ -224,10 +248,10 @@ def cmd_local_rebuild_node(ns: argparse.Namespace) -> int:
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="shardset", description=__doc__)
-    p.add_argument(
-        "--endpoints", type=endpoint_list, help="comma-separated node API URLs (http://HOST:PORT)"
+    p = argparse.ArgumentParser(
+        prog="shardset", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
+    clientconfig.add_flags(p)
     p.add_argument(
         "--protocol",
         choices=PROTOCOLS,
@@ -302,6 +326,13 @@ def _local_parser(sub: Subparsers) -> None:
     s.add_argument("--replication", type=bounded(local.MAX_REPLICATION), default=3)
     s.add_argument("--data-dir", type=Path, default=Path("./shardset-data"))
     s.add_argument("--no-fsync", action="store_true", help="tests only")
+    s.add_argument(
+        "--insecure",
+        dest="insecure_local",
+        action="store_true",
+        help="a new cluster without TLS or authentication (default: TLS, a local CA, "
+        "user local-admin and a CLI config file in --data-dir)",
+    )
     s.set_defaults(func=cmd_local_up)
     s = lsub.add_parser("down", help="stop a local cluster (data stays)")
     s.add_argument("--data-dir", type=Path, default=Path("./shardset-data"))
@@ -351,6 +382,8 @@ def _classify(error: BaseException) -> tuple[int, str]:
     """(exit code, message): 2 for what the user asked wrong, 1 for what went wrong."""
     if isinstance(error, UsageError):
         return 2, str(error)
+    if isinstance(error, TlsError):
+        return error.exit_code, str(error)
     if isinstance(error, ShardsetError):
         return (2 if error.status in (400, 413) else 1), str(error)
     if isinstance(error, local.LocalClusterError):

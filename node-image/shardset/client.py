@@ -30,13 +30,17 @@ import base64
 import itertools
 import os
 import random
+import ssl
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 import aiohttp
 
+from shardset import tlserrors
+from shardset.clienttls import ClientTls
+from shardset.errors import ShardsetError as ShardsetError  # re-exported: its old home
 from shardset.neterrors import describe
 from shardset_proto import urls, wire
 from shardset_proto.commands import MAX_KEY_BYTES
@@ -56,15 +60,6 @@ _TRANSIENT = (aiohttp.ClientError, TimeoutError, ConnectionError, OSError)
 
 Answer = tuple[int, dict[str, Any]]  # (HTTP-style status, body)
 Attempt = Callable[[int], Awaitable[Answer]]  # one try at a node id
-
-
-class ShardsetError(Exception):
-    """A request failed for good; `status` and `body` say why."""
-
-    def __init__(self, message: str, status: int = 0, body: dict[str, Any] | None = None) -> None:
-        super().__init__(message)
-        self.status = status
-        self.body = body or {}
 
 
 @dataclass
@@ -93,7 +88,8 @@ class _Route:
     slots: list[tuple[int, int, int]] = field(default_factory=list)
     replicas: dict[int, list[int]] = field(default_factory=dict)
     api: dict[int, str] = field(default_factory=dict)
-    peer: dict[int, str] = field(default_factory=dict)  # host:port, where wire is served
+    wire: dict[int, str] = field(default_factory=dict)  # host:port, where wire is served
+    wire_tls: dict[int, bool] = field(default_factory=dict)  # a separate (TLS) wire port
     leaders: dict[int, int] = field(default_factory=dict)
 
     def shard_of(self, key: str) -> int:
@@ -116,12 +112,21 @@ class Client:
         attempts: int = 20,
         session: aiohttp.ClientSession | None = None,
         protocol: str = "http",
+        tls: ClientTls | None = None,
     ) -> None:
+        """`tls`: the CA, client certificate and token for a TLS store (None: plain
+        HTTP and TCP, for an insecure store). HTTPS is used for https:// endpoints and
+        the addresses the shard map gives; the wire protocol speaks TLS to nodes whose
+        map entry has a separate wire port."""
         if not endpoints:
             raise ShardsetError("no endpoints: pass --endpoints or set SHARDSET_ENDPOINTS")
         if protocol not in PROTOCOLS:
             raise ShardsetError(f"protocol must be one of {', '.join(PROTOCOLS)}: {protocol!r}")
         self.protocol = protocol
+        self.tls = tls
+        # Built now: a CA or key file that does not load, or our certificate expired,
+        # is said before any request (and not as a dropped connection).
+        self._ssl: ssl.SSLContext | None = tls.context() if tls is not None else None
         self._conns: dict[int, _WireConn] = {}
         self._dialing: dict[int, asyncio.Task[_WireConn]] = {}
         self._refreshing: asyncio.Task[None] | None = None
@@ -160,7 +165,13 @@ class Client:
             limit = aiohttp.ClientTimeout(
                 total=self.timeout, sock_connect=min(CONNECT_TIMEOUT_S, self.timeout)
             )
-            self._session = aiohttp.ClientSession(timeout=limit)
+            headers = {}
+            if self.tls is not None and self.tls.token:
+                headers["Authorization"] = f"Bearer {self.tls.token}"
+            connector = aiohttp.TCPConnector(ssl=self._ssl) if self._ssl is not None else None
+            self._session = aiohttp.ClientSession(
+                timeout=limit, headers=headers, connector=connector
+            )
         return self._session
 
     # --- public operations --------------------------------------------------------
@@ -293,9 +304,13 @@ class Client:
         for node, url in sorted(self._route.api.items()):
             try:
                 async with self._http().get(url + urls.STATUS) as resp:
-                    out["nodes"][str(node)] = await resp.json()
+                    body = await _json(resp)
             except (aiohttp.ClientError, TimeoutError) as e:
+                await self._raise_tls_failure(e, url)
                 out["nodes"][str(node)] = {"error": f"cannot reach node at {url}: {describe(e)}"}
+                continue
+            self._raise_refusal(resp.status, body, f"status of node {node}")
+            out["nodes"][str(node)] = body
         return out
 
     # --- routing --------------------------------------------------------------------
@@ -418,15 +433,44 @@ class Client:
                         await self._refresh_map()  # the layout moved on: learn it
                     return body
                 message = str(body.get("message", f"status {status}"))
+                self._raise_refusal(status, body, what)
                 if status not in RETRYABLE:
                     raise ShardsetError(f"{what}: {message}", status, body)
                 last = ShardsetError(message, status, body)
                 target = await self._reroute(status, body, shard, key, target)
             except _TRANSIENT as e:
+                await self._raise_tls_failure(e, self._address(target))
                 last = ShardsetError(f"{what}: cannot reach node {target}: {describe(e)}")
                 target = self._other_replica(shard, target)
             await asyncio.sleep(min(0.5, 0.02 * (2**n)) * random.uniform(0.5, 1.0))
         raise last or ShardsetError(f"{what}: out of attempts")
+
+    def _address(self, node: int) -> str:
+        """Where an attempt at `node` goes: its API URL, or its wire address."""
+        if self.protocol == "wire":
+            return self._route.wire.get(node, "")
+        return self._route.api.get(node, self.endpoints[0])
+
+    def _raise_refusal(self, status: int, body: dict[str, Any], what: str) -> None:
+        """401 and 403 are final: raise the error naming what was refused and why."""
+        tls = self.tls or ClientTls()
+        named = tlserrors.from_answer(status, body, what, token=bool(tls.token), cert=tls.has_cert)
+        if named is not None:
+            raise named
+
+    async def _raise_tls_failure(self, error: BaseException, where: str) -> None:
+        """A failed TLS handshake is no node being down: raise its named error rather
+        than trying another replica (they all share the CA and the names' scheme)."""
+        if self.tls is None or not where:
+            return
+        parts = urlsplit(where if "://" in where else f"tls://{where}")
+        if parts.hostname is None:
+            return
+        port = parts.port or (443 if parts.scheme == "https" else 0)
+        cafile = self.tls.cafile
+        named = await tlserrors.diagnose(error, where, parts.hostname, port, cafile)
+        if named is not None:
+            raise named from None
 
     async def _wire_conn(self, node: int) -> _WireConn:
         conn = self._conns.get(node)
@@ -434,17 +478,30 @@ class Client:
             return conn
         dialing = self._dialing.get(node)
         if dialing is None:  # one dial per node, shared by every request waiting for it
-            addr = self._route.peer.get(node)
+            addr = self._route.wire.get(node)
             if addr is None:
-                raise ConnectionError(f"node {node} has no peer address in the shard map")
+                raise ConnectionError(f"node {node} has no wire address in the shard map")
+            secure = self._route.wire_tls.get(node, False) and self._ssl is not None
             dialing = asyncio.ensure_future(
-                _WireConn.open(addr, min(CONNECT_TIMEOUT_S, self.timeout))
+                _WireConn.open(
+                    addr,
+                    min(CONNECT_TIMEOUT_S, self.timeout),
+                    ssl_context=self._ssl if secure else None,
+                    token=self._wire_token() if secure else None,
+                )
             )
             self._dialing[node] = dialing
             dialing.add_done_callback(lambda _: self._dialing.pop(node, None))
         conn = await asyncio.shield(dialing)
         self._conns[node] = conn
         return conn
+
+    def _wire_token(self) -> str | None:
+        """The token a wire connection authenticates with: only without a client
+        certificate (the certificate says who we are in the handshake)."""
+        if self.tls is None or self.tls.has_cert:
+            return None
+        return self.tls.token
 
     async def _reroute(
         self, status: int, body: dict[str, Any], shard: int, key: str | None, current: int
@@ -537,13 +594,22 @@ class Client:
         raise ShardsetError("cannot fetch the shard map: " + "; ".join(errors))
 
     async def _fetch_map(self, url: str) -> tuple[dict[str, Any] | None, str]:
+        """The map from one node, or why not; a refusal (401, 403) or a TLS failure
+        raises its named error: every node would say the same."""
         try:
             async with self._http().get(url + urls.SHARDMAP) as resp:
-                if resp.status != 200:
-                    return None, f"node at {url} answered HTTP {resp.status}"
-                return await resp.json(), ""
+                body = await _json(resp)
+                status = resp.status
         except (aiohttp.ClientError, TimeoutError) as e:
-            return None, f"cannot reach node at {url}: {describe(e)}"
+            await self._raise_tls_failure(e, url)
+            hint = ""
+            if url.startswith("http://") and isinstance(e, aiohttp.ServerDisconnectedError):
+                hint = " (a TLS node? use its https:// URL and --cacert, not --insecure)"
+            return None, f"cannot reach node at {url}: {describe(e)}{hint}"
+        self._raise_refusal(status, body, f"GET {urls.SHARDMAP} at {url}")
+        if status != 200:
+            return None, f"node at {url} answered HTTP {status}"
+        return body, ""
 
 
 def _parse_map(raw: dict[str, Any]) -> _Route:
@@ -553,7 +619,8 @@ def _parse_map(raw: dict[str, Any]) -> _Route:
         slots=list(view.slots),
         replicas=view.replicas,
         api={n: a.api for n, a in view.nodes.items()},
-        peer={n: a.peer for n, a in view.nodes.items()},
+        wire={n: a.wire or a.peer for n, a in view.nodes.items()},
+        wire_tls={n: bool(a.wire) for n, a in view.nodes.items()},
         leaders={s: n for s, n in view.leaders.items() if n},
     )
 
@@ -586,6 +653,16 @@ def _check_key(key: str) -> None:
         raise ShardsetError(f"key must be 1 to {MAX_KEY_BYTES} bytes of UTF-8, got {size}")
 
 
+async def _next_frame(frames: FrameReader, addr: str, timeout: float) -> list[bytes]:
+    """The payloads of the next frame that holds any; ConnectionError if none comes."""
+    payloads: list[bytes] | None = []
+    while not payloads:
+        payloads = await asyncio.wait_for(frames.read(), timeout)
+        if payloads is None:
+            raise ConnectionError(f"{addr} closed the connection during the hello")
+    return payloads
+
+
 _SWEEP_S = 0.25  # how often a wire connection looks for requests past their deadline
 
 
@@ -593,11 +670,13 @@ class _WireConn:
     """One pipelined wire-protocol connection to a node (shardset_proto.wire). Requests
     made in one event-loop iteration leave in one frame; answers come back by id."""
 
-    def __init__(self, writer: asyncio.StreamWriter, frames: FrameReader) -> None:
+    def __init__(
+        self, writer: asyncio.StreamWriter, frames: FrameReader, first_id: int = 1
+    ) -> None:
         self._writer = writer
         self._frames = frames
         self._loop = asyncio.get_running_loop()
-        self._ids = itertools.count(1)
+        self._ids = itertools.count(first_id)
         self._pending: dict[int, tuple[asyncio.Future[Answer], float]] = {}
         self._out: list[list[Any]] = []
         self._flush_scheduled = False
@@ -606,28 +685,43 @@ class _WireConn:
         self._task = self._loop.create_task(self._read_loop())
 
     @classmethod
-    async def open(cls, addr: str, timeout: float) -> _WireConn:
+    async def open(
+        cls,
+        addr: str,
+        timeout: float,
+        *,
+        ssl_context: ssl.SSLContext | None = None,
+        token: str | None = None,
+    ) -> _WireConn:
+        """Connect, say hello and, with a token, authenticate (request id 1: the
+        connection's own requests start at 2)."""
         host, _, port = addr.rpartition(":")
-        reader, writer = await asyncio.wait_for(asyncio.open_connection(host, int(port)), timeout)
+        host = host.strip("[]")
+        dial = asyncio.open_connection(
+            host, int(port), ssl=ssl_context, server_hostname=host if ssl_context else None
+        )
+        reader, writer = await asyncio.wait_for(dial, timeout)
         frames = FrameReader(reader, limit=MAX_CLIENT_FRAME)
         try:
             writer.write(wire.hello(wire.VERSION, 0))
-            payloads: list[bytes] | None = []
-            while not payloads:
-                payloads = await asyncio.wait_for(frames.read(), timeout)
-                if payloads is None:
-                    raise ConnectionError(f"{addr} closed the connection during the hello")
-            version, _ = wire.parse_hello(payloads[0])
+            version, _ = wire.parse_hello((await _next_frame(frames, addr, timeout))[0])
+            if version != wire.VERSION:
+                raise ConnectionError(f"{addr} speaks wire version {version}, not {wire.VERSION}")
+            if token is not None:
+                writer.write(wire.encode_batch([[1, *wire.auth(token)]]))
+                answers = wire.decode_batch((await _next_frame(frames, addr, timeout))[0])
+                _, status, body = answers[0]
+                if status != 200:
+                    raise tlserrors.from_answer(
+                        status, body, f"wire auth at {addr}", token=True, cert=False
+                    ) or ConnectionError(f"{addr} answered auth with {status}: {body}")
         except FrameError as e:
             writer.close()
             raise ConnectionError(f"{addr}: {e}") from None
         except BaseException:
             writer.close()
             raise
-        if version != wire.VERSION:
-            writer.close()
-            raise ConnectionError(f"{addr} speaks wire version {version}, not {wire.VERSION}")
-        return cls(writer, frames)
+        return cls(writer, frames, first_id=2)
 
     def call(self, fields: list[Any], timeout: float) -> asyncio.Future[Answer]:
         if self.closed:

@@ -22,29 +22,40 @@ import json
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Coroutine, Iterable, Sequence
+from collections.abc import AsyncIterator, Coroutine, Iterable, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import pydantic
+import yaml
 
+from shardset.clienttls import ClientTls
+from shardset.localpki import CLI_USER, LocalPki, store_key
 from shardset_node.faults import BlockMode, FaultProxy
 from shardset_proto import urls
-from shardset_proto.admin import TransferLeader
+from shardset_proto.admin import DeleteUser, PutUser, TransferLeader
+from shardset_proto.identity import Role, token_digest
 from shardset_proto.shardmap import NodeAddress, ShardMap, bootstrap_map
 from shardset_proto.status import NodeStatus, ShardMapView
+from shardset_proto.tlsfiles import client_context
+
+if TYPE_CHECKING:
+    import aiohttp
 
 T = TypeVar("T")
 Link = tuple[int, int]  # (from node, to node): the proxy node `from` dials to reach `to`
 
 STATE = "cluster.json"
+CLI_CONFIG = "shardset.yaml"  # the CLI's config file of a TLS cluster
 STORE_CREATED = "store-created"  # the marker the operator keeps in its ConfigMap
 # The bounds of a ShardSet's spec (operator/shardset_operator/api/models.py).
 MAX_NODES, MAX_SHARDS, MAX_REPLICATION = 100, 1024, 7
@@ -64,10 +75,30 @@ class LocalNode:
     # Rebuilt on an empty data directory: starts with --store-created-file, so it
     # rejoins (hosting nothing until re-added) instead of bootstrapping.
     rejoin: bool = False
+    # A TLS node's admin (HTTPS, client certificate required) and wire ports; 0: an
+    # insecure node, which serves both on its API and peer ports.
+    admin_port: int = 0
+    wire_port: int = 0
+
+    @property
+    def tls(self) -> bool:
+        return bool(self.admin_port)
 
     @property
     def api(self) -> str:
-        return f"http://127.0.0.1:{self.api_port}"
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.api_port}"
+
+    @property
+    def admin(self) -> str:
+        return f"https://127.0.0.1:{self.admin_port}" if self.tls else self.api
+
+    @property
+    def address(self) -> NodeAddress:
+        if not self.tls:
+            return NodeAddress(f"127.0.0.1:{self.peer_port}", self.api)
+        return NodeAddress(
+            f"127.0.0.1:{self.peer_port}", self.api, self.admin, f"127.0.0.1:{self.wire_port}"
+        )
 
 
 class _NodeState(pydantic.BaseModel):
@@ -76,6 +107,8 @@ class _NodeState(pydantic.BaseModel):
     api_port: int = pydantic.Field(ge=1, le=65535)
     pid: int = pydantic.Field(default=0, ge=0)
     rejoin: bool = False
+    admin_port: int = pydantic.Field(default=0, ge=0, le=65535)
+    wire_port: int = pydantic.Field(default=0, ge=0, le=65535)
 
 
 class _State(pydantic.BaseModel):
@@ -85,6 +118,7 @@ class _State(pydantic.BaseModel):
     no_fsync: bool
     node_args: list[str] = []
     proxy_ports: dict[str, int] = {}
+    store: str = ""  # the store key of a TLS cluster ("": insecure)
 
 
 class ProxyNet:
@@ -176,6 +210,34 @@ class LocalCluster:
     # Nodes `up` found without their Raft log in a store that had started (lost_its_log):
     # they run empty, voting in nothing, until `shardset local rebuild-node` runs.
     rejoining: list[int] = field(default_factory=list, repr=False, compare=False)
+    # A TLS cluster's store key (`local.<name>`); "": an insecure cluster.
+    store: str = ""
+
+    @property
+    def tls(self) -> bool:
+        return bool(self.store)
+
+    @property
+    def pki(self) -> LocalPki:
+        return LocalPki(self.data_dir, self.store)
+
+    @property
+    def config_path(self) -> Path:
+        """The CLI's config file for this cluster (written by `up` for a TLS one)."""
+        return self.data_dir / CLI_CONFIG
+
+    def client_tls(self) -> ClientTls | None:
+        """The CLI user's credentials (the CA and user local-admin's token)."""
+        if not self.tls:
+            return None
+        return ClientTls(cafile=self.pki.ca_file, token=self.pki.token())
+
+    def operator_ssl(self) -> ssl.SSLContext | None:
+        """The context of `shardset local`'s own calls: the operator identity, whose
+        certificate the admin ports require."""
+        if not self.tls:
+            return None
+        return client_context(self.pki.operator)
 
     @property
     def endpoints(self) -> list[str]:
@@ -205,6 +267,7 @@ class LocalCluster:
             "no_fsync": self.no_fsync,
             "node_args": self.node_args,
             "proxy_ports": self.proxy_ports,
+            "store": self.store,
         }
         (self.data_dir / STATE).write_text(json.dumps(raw, indent=2))
 
@@ -228,6 +291,7 @@ class LocalCluster:
             raw.no_fsync,
             raw.node_args,
             raw.proxy_ports,
+            store=raw.store,
         )
 
     # --- fault proxies ------------------------------------------------------------
@@ -276,8 +340,13 @@ class LocalCluster:
         until it is added to the store (POST /v1/admin/add-node) and given replicas."""
         if self.proxy_ports:
             raise LocalClusterError("nodes cannot be added to a cluster with fault proxies")
-        peer, api = free_ports(2)
-        node = LocalNode(max(self.node_ids) + 1, peer, api)
+        if self.tls:
+            peer, api, admin, wire = free_ports(4)
+            node = LocalNode(max(self.node_ids) + 1, peer, api, admin_port=admin, wire_port=wire)
+            self.pki.ensure_node(node.id)
+        else:
+            peer, api = free_ports(2)
+            node = LocalNode(max(self.node_ids) + 1, peer, api)
         self.nodes.append(node)
         self.save()
         self.start_node(node.id)
@@ -314,6 +383,7 @@ class LocalCluster:
             cmd += ["--store-created-file", str(self.data_dir / STORE_CREATED)]
         if self.no_fsync:
             cmd.append("--no-fsync")
+        cmd += self._tls_args(n)
         cmd.extend(self.node_args)
         if self.proxy_ports:
             self.start_proxies()
@@ -328,6 +398,20 @@ class LocalCluster:
         logf.close()
         n.pid = proc.pid
         self.save()
+
+    def _tls_args(self, n: LocalNode) -> list[str]:
+        if not self.tls:
+            return []
+        return [
+            "--tls-dir",
+            str(self.pki.nodes_dir),
+            "--store",
+            self.store,
+            "--admin",
+            f"127.0.0.1:{n.admin_port}",
+            "--wire",
+            f"127.0.0.1:{n.wire_port}",
+        ]
 
     # --- the store-created marker ----------------------------------------------------
     @property
@@ -399,7 +483,7 @@ class LocalCluster:
         balancing does in Kubernetes). Elections alone often leave one node leading most
         shards, and then that node does most of the work. Returns shard -> leader."""
         try:
-            return asyncio.run(asyncio.wait_for(_balance(self.endpoints), timeout))
+            return asyncio.run(asyncio.wait_for(_balance(self), timeout))
         except TimeoutError:
             raise LocalClusterError(
                 f"leaderships not on their preferred replicas after {timeout}s"
@@ -413,8 +497,10 @@ class LocalCluster:
             for nid in sorted(pending):
                 # A node rejoining empty is not ready until rebuild-node re-adds it
                 # (its /readyz says so): that it runs and answers is all `up` can wait for.
-                api = self.node(nid).api
-                if _ready(api) or (nid in self.rejoining and _ready(api, urls.HEALTHZ)):
+                api, ctx = self.node(nid).api, self.operator_ssl()
+                if _ready(api, ctx=ctx) or (
+                    nid in self.rejoining and _ready(api, urls.HEALTHZ, ctx=ctx)
+                ):
                     pending.discard(nid)
                 elif not self.running(nid):
                     exited.append(nid)  # it will not get ready: say so now
@@ -424,6 +510,36 @@ class LocalCluster:
             hints = "".join(self.stopped_because(i) for i in exited)
             why = f"nodes {exited} exited" if exited else f"not ready after {timeout}s"
             raise LocalClusterError(f"nodes {sorted(pending)}: {why}; see {logs}{hints}")
+
+    def put_cli_user(self, timeout: float = 30.0) -> None:
+        """User `local-admin` (role admin) with the token in tls/cli/token, put on the
+        metadata leader over the admin port with the operator certificate (again at
+        every `up`: the same digest, so nothing changes), and the CLI's config file."""
+        body = PutUser(name=CLI_USER, role=Role.ADMIN, token_sha256=token_digest(self.pki.token()))
+        self.on_meta_leader(body, timeout)
+        self.write_cli_config()
+
+    def on_meta_leader(self, body: PutUser | DeleteUser, timeout: float = 30.0) -> None:
+        """A user change on the metadata leader, as the operator (`shardset local`'s
+        user creation, tests, the benchmark's user)."""
+        try:
+            asyncio.run(asyncio.wait_for(_on_meta_leader(self, body), timeout))
+        except TimeoutError:
+            raise LocalClusterError(
+                f"{body.action} {body.name} not done after {timeout}s: no metadata leader "
+                f"took it; see {self.data_dir}/node-*.log"
+            ) from None
+
+    def write_cli_config(self) -> None:
+        config = {
+            "endpoints": self.endpoints,
+            "cacert": str(self.pki.ca_file),
+            "token-file": str(self.pki.token_file),
+        }
+        self.config_path.write_text(
+            "# shardset CLI settings for this local cluster: export SHARDSET_CONFIG="
+            f"{self.config_path}\n" + yaml.safe_dump(config, sort_keys=False)
+        )
 
     def stopped_because(self, node_id: int) -> str:
         """Why a node is not running, from the last `storage_corrupt` event in its log."""
@@ -459,9 +575,13 @@ def up(
     remember: bool = True,
     ready_timeout: float = 30.0,
     stop_on_failure: bool = False,
+    tls: bool = False,
 ) -> LocalCluster:
     """Start a new cluster in `data_dir`, or restart the one there (its settings win).
 
+    `tls=True` (what `shardset local up` does unless --insecure): a CA, node and
+    operator certificates (shardset.localpki), the nodes' TLS, admin and wire ports,
+    user `local-admin` with a token, and the CLI's config file (`config_path`).
     `remember=False` leaves the CLI's "last local cluster" alone (tests);
     `stop_on_failure=True` stops the nodes again if they do not get ready.
     """
@@ -469,25 +589,12 @@ def up(
     if (data_dir / STATE).exists():
         cluster = LocalCluster.load(data_dir)  # restart an existing cluster with its data
     else:
-        check_shape(nodes, shards, replication)
-        _writable_dir(data_dir)
-        links = [(i, j) for i in range(1, nodes + 1) for j in range(1, nodes + 1) if i != j]
-        ports = free_ports(2 * nodes + (len(links) if fault_proxies else 0))
-        cluster = LocalCluster(
-            data_dir,
-            [LocalNode(i, ports[2 * i - 2], ports[2 * i - 1]) for i in range(1, nodes + 1)],
-            no_fsync,
-            list(node_args),
-            {f"{i}>{j}": p for (i, j), p in zip(links, ports[2 * nodes :], strict=False)}
-            if fault_proxies
-            else {},
-        )
-        addrs = {n.id: NodeAddress(f"127.0.0.1:{n.peer_port}", n.api) for n in cluster.nodes}
-        boot = bootstrap_map(addrs, shards=shards, replication=replication)
-        (data_dir / "bootstrap.json").write_bytes(boot.encode())
-        cluster.save()
+        shape = (nodes, shards, replication)
+        cluster = _create(data_dir, shape, no_fsync, node_args, fault_proxies, tls)
     cluster.rejoining = [n.id for n in cluster.nodes if cluster.lost_its_log(n.id)]
     try:
+        if cluster.tls:
+            cluster.pki.ensure(cluster.node_ids)  # new leaves for any due for renewal
         for n in cluster.nodes:
             cluster.start_node(n.id)
         if remember:
@@ -495,10 +602,56 @@ def up(
             LAST.write_text(str(data_dir))
         cluster.wait_ready(ready_timeout)
         cluster.mark_created()  # every node has started: the store exists
+        if cluster.tls:
+            cluster.put_cli_user(ready_timeout)
     except BaseException:
         if stop_on_failure:
             cluster.shutdown(kill=True)
         raise
+    return cluster
+
+
+def _create(
+    data_dir: Path,
+    shape: tuple[int, int, int],
+    no_fsync: bool,
+    node_args: Sequence[str],
+    fault_proxies: bool,
+    tls: bool,
+) -> LocalCluster:
+    """A new cluster's layout, bootstrap map and certificates, saved (not started)."""
+    nodes, shards, replication = shape
+    check_shape(nodes, shards, replication)
+    _writable_dir(data_dir)
+    links = [(i, j) for i in range(1, nodes + 1) for j in range(1, nodes + 1) if i != j]
+    per = 4 if tls else 2  # peer, api (and admin, wire)
+    ports = free_ports(per * nodes + (len(links) if fault_proxies else 0))
+    made = [
+        LocalNode(
+            i,
+            ports[per * (i - 1)],
+            ports[per * (i - 1) + 1],
+            admin_port=ports[per * (i - 1) + 2] if tls else 0,
+            wire_port=ports[per * (i - 1) + 3] if tls else 0,
+        )
+        for i in range(1, nodes + 1)
+    ]
+    proxies = zip(links, ports[per * nodes :], strict=False)
+    cluster = LocalCluster(
+        data_dir,
+        made,
+        no_fsync,
+        list(node_args),
+        {f"{i}>{j}": p for (i, j), p in proxies} if fault_proxies else {},
+        store=store_key(data_dir) if tls else "",
+    )
+    boot = bootstrap_map(
+        {n.id: n.address for n in cluster.nodes}, shards=shards, replication=replication
+    )
+    (data_dir / "bootstrap.json").write_bytes(boot.encode())
+    if tls:
+        cluster.pki.ensure(cluster.node_ids)
+    cluster.save()
     return cluster
 
 
@@ -536,11 +689,17 @@ def down(data_dir: Path) -> LocalCluster:
     return cluster
 
 
-def last_endpoints() -> list[str]:
+def last_cluster() -> LocalCluster | None:
+    """The local cluster `shardset local up` started last, if it is still there."""
     try:
-        return LocalCluster.load(Path(LAST.read_text().strip())).endpoints
+        return LocalCluster.load(Path(LAST.read_text().strip()))
     except (LocalClusterError, OSError):
-        return []
+        return None
+
+
+def last_endpoints() -> list[str]:
+    last = last_cluster()
+    return last.endpoints if last is not None else []
 
 
 def _link(name: str) -> Link:
@@ -583,10 +742,9 @@ def _wait_gone(pid: int, timeout: float) -> None:
         time.sleep(0.05)
 
 
-async def _balance(endpoints: list[str]) -> dict[int, int]:
-    import aiohttp  # the CLI's other local commands don't need it
-
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5.0)) as http:
+async def _balance(cluster: LocalCluster) -> dict[int, int]:
+    endpoints = cluster.endpoints
+    async with operator_session(cluster) as http:
 
         async def get(url: str) -> Any:
             async with http.get(url) as resp:
@@ -597,7 +755,7 @@ async def _balance(endpoints: list[str]) -> dict[int, int]:
                 *(get(url + urls.STATUS) for url in endpoints), return_exceptions=True
             )
             shardmap = ShardMapView.model_validate(await get(endpoints[0] + urls.SHARDMAP))
-            api = {n: a.api for n, a in shardmap.nodes.items()}
+            admin = {n: a.admin or a.api for n, a in shardmap.nodes.items()}
             preferred = {s: h[0] for s, h in shardmap.replicas.items() if h}
             leaders = _leaders(views)
             wrong = {s: p for s, p in preferred.items() if leaders.get(s) != p}
@@ -606,10 +764,50 @@ async def _balance(endpoints: list[str]) -> dict[int, int]:
             for shard, target in sorted(wrong.items()):
                 if shard in leaders:  # else no leader yet: look again next time
                     body = TransferLeader(shard=shard, to=target)
-                    url = api[leaders[shard]] + body.path()
+                    url = admin[leaders[shard]] + body.path()
                     async with http.post(url, json=body.to_json()):
                         pass  # a refusal (a transfer under way) is asked again next pass
             await asyncio.sleep(0.3)
+
+
+@asynccontextmanager
+async def operator_session(cluster: LocalCluster) -> AsyncIterator[aiohttp.ClientSession]:
+    """An HTTP session for `shardset local`'s own calls: as the operator on a TLS
+    cluster (its certificate opens the admin ports), plain otherwise."""
+    import aiohttp  # the CLI's other local commands don't need it
+
+    ctx = cluster.operator_ssl()
+    connector = aiohttp.TCPConnector(ssl=ctx) if ctx is not None else None
+    timeout = aiohttp.ClientTimeout(total=5.0)
+    async with aiohttp.ClientSession(timeout=timeout, connector=connector) as http:
+        yield http
+
+
+async def _on_meta_leader(cluster: LocalCluster, body: PutUser | DeleteUser) -> None:
+    """POST `body` to the metadata leader: each node in turn (a redirect names the
+    leader) until one takes it; retried while there is none (an election)."""
+    import aiohttp
+
+    admin = {n.id: n.admin for n in cluster.nodes}
+    async with operator_session(cluster) as http:
+        target = cluster.node_ids[0]
+        while True:
+            try:
+                async with http.post(
+                    admin[target] + body.path(), json=body.to_json(), allow_redirects=False
+                ) as resp:
+                    answer = await resp.json(content_type=None)
+                    if resp.status == 200:
+                        return
+                    leader = answer.get("leader") if isinstance(answer, dict) else None
+                    if resp.status == 307 and leader in admin:
+                        target = int(leader)
+                        continue
+            except (aiohttp.ClientError, TimeoutError, ValueError):
+                pass
+            ids = cluster.node_ids
+            target = ids[(ids.index(target) + 1) % len(ids)]
+            await asyncio.sleep(0.2)
 
 
 def _leaders(views: Iterable[Any]) -> dict[int, int]:
@@ -626,9 +824,9 @@ def _leaders(views: Iterable[Any]) -> dict[int, int]:
     return found
 
 
-def _ready(api: str, probe: str = urls.READYZ) -> bool:
+def _ready(api: str, probe: str = urls.READYZ, *, ctx: ssl.SSLContext | None = None) -> bool:
     try:
-        with urllib.request.urlopen(api + probe, timeout=1) as resp:
+        with urllib.request.urlopen(api + probe, timeout=1, context=ctx) as resp:
             return bool(resp.status == 200)
     except (urllib.error.URLError, OSError, TimeoutError):
         return False

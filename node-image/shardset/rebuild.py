@@ -34,7 +34,7 @@ from typing import Any
 
 import aiohttp
 
-from shardset.local import LocalCluster, LocalClusterError
+from shardset.local import LocalCluster, LocalClusterError, operator_session
 from shardset.neterrors import describe
 from shardset_proto import urls
 from shardset_proto.admin import (
@@ -45,6 +45,7 @@ from shardset_proto.admin import (
     Promote,
     RemoveReplica,
 )
+from shardset_proto.shardmap import NodeAddress
 from shardset_proto.status import META_GROUP, GroupStatus, NodeStatus, ShardMapView
 
 CATCH_UP_LAG = 64  # entries a learner may trail before it is promoted (as the operator)
@@ -71,9 +72,16 @@ class Membership:
 class Admin:
     """Admin calls and status reads on the local cluster's nodes, until a deadline."""
 
-    def __init__(self, http: aiohttp.ClientSession, apis: dict[int, str], deadline: float):
+    def __init__(
+        self,
+        http: aiohttp.ClientSession,
+        apis: dict[int, str],
+        deadline: float,
+        admins: dict[int, str] | None = None,
+    ):
         self.http = http
         self.apis = apis
+        self.admins = admins or apis  # a TLS node's admin port; else its API port
         self.deadline = deadline
 
     def left(self, what: str) -> float:
@@ -116,7 +124,7 @@ class Admin:
         while True:
             try:
                 async with self.http.post(
-                    self.apis[node] + body.path(), json=body.to_json(), allow_redirects=False
+                    self.admins[node] + body.path(), json=body.to_json(), allow_redirects=False
                 ) as resp:
                     answer = await resp.json(content_type=None)
                     if resp.status in (200, 307):
@@ -194,14 +202,21 @@ async def remove_everywhere(admin: Admin, node: int, others: list[int], m: Membe
 
 
 async def add_back(
-    admin: Admin, node: int, others: list[int], m: Membership, addr: tuple[str, str], say: Say
+    admin: Admin, node: int, others: list[int], m: Membership, addr: NodeAddress, say: Say
 ) -> None:
     """Every group `node` left, given back as the operator does: learner first."""
     for gid in m.groups:
         name = "the metadata group" if gid == META_GROUP else f"shard {gid}"
         await admin.call(node, CreateReplica(shard=gid))
         if gid == META_GROUP:  # add-node: the address is known, it adds the learner
-            await admin.on_leader(gid, others, AddNode(node=node, peer=addr[0], api=addr[1]))
+            add = AddNode(
+                node=node,
+                peer=addr.peer,
+                api=addr.api,
+                admin=addr.admin or None,
+                wire=addr.wire or None,
+            )
+            await admin.on_leader(gid, others, add)
         else:
             await admin.on_leader(gid, others, AddLearner(shard=gid, node=node))
         await admin.caught_up(gid, node, others)
@@ -237,9 +252,9 @@ def rebuild_node(cluster: LocalCluster, node: int, *, timeout: float, say: Say) 
 async def _rebuild(
     cluster: LocalCluster, node: int, others: list[int], deadline: float, say: Say
 ) -> Path | None:
-    limit = aiohttp.ClientTimeout(total=5.0)
-    async with aiohttp.ClientSession(timeout=limit) as http:
-        admin = Admin(http, {n.id: n.api for n in cluster.nodes}, deadline)
+    async with operator_session(cluster) as http:
+        apis = {n.id: n.api for n in cluster.nodes}
+        admin = Admin(http, apis, deadline, {n.id: n.admin for n in cluster.nodes})
         check_rebuildable(await admin.shard_map(others), node)
         cluster.stop_node(node)
         m = remembered(
@@ -256,9 +271,7 @@ async def _rebuild(
             admin.left(f"node {node} did not start; see {cluster.log_path(node)}")
             await asyncio.sleep(RETRY_S)
         say(f"node {node} started empty (origin rejoin); adding its replicas back as learners")
-        info = cluster.node(node)
-        addr = (f"127.0.0.1:{info.peer_port}", info.api)
-        await add_back(admin, node, others, m, addr, say)
+        await add_back(admin, node, others, m, cluster.node(node).address, say)
     cluster.wait_ready(max(1.0, deadline - time.monotonic()))
     (cluster.data_dir / f"node-{node}.rebuild.json").unlink(missing_ok=True)
     return moved

@@ -31,11 +31,17 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[Any]) -> 
 
 @pytest.fixture
 def cluster_factory(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[ClusterFactory]:
-    """`make(node_args=(), fault_proxies=False)`: start a 3-node, 4-shard, 3-replica
-    cluster (fsync on) in tmp_path and wait until it is ready."""
+    """`make(node_args=(), fault_proxies=False, tls=False)`: start a 3-node, 4-shard,
+    3-replica cluster (fsync on) in tmp_path and wait until it is ready.
+
+    Insecure by default (what these tests are about is not TLS, and TLS costs each test
+    certificates and handshakes); `tls=True` starts it as `shardset local up` does:
+    a local CA, TLS on every port, user local-admin (`cluster.client_tls()`)."""
     made: list[local.LocalCluster] = []
 
-    def make(*, node_args: Sequence[str] = (), fault_proxies: bool = False) -> local.LocalCluster:
+    def make(
+        *, node_args: Sequence[str] = (), fault_proxies: bool = False, tls: bool = False
+    ) -> local.LocalCluster:
         cluster = local.up(
             tmp_path / f"cluster-{len(made) + 1}",
             NODES,
@@ -46,6 +52,7 @@ def cluster_factory(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[
             remember=False,  # leave the CLI's "last local cluster" alone
             ready_timeout=60.0,
             stop_on_failure=True,
+            tls=tls,
         )
         made.append(cluster)
         return cluster
@@ -76,12 +83,9 @@ def _print_logs(cluster: local.LocalCluster) -> None:
         print("\n".join(lines[-LOG_TAIL_LINES:]))
 
 
-@pytest.fixture(scope="module")
-def one_node_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[local.LocalCluster]:
-    """A one-node, two-shard store (no fsync) shared by the tests of one module: for
-    tests of a node's front ends, where replication is not the point."""
+def _one_node(tmp_path_factory: pytest.TempPathFactory, tls: bool) -> Iterator[local.LocalCluster]:
     cluster = local.up(
-        tmp_path_factory.mktemp("one-node"),
+        tmp_path_factory.mktemp("one-node-tls" if tls else "one-node"),
         1,
         2,
         1,
@@ -89,8 +93,26 @@ def one_node_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[local.L
         remember=False,
         ready_timeout=60.0,
         stop_on_failure=True,
+        tls=tls,
     )
     try:
         yield cluster
     finally:
         cluster.shutdown(kill=True)
+
+
+@pytest.fixture(scope="module")
+def one_node_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[local.LocalCluster]:
+    """A one-node, two-shard store (no fsync) shared by the tests of one module: for
+    tests of a node's front ends, where replication is not the point. Insecure."""
+    yield from _one_node(tmp_path_factory, tls=False)
+
+
+@pytest.fixture(scope="module")
+def one_node_tls_store(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[local.LocalCluster]:
+    """The same store with TLS as `shardset local up` starts it: HTTPS, TLS wire and
+    admin ports, user local-admin (`cluster.client_tls()`), the operator identity
+    (`cluster.operator_ssl()`)."""
+    yield from _one_node(tmp_path_factory, tls=True)
