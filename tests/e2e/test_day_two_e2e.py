@@ -173,7 +173,9 @@ def test_day_two_store_becomes_ready(inst: Install) -> None:
             "apiVersion": "shardset.io/v1alpha1",
             "kind": "ShardSet",
             "metadata": {"name": NAME},
-            "spec": {"nodes": 3, "shards": 8, "replicationFactor": 3},
+            # Plain HTTP into the pods (the status probe, the workload): TLS is covered by
+            # test_security_e2e.py's store.
+            "spec": {"nodes": 3, "shards": 8, "replicationFactor": 3, "tls": {"mode": "Disabled"}},
         }
     )
     took = wait_settled(inst, [1, 2, 3])
