@@ -142,16 +142,8 @@ class Kube:
 
     async def secret_data(self, namespace: str, name: str) -> dict[str, bytes] | None:
         """The Secret's data, decoded; None when there is no such Secret."""
-        found = await self._call(
-            f"read Secret {namespace}/{name}",
-            self.core.read_namespaced_secret,
-            name,
-            namespace,
-            missing_ok=True,
-        )
-        if found is None:
-            return None
-        return {k: base64.b64decode(v) for k, v in (found.data or {}).items()}
+        found = await self.secret(namespace, name)
+        return None if found is None else found.data
 
     async def statefulset(self, namespace: str, name: str) -> StatefulSetState | None:
         sts = await self._call(
