@@ -44,7 +44,7 @@ class LocalNames(Names):
 
 def names_of(cluster: LocalCluster) -> LocalNames:
     ports = {n.id: (n.peer_port, n.api_port) for n in cluster.nodes}
-    return LocalNames("local", "test", ports)
+    return LocalNames("local", "test", ports=ports)
 
 
 async def drive(
