@@ -330,7 +330,10 @@ class Node:
             holders = m.replicas.get(shard, ())
             if not holders:
                 raise ApiError(404, "no_such_shard", f"shard {shard} does not exist", shard=shard)
-            raise self.redirect(shard, holders[0], path)
+            # Never to itself: a node that rejoined empty is still a holder in the map
+            # until it is rebuilt, and a redirect to itself sent clients round in a loop.
+            others = [n for n in holders if n != self.id]
+            raise self.redirect(shard, others[0] if others else 0, path)
         return g
 
     def leader_group(self, shard: int, action: str) -> ReplicaGroup:

@@ -9,8 +9,11 @@ import json
 import shutil
 from pathlib import Path
 
+import pytest
+
 from shardset_node.config import NodeConfig
 from shardset_node.core import Node
+from shardset_proto.errors import ApiError
 from shardset_proto.shardmap import NodeAddress, bootstrap_map
 
 
@@ -52,3 +55,33 @@ def test_a_bootstrap_node_with_its_log_keeps_its_groups(tmp_path: Path) -> None:
     asyncio.run(_started(_config(data, store_created=False)))
     origin, groups = asyncio.run(_started(_config(data, store_created=True)))
     assert (origin, groups) == ("bootstrap", [0, 1, 2])
+
+
+def test_a_rejoined_node_never_redirects_a_client_to_itself(tmp_path: Path) -> None:
+    """Until it is rebuilt, a rejoined node is still a holder of its shards in the map
+    but hosts none of them: a request for one was redirected to the first holder, which
+    could be the node itself, and the client went round in a loop ("node 2 does not
+    lead shard 2; node 2 does")."""
+    data = tmp_path / "node-1"
+    asyncio.run(_started(_config(data, store_created=False)))
+    shutil.rmtree(data / "raft")
+
+    async def ask() -> ApiError:
+        node = Node(_config(data, store_created=True))
+
+        async def no_client(*_: object) -> None:
+            return None
+
+        await node.start(no_client)
+        try:
+            assert node.origin == "rejoin" and node.meta.map.replicas[1] == (1,)
+            with pytest.raises(ApiError) as caught:
+                node.group(1, "/v1/kv/k")
+            return caught.value
+        finally:
+            await node.stop()
+            node.engine.close()
+
+    err = asyncio.run(ask())
+    # Its only holder is itself: no one to send the client to, so a retryable 503.
+    assert err.status == 503 and err.code == "no_leader", err
