@@ -127,7 +127,11 @@ def test_namespaced_operator_serves_only_its_namespaces(kubectl, setup) -> None:
     assert can_i(kubectl, ns, "patch", "shardsets/status", ns["watched"])
     assert not can_i(kubectl, ns, "list", "statefulsets", ns["other"])
     assert not can_i(kubectl, ns, "list", "shardsets", ns["other"])
-    assert not can_i(kubectl, ns, "get", "secrets", ns["watched"])
+    # Secrets: read and written one by name (the store's CA and certificates, users'
+    # credentials), never listed or watched, and only in the watched namespace.
+    assert can_i(kubectl, ns, "get", "secrets", ns["watched"])
+    assert not can_i(kubectl, ns, "list", "secrets", ns["watched"])
+    assert not can_i(kubectl, ns, "get", "secrets", ns["other"])
     assert not can_i(kubectl, ns, "list", "namespaces", "")
     # the ShardSet can be deleted while the operator runs (its finalizer is released)
     watched("delete", "sset", "inside", "--wait=true", "--timeout=120s", timeout=150)
